@@ -1,0 +1,171 @@
+"""benchsdk: the method side of the vrbench contract (images/CONTRACT.md).
+
+A method adapter subclasses `Method`, implements the outputs it declares, and calls `serve(...)`:
+
+    class MyMethod(Method):
+        name, version, outputs, patch_size, embed_dim = "mine", "1.0", ("global",), 16, 384
+        def setup(self, seed, task): ...            # load weights, seed RNGs
+        def embed(self, images): ...                # uint8 (N, H, W, 3) RGB -> float (N, D)
+
+    if __name__ == "__main__":
+        serve(MyMethod())
+
+Only numpy and the standard library are needed; copy this folder into an image as is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Iterator
+
+import numpy as np
+
+from benchsdk.wire import PROTOCOL_VERSION, WireError, encode, read_frame
+
+__all__ = ["Method", "serve", "PROTOCOL_VERSION"]
+__version__ = "1.0.0"
+
+
+class Method:
+    """Base class of a method adapter. Override what you declare in `outputs`."""
+
+    name: str = "unnamed"
+    version: str = "0"
+    outputs: tuple[str, ...] = ()  # subset of ("global", "dense", "masks")
+    patch_size: int | None = None  # for dense outputs: pixels per patch side
+    embed_dim: int | None = None
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "outputs": list(self.outputs),
+            "patch_size": self.patch_size,
+            "embed_dim": self.embed_dim,
+        }
+
+    def setup(self, seed: int, task: dict) -> None:
+        """Called once before any work: seed RNGs, load weights. `task` has no labels."""
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB -> global embeddings (N, D)."""
+        raise NotImplementedError("this method does not produce global embeddings")
+
+    def embed_dense(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB -> dense patch features (N, H/p, W/p, D)."""
+        raise NotImplementedError("this method does not produce dense features")
+
+    def segment(self, images: np.ndarray):
+        """uint8 (N, H, W, 3) RGB -> masks (N, K, H, W), or (masks, reconstructions (N, 3, H, W))."""
+        raise NotImplementedError("this method does not produce object masks")
+
+    def fit(self, batches: Iterator[tuple[np.ndarray, np.ndarray | None]]) -> None:
+        """Optional training stage: iterate (images, labels-or-None) batches of the training split."""
+
+
+class _Server:
+    def __init__(self, method: Method, rfile, wfile):
+        self.method, self.rfile, self.wfile = method, rfile, wfile
+
+    def read_exact(self, n: int) -> bytes:
+        buf = self.rfile.read(n)
+        if len(buf) != n:
+            raise EOFError("the harness closed the stream")
+        return buf
+
+    def send(self, header: dict, arrays: dict | None = None) -> None:
+        for chunk in encode(header, arrays):
+            self.wfile.write(chunk)
+        self.wfile.flush()
+
+    def send_error(self, exc: BaseException) -> None:
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        self.send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": "".join(tb)[-4000:]})
+
+    def loop(self) -> None:
+        while True:
+            try:
+                header, arrays = read_frame(self.read_exact)
+            except EOFError:
+                return
+            op = header.get("op")
+            if op == "shutdown":
+                self.send({"ok": True})
+                return
+            if op == "fit_start":
+                self.fit()
+                continue
+            try:
+                fields, out = self.dispatch(op, header, arrays)
+                self.send({"ok": True, **fields}, out)
+            except Exception as exc:  # the method's own error goes back to the harness, the server goes on
+                self.send_error(exc)
+
+    def dispatch(self, op: str, header: dict, arrays: dict) -> tuple[dict, dict | None]:
+        """Run one request; returns extra header fields and the arrays of the reply."""
+        m = self.method
+        if op == "info":
+            if header.get("protocol") != PROTOCOL_VERSION:
+                raise WireError(f"harness speaks protocol {header.get('protocol')}, method {PROTOCOL_VERSION}")
+            return {"info": dict(m.info(), protocol=PROTOCOL_VERSION, sdk=__version__)}, None
+        if op == "setup":
+            m.setup(int(header["seed"]), dict(header.get("task", {})))
+            return {}, None
+        if op in ("embed", "embed_dense"):
+            return {}, {"features": np.asarray(getattr(m, op)(arrays["images"]))}
+        if op == "segment":
+            out = m.segment(arrays["images"])
+            masks, recon = out if isinstance(out, tuple) else (out, None)
+            replies = {"masks": np.asarray(masks)}
+            if recon is not None:
+                replies["reconstructions"] = np.asarray(recon)
+            return {}, replies
+        raise WireError(f"unknown op {op!r}")
+
+    def fit(self) -> None:
+        """fit_start, fit_batch*, fit_end: every frame gets a reply; the method pulls batches lazily.
+
+        A batch is acknowledged when the method asks for the next one, so an error raised while the
+        method works on a batch becomes the reply to that batch."""
+        state = {"pending": False, "ended": False}
+
+        def next_batch():
+            if state["pending"]:
+                self.send({"ok": True})
+                state["pending"] = False
+            header, arrays = read_frame(self.read_exact)
+            if header.get("op") == "fit_end":
+                state["ended"] = True
+                return None
+            if header.get("op") != "fit_batch":
+                raise WireError(f"expected fit_batch or fit_end, got {header.get('op')!r}")
+            state["pending"] = True
+            return arrays["images"], arrays.get("labels")
+
+        def batches():
+            while not state["ended"] and (batch := next_batch()) is not None:
+                yield batch
+
+        self.send({"ok": True})
+        try:
+            self.method.fit(batches())
+            while not state["ended"]:  # drain what the method did not consume
+                next_batch()
+            self.send({"ok": True})
+        except Exception as exc:
+            if not (state["pending"] or state["ended"]):
+                read_frame(self.read_exact)  # the frame this error answers
+            self.send_error(exc)
+
+
+def serve(method: Method) -> None:
+    """Serve `method` over stdin/stdout. Anything the method prints goes to stderr, never into the stream."""
+    rfile = os.fdopen(os.dup(0), "rb", buffering=1 << 20)
+    wfile = os.fdopen(os.dup(1), "wb", buffering=1 << 20)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # stray prints (Python or C libraries) land in the log, not in the protocol stream
+    sys.stdout = sys.stderr
+    _Server(method, rfile, wfile).loop()

@@ -1,0 +1,31 @@
+"""User-facing errors: each one becomes a single clear line and a non-zero exit (never a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad input from the user (spec, data, arguments). Printed as one line; exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, where: str | Path | None = None):
+        self.where = str(where) if where is not None else None
+        super().__init__(f"{self.where}: {message}" if self.where else message)
+
+
+class SpecError(UserError):
+    """A task, suite or method YAML that does not validate."""
+
+
+class DataError(UserError):
+    """A dataset that is missing, malformed, or does not match its official layout."""
+
+
+class MethodFailure(Exception):
+    """The method under test misbehaved (crash, protocol violation, bad output). Becomes a failed result."""
+
+
+class MethodTimeout(MethodFailure):
+    """The method exceeded its time budget. Becomes a timeout result."""

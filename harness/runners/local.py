@@ -1,0 +1,68 @@
+"""Local backend: the method adapter runs as a subprocess of the harness's own Python.
+
+For development and trusted methods: the process is not sandboxed (use the docker backend for
+untrusted images). It still speaks only the contract: it gets images over stdin, never paths or labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.runners.base import Runner
+from harness.specs import REPO_ROOT, MethodSpec
+
+
+def hash_folder(folder: Path) -> str:
+    """sha256 over the relative paths and contents of every file in `folder` (caches ignored)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            h.update(str(p.relative_to(folder)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+class LocalProcess:
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.read_fd = popen.stdout.fileno()
+        self.write_fd = popen.stdin.fileno()
+
+    def stop(self, grace_s: float) -> None:
+        """SIGTERM the method's process group, then SIGKILL after `grace_s`."""
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+            if self.popen.poll() is not None:
+                break
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.popen.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        for stream in (self.popen.stdin, self.popen.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class LocalRunner(Runner):
+    name = "local"
+
+    def method_ref(self, method: MethodSpec) -> str:
+        return "code-sha256:" + hash_folder(method.folder)
+
+    def launch(self, method: MethodSpec, log: Path) -> LocalProcess:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+                   PYTHONUNBUFFERED="1")
+        with open(log, "wb") as log_file:
+            popen = subprocess.Popen([sys.executable, str(method.folder / method.entrypoint)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
+                                     cwd=method.folder, env=env, start_new_session=True)
+        return LocalProcess(popen)

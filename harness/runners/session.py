@@ -1,0 +1,152 @@
+"""The harness side of the contract: a session that sends image batches and checks what comes back.
+
+Every read and write is bounded by the run's deadline, so a method that hangs, stops reading or never
+answers becomes a MethodTimeout; a method that crashes, breaks the framing or returns malformed outputs
+becomes a MethodFailure. Nothing the method does can crash the harness.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import time
+from typing import Iterable
+
+import numpy as np
+
+from benchsdk.wire import PROTOCOL_VERSION, WireError, encode, read_frame
+from harness.errors import MethodFailure, MethodTimeout
+
+MIN_REPLY_LIMIT = 256 << 20  # bytes; replies may be larger than requests (dense features), but not unboundedly
+
+
+class Channel:
+    """A pair of file descriptors (pipes or a socket) with deadline-bounded exact reads and full writes."""
+
+    def __init__(self, rfd: int, wfd: int, deadline: float):
+        self.rfd, self.wfd, self.deadline = rfd, wfd, deadline
+        os.set_blocking(wfd, False)
+
+    def _wait(self, fd: int, event: int, what: str) -> None:
+        remaining = self.deadline - time.monotonic()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, event)
+            if remaining <= 0 or not sel.select(remaining):
+                raise MethodTimeout(f"method did not {what} within the task's time limit")
+
+    def read_exact(self, n: int) -> bytearray:
+        """Exactly n bytes, in a writable buffer (numpy arrays built on it are writable, no copy)."""
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            self._wait(self.rfd, selectors.EVENT_READ, "answer")
+            chunk = os.read(self.rfd, min(n - got, 1 << 22))
+            if not chunk:
+                raise MethodFailure("method closed its output stream (it exited or crashed)")
+            view[got:got + len(chunk)] = chunk
+            got += len(chunk)
+        return buf
+
+    def write_all(self, chunks: Iterable[bytes | memoryview]) -> None:
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            while view.nbytes:
+                self._wait(self.wfd, selectors.EVENT_WRITE, "read its input")
+                try:
+                    sent = os.write(self.wfd, view[: 1 << 22])
+                except BrokenPipeError:
+                    raise MethodFailure("method closed its input stream (it exited or crashed)") from None
+                except BlockingIOError:
+                    continue
+                view = view[sent:]
+
+
+class MethodSession:
+    """One started method. Protocols call embed / embed_dense / segment / fit; all outputs are validated."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.info: dict = {}
+        self.method_seconds = 0.0  # wall time spent waiting on the method, transport included
+        self.images_sent = 0
+        self.bytes_sent = 0
+
+    def request(self, op: str, fields: dict | None = None, arrays: dict | None = None) -> tuple[dict, dict]:
+        t0 = time.monotonic()
+        frames = encode({"op": op, **(fields or {})}, arrays)
+        request_bytes = sum(memoryview(f).nbytes for f in frames)
+        try:
+            self.channel.write_all(frames)
+            header, out = read_frame(self.channel.read_exact, max_payload=max(MIN_REPLY_LIMIT, 16 * request_bytes))
+        except WireError as e:
+            raise MethodFailure(f"contract violation in reply to {op!r}: {e}") from None
+        finally:
+            self.method_seconds += time.monotonic() - t0
+        self.bytes_sent += request_bytes
+        if header.get("ok") is not True:
+            raise MethodFailure(f"method failed in {op!r}: {str(header.get('error', 'no error message'))[:2000]}")
+        return header, out
+
+    def handshake(self, seed: int, task: dict) -> dict:
+        header, _ = self.request("info", {"protocol": PROTOCOL_VERSION})
+        info = header.get("info")
+        if not isinstance(info, dict) or info.get("protocol") != PROTOCOL_VERSION:
+            raise MethodFailure(f"handshake: method speaks protocol {info and info.get('protocol')}, "
+                                f"harness {PROTOCOL_VERSION}")
+        self.info = info
+        self.request("setup", {"seed": seed, "task": task})
+        return info
+
+    def _images_request(self, op: str, images: np.ndarray, key: str) -> dict:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"harness bug: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        _, out = self.request(op, arrays={"images": images})
+        self.images_sent += len(images)
+        if key not in out:
+            raise MethodFailure(f"{op}: reply has no {key!r} array (got {sorted(out)})")
+        return out
+
+    @staticmethod
+    def _check(op: str, name: str, arr: np.ndarray, ndim: int, n: int) -> np.ndarray:
+        if arr.ndim != ndim or arr.shape[0] != n:
+            raise MethodFailure(f"{op}: {name} has shape {arr.shape}, expected {ndim} dims with {n} items first")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise MethodFailure(f"{op}: {name} has dtype {arr.dtype}, expected floating point")
+        if not np.isfinite(arr).all():
+            raise MethodFailure(f"{op}: {name} contains NaN or Inf")
+        return arr.astype(np.float32, copy=False)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float32 (N, D)."""
+        out = self._images_request("embed", images, "features")
+        return self._check("embed", "features", out["features"], 2, len(images))
+
+    def embed_dense(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float32 (N, h, w, D)."""
+        out = self._images_request("embed_dense", images, "features")
+        return self._check("embed_dense", "features", out["features"], 4, len(images))
+
+    def segment(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 (N, H, W, 3) -> masks float32 (N, K, H, W) and optional reconstructions (N, 3, H, W)."""
+        out = self._images_request("segment", images, "masks")
+        masks = self._check("segment", "masks", out["masks"], 4, len(images))
+        if masks.shape[2:] != images.shape[1:3]:
+            raise MethodFailure(f"segment: masks are {masks.shape[2:]}, images {images.shape[1:3]}")
+        recon = out.get("reconstructions")
+        if recon is not None:
+            recon = self._check("segment", "reconstructions", recon, 4, len(images))
+            if recon.shape[1:] != (3, *images.shape[1:3]):
+                raise MethodFailure(f"segment: reconstructions are {recon.shape}, expected (N, 3, H, W)")
+        return masks, recon
+
+    def fit(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], with_labels: bool) -> None:
+        """Stream the training split to the method's fit stage; labels only when the task allows them."""
+        self.request("fit_start", {"with_labels": with_labels})
+        for images, labels in batches:
+            arrays = {"images": images} | ({"labels": labels} if with_labels and labels is not None else {})
+            self.request("fit_batch", arrays=arrays)
+            self.images_sent += len(images)
+        self.request("fit_end")
+
+    def shutdown(self) -> None:
+        self.request("shutdown")

@@ -1,0 +1,67 @@
+"""A test method whose behaviour is chosen by the name of the folder it runs from (its method.yaml's folder).
+
+crasher: exits abruptly on the first batch.  hanger: never answers.  nan_out: NaN features.
+wrong_count: one row too few.  raiser: raises inside embed.  chatty: prints to stdout (must still work).
+fitter: learns the mean training image in `fit` and returns it (plus the label sum) as every embedding.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchsdk import Method, serve
+
+BEHAVIOUR = Path.cwd().name
+
+
+class Misbehave(Method):
+    name, version = BEHAVIOUR, "0"
+    outputs = ("global", "dense")
+    patch_size, embed_dim = 16, 4
+
+    def setup(self, seed, task):
+        self.mean, self.label_sum, self.batches = np.zeros(3, np.float32), -1.0, 0
+
+    def fit(self, batches):
+        total, count = np.zeros(3, np.float64), 0
+        for images, labels in batches:
+            self.batches += 1
+            if os.environ.get("FITTER_FAIL_AT") == str(self.batches):
+                raise RuntimeError(f"fit failed at batch {self.batches}")
+            total += images.reshape(-1, 3).sum(0)
+            count += images.shape[0] * images.shape[1] * images.shape[2]
+            if labels is not None:
+                self.label_sum = max(self.label_sum, 0) + float(labels.sum())
+        self.mean = (total / max(count, 1)).astype(np.float32)
+
+    def embed(self, images):
+        n = len(images)
+        if BEHAVIOUR == "crasher":
+            os._exit(3)
+        if BEHAVIOUR == "hanger":
+            time.sleep(3600)
+        if BEHAVIOUR == "raiser":
+            raise ValueError("boom from the method")
+        if BEHAVIOUR == "chatty":
+            print("hello on stdout", flush=True)
+            os.write(1, b"raw bytes on fd 1\n")
+        out = np.tile(np.r_[self.mean, self.label_sum, self.batches][None, :4], (n, 1)).astype(np.float32)
+        out[:, :3] += images.reshape(n, -1, 3).mean(1)
+        if BEHAVIOUR == "nan_out":
+            out[0, 0] = np.nan
+        if BEHAVIOUR == "wrong_count":
+            out = out[:-1]
+        return out
+
+    def embed_dense(self, images):
+        n, h, w, _ = images.shape
+        return np.repeat(self.embed(images)[:, None, None, :], h // 16 * (w // 16), 1).reshape(
+            -1 if BEHAVIOUR != "wrong_count" else n - 1, h // 16, w // 16, 4)
+
+
+if __name__ == "__main__":
+    print("adapter starting (stderr is the method's log)", file=sys.stderr)
+    serve(Misbehave())

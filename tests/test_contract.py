@@ -1,0 +1,172 @@
+"""The method contract end to end: wire format, SDK server, harness session, local runner, misbehaving methods."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchsdk.wire import MAGIC, WireError, encode, read_frame
+from harness.errors import MethodFailure, MethodTimeout
+from harness.runners.local import LocalRunner
+from harness.specs import MethodSpec, load_spec
+
+TESTS = Path(__file__).parent
+IMAGES = TESTS.parent / "images"
+
+
+def method(name: str) -> MethodSpec:
+    folder = TESTS / "methods" / name if (TESTS / "methods" / name).exists() else IMAGES / name
+    return load_spec(MethodSpec, folder / "method.yaml")
+
+
+def reader(data: bytes):
+    stream = io.BytesIO(data)
+
+    def read_exact(n):
+        buf = stream.read(n)
+        if len(buf) != n:
+            raise EOFError
+        return buf
+    return read_exact
+
+
+def images(n=3, h=32, w=48, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+# --- wire format -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["uint8", "int64", "float16", "float32", "float64", "bool"])
+def test_frames_round_trip_arrays_exactly(dtype):
+    arrays = {"a": (np.random.default_rng(1).random((2, 3, 4)) * 100).astype(dtype), "empty": np.zeros((0, 5))}
+    header, out = read_frame(reader(b"".join(bytes(c) for c in encode({"op": "x", "n": 1}, arrays))))
+    assert header == {"op": "x", "n": 1}
+    assert set(out) == {"a", "empty"}
+    np.testing.assert_array_equal(out["a"], arrays["a"])
+    assert out["a"].dtype == np.dtype(dtype) and out["empty"].shape == (0, 5)
+
+
+def test_non_contiguous_and_big_endian_arrays_are_sent_as_little_endian_c_order():
+    a = np.arange(24, dtype=">f4").reshape(4, 6)[:, ::2]
+    _, out = read_frame(reader(b"".join(bytes(c) for c in encode({"ok": True}, {"a": a}))))
+    np.testing.assert_array_equal(out["a"], a)
+
+
+def test_bad_magic_is_a_wire_error_that_hints_at_stdout():
+    with pytest.raises(WireError, match="print to stdout"):
+        read_frame(reader(b"hello world, not a frame"))
+
+
+def test_payload_over_the_limit_is_refused_before_it_is_read():
+    data = b"".join(bytes(c) for c in encode({"ok": True}, {"a": np.zeros(1000, np.float32)}))
+    with pytest.raises(WireError, match="exceeds the limit"):
+        read_frame(reader(data[:200]), max_payload=100)  # payload bytes are never touched
+
+
+def test_unknown_dtype_and_bad_shape_in_a_header_are_refused():
+    import json, struct
+    for spec in ({"name": "a", "dtype": "object", "shape": [1]}, {"name": "a", "dtype": "uint8", "shape": [-1]}):
+        body = json.dumps({"ok": True, "arrays": [spec]}).encode()
+        with pytest.raises(WireError):
+            read_frame(reader(MAGIC + struct.pack("<I", len(body)) + body))
+
+
+# --- a real method over the local runner -------------------------------------------------------------------------
+
+def start(name: str, timeout_s: float = 60, seed: int = 0):
+    return LocalRunner().start(method(name), seed, {"name": "test", "output": "global"}, timeout_s)
+
+
+def test_handshake_and_outputs_of_the_pixels_baseline():
+    x = images(2, 64, 32)
+    with start("pixels") as running:
+        s = running.session
+        assert s.info["protocol"] == 1 and s.info["name"] == "pixels" and set(s.info["outputs"]) == {"global", "dense"}
+        g, d = s.embed(x), s.embed_dense(x)
+    assert g.shape == (2, 48) and g.dtype == np.float32
+    assert d.shape == (2, 4, 2, 48)
+    # the dense feature of a patch is its 4x4 average pool: check one patch independently
+    patch = x[1, 16:32, 16:32].astype(np.float64) / 127.5 - 1
+    expected = patch.reshape(4, 4, 4, 4, 3).mean(axis=(1, 3)).reshape(-1)
+    np.testing.assert_allclose(d[1, 1, 1], expected, atol=1e-5)
+
+
+def test_method_prints_on_stdout_do_not_corrupt_the_stream():
+    with start("chatty") as running:
+        out = running.session.embed(images())
+    assert out.shape == (3, 4)
+    assert "hello on stdout" in running.log_tail and "raw bytes on fd 1" in running.log_tail
+
+
+def test_fit_streams_training_images_and_labels_only_when_allowed():
+    batches = [(images(4, seed=i), np.arange(4, dtype=np.int64) + i) for i in range(3)]
+    mean = np.concatenate([b[0] for b in batches]).reshape(-1, 3).mean(0)
+    for with_labels, label_sum in ((False, -1.0), (True, float(sum(b[1].sum() for b in batches)))):
+        with start("fitter") as running:
+            running.session.fit(iter(batches), with_labels=with_labels)
+            out = running.session.embed(np.zeros((1, 16, 16, 3), np.uint8))
+        np.testing.assert_allclose(out[0, :3], mean, rtol=1e-5)
+        assert out[0, 3] == label_sum
+
+
+def test_an_error_inside_fit_fails_the_stage_and_the_method_keeps_serving(monkeypatch):
+    monkeypatch.setenv("FITTER_FAIL_AT", "2")
+    with start("fitter") as running:
+        with pytest.raises(MethodFailure, match="fit failed at batch 2"):
+            running.session.fit(iter([(images(2, seed=i), None) for i in range(4)]), with_labels=False)
+        assert running.session.embed(images(1)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("name, error", [
+    ("crasher", "closed its output stream"),
+    ("raiser", "boom from the method"),
+    ("nan_out", "NaN or Inf"),
+    ("wrong_count", "expected 2 dims with 3 items"),
+])
+def test_misbehaving_methods_become_method_failures(name, error):
+    with pytest.raises(MethodFailure, match=error):
+        with start(name) as running:
+            running.session.embed(images())
+
+
+def test_a_hanging_method_times_out_and_its_process_is_killed():
+    t0 = time.monotonic()
+    with pytest.raises(MethodTimeout):
+        with start("hanger", timeout_s=4) as running:
+            running.session.embed(images())
+    assert time.monotonic() - t0 < 20
+    assert "adapter starting" in running.log_tail
+    # every process of the method's group is gone
+    assert not any(p.name.isdigit() and _cmdline(p).find("_misbehave/adapter.py") >= 0 and "hanger" in _cwd(p)
+                   for p in Path("/proc").iterdir())
+
+
+def _cmdline(p: Path) -> str:
+    try:
+        return (p / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cwd(p: Path) -> str:
+    try:
+        return os.readlink(p / "cwd")
+    except OSError:
+        return ""
+
+
+def test_declared_outputs_missing_from_info_fail_the_handshake(tmp_path):
+    folder = tmp_path / "pixels"
+    folder.mkdir()
+    (folder / "method.yaml").write_text((IMAGES / "pixels" / "method.yaml").read_text()
+                                        .replace("outputs: [global, dense]", "outputs: [global, dense, masks]")
+                                        .replace("entrypoint: adapter.py", f"entrypoint: {IMAGES / 'pixels' / 'adapter.py'}"))
+    spec = load_spec(MethodSpec, folder / "method.yaml")
+    with pytest.raises(MethodFailure, match="masks"):
+        with LocalRunner().start(spec, 0, {}, 60):
+            pass
