@@ -1,0 +1,91 @@
+"""The one interface every evaluation protocol implements.
+
+A protocol owns a task's preprocessing and scoring: it reads the dataset splits it needs, sends the method
+uint8 RGB batches through the session, and scores what comes back with the harness's own evaluator.
+Evaluation labels stay here; only images (and, where a task allows, training labels for `fit`) reach a method.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from harness.data.base import DatasetReader
+from harness.errors import MethodFailure
+
+OutputKind = Literal["global", "dense", "masks"]
+
+
+class ProtocolParams(BaseModel):
+    """Base for each protocol's parameter model (the `params:` block of a task YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Stopwatch:
+    """Accumulates wall time per phase: `with sw.phase("evaluator"): ...`."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] += time.perf_counter() - t0
+
+    def add(self, name: str, seconds: float) -> None:
+        self.totals[name] += seconds
+
+
+@dataclass
+class RunContext:
+    """What a protocol gets besides its dataset: the method session and the run's settings."""
+
+    session: Any  # harness.runners.session.MethodSession
+    seed: int
+    device: str = "cpu"  # "cuda" when a GPU is present; evaluators may use it
+    batch_size: int = 16
+    num_workers: int = 2
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)
+    progress: bool = True
+
+
+@dataclass
+class Outcome:
+    """A protocol's result: headline metrics (floats), JSON-able details, and notes for the reader."""
+
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def expect_shape(features: np.ndarray, shape: tuple[int | None, ...], what: str) -> np.ndarray:
+    """The protocol's shape check on a method output (None = any size). Dtype, item count and finiteness
+    are already checked by the session for every reply."""
+    if features.ndim != len(shape) or any(w is not None and g != w for g, w in zip(features.shape, shape)):
+        expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise MethodFailure(f"{what} returned shape {features.shape}, expected {expected}")
+    return features
+
+
+class Protocol(ABC):
+    name: ClassVar[str]
+    Params: ClassVar[type[ProtocolParams]]
+    output: ClassVar[OutputKind]  # what the method must produce
+
+    def __init__(self, params: ProtocolParams):
+        self.params = params
+
+    @abstractmethod
+    def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
+        """Stream the task's images through ctx.session, score the outputs, return the outcome."""

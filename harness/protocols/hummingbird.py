@@ -1,0 +1,267 @@
+"""HummingBird in-context semantic segmentation (open-hummingbird-eval HEAD 5e79da2, PROTOCOLS.md §A).
+
+A memory of L2-normalised patch features with soft labels (class histogram of each patch) is built from augmented
+training images; each query patch of a squashed S×S evaluation image takes the softmax(cos/T)-weighted mean label
+of its k nearest memory patches; the label map is upsampled bilinearly to S×S and scored by one dataset-level
+confusion matrix against the nearest-resized ground truth.
+
+Differences from the reference, all deliberate: per-sample random generators (augmentation and sampling noise
+depend on (seed, epoch, image) only, not on batch size, workers or torch's global RNG); the crop is resized from the
+uint8 image with PIL (the reference resizes the normalised float tensor; the two differ by under one grey level);
+an all-zero feature is normalised to zero rather than NaN; a memory_size asking for more patches per image than an
+image has, or k above the memory size, is a clear error instead of a crash. Masks are resized with torch's
+"nearest", exactly as the reference. Like HEAD (unlike older versions with drop_last) every evaluation image counts.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import PositiveFloat, PositiveInt, field_validator
+
+from harness.data.base import DatasetReader, SegmentationSplit
+from harness.data.loader import iter_batches, timed
+from harness.data.transforms import hbird_train_augment, resize_mask_nearest, squash_resize
+from harness.errors import DataError, UserError
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.protocols.metrics import confusion_matrix, hungarian_mapping, miou_hungarian, miou_identity
+from harness.protocols.search import (
+    MEMORY_DTYPES,
+    SEARCH_BACKENDS,
+    ExactSearch,
+    l2_normalize,
+    make_search,
+)
+
+UNLABELLED = 255  # mapped to class 0 in the memory's soft labels, as the reference does
+
+
+class HummingbirdParams(ProtocolParams):
+    train_split: str = "trainaug"
+    eval_split: str = "val"
+    input_size: PositiveInt = 512  # rounded down to a multiple of the patch size: 512 for /16, 504 for /14
+    memory_size: PositiveInt | None = 102_400  # None = every patch of every augmented image
+    aug_epochs: PositiveInt = 2
+    k: PositiveInt = 30
+    temperature: PositiveFloat = 0.02
+    num_train_samples: PositiveInt | None = None  # FUNGI data-efficient: a seeded random subset of this size
+    search: str = "exact"
+    memory_dtype: Literal["float32", "float16"] = "float32"
+
+    @field_validator("search")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        if name not in SEARCH_BACKENDS:
+            raise ValueError(f"unknown search backend {name!r}; available: {sorted(SEARCH_BACKENDS)}")
+        return name
+
+
+def train_subset(n_train: int, num_samples: int | None, seed: int) -> np.ndarray:
+    """Indices of the training images used: all, or (FUNGI's data-efficient setting, which draws
+    torch.randperm(n)[:N]) a random subset of `num_samples` drawn from `seed`, sorted."""
+    if num_samples is None:
+        return np.arange(n_train)
+    if num_samples > n_train:
+        raise UserError(f"num_train_samples={num_samples} exceeds the {n_train} training images")
+    return np.sort(np.random.default_rng(seed).permutation(n_train)[:num_samples])
+
+
+def patches_per_image(memory_size: int | None, n_train: int, aug_epochs: int, n_patches: int) -> int:
+    """K = max(1, M // (N_train · aug_epochs)) patches kept per augmented image (all patches when unbounded)."""
+    if memory_size is None:
+        return n_patches
+    k = max(1, memory_size // (n_train * aug_epochs))
+    if k > n_patches:
+        raise UserError(
+            f"memory_size={memory_size} asks for {k} patches per image ({n_train} training images × {aug_epochs} "
+            f"augmentation epochs), but an image has only {n_patches}; use memory_size ≤ "
+            f"{n_patches * n_train * aug_epochs} or null (unbounded)"
+        )
+    return k
+
+
+def patch_class_counts(masks: np.ndarray, patch: int, num_classes: int) -> np.ndarray:
+    """int64 (B, h·w, C): pixels of each class in each patch (row-major); 255 counts as class 0, as the reference."""
+    masks = np.asarray(masks, dtype=np.int64).copy()
+    masks[masks == UNLABELLED] = 0
+    if masks.max(initial=0) >= num_classes:
+        raise DataError(f"a training mask holds class id {masks.max()}, but the dataset has {num_classes} classes")
+    b, height, width = masks.shape
+    gh, gw = height // patch, width // patch
+    pixels = masks.reshape(b, gh, patch, gw, patch).transpose(0, 1, 3, 2, 4).reshape(b * gh * gw, patch * patch)
+    row_offsets = np.arange(b * gh * gw)[:, None] * num_classes
+    counts = np.bincount((pixels + row_offsets).ravel(), minlength=b * gh * gw * num_classes)
+    return counts.reshape(b, gh * gw, num_classes)
+
+
+def select_patches(counts: np.ndarray, k: int, noise: np.ndarray) -> np.ndarray:
+    """HummingBird's bounded-memory sampling: (B, k) indices of the k lowest-scoring patches of each image.
+
+    Score = Σ over the classes present in the patch of the number of the image's patches containing that class,
+    times `noise` (U(0,1), shape (B, n)), so patches of rare classes come first. Every patch has pixels, hence a
+    class, so every patch is "non-empty" and gets noise (the reference's 1e6 for empty patches never applies).
+    """
+    present = (counts > 0).astype(np.float64)
+    scores = np.einsum("bnc,bc->bn", present, present.sum(1)) * noise
+    return np.argsort(scores, axis=1, kind="stable")[:, :k]
+
+
+def memory_entries(
+    features: np.ndarray, counts: np.ndarray, keep: np.ndarray | None, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows for the memory from (B, h, w, D) features and (B, h·w, C) counts, restricted to `keep` (B, K) when
+    given: L2-normalised features (B·K, D) and soft labels (B·K, C), float32 on `device`."""
+    features = features.reshape(len(features), -1, features.shape[-1])
+    if keep is not None:
+        features = np.take_along_axis(features, keep[..., None], 1)
+        counts = np.take_along_axis(counts, keep[..., None], 1)
+    soft_labels = counts / counts.sum(-1, keepdims=True)
+    features = l2_normalize(torch.from_numpy(np.ascontiguousarray(features)).to(device))
+    soft_labels = torch.from_numpy(soft_labels.astype(np.float32)).to(device)
+    return features.reshape(-1, features.shape[-1]), soft_labels.reshape(-1, soft_labels.shape[-1])
+
+
+def transfer_labels(
+    scores: torch.Tensor, index: torch.Tensor, label_bank: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """(Q, C) softmax(scores / T)-weighted mean of the neighbours' soft labels (scores, index: (Q, k))."""
+    weights = torch.softmax(scores / temperature, dim=1)
+    return torch.einsum("qk,qkc->qc", weights, label_bank[index])
+
+
+def predict_masks(
+    features: torch.Tensor, search: ExactSearch, label_bank: torch.Tensor, k: int, temperature: float, size: int
+) -> np.ndarray:
+    """Class map (B, size, size) for dense query features (B, h, w, D): label transfer from the k nearest memory
+    patches, bilinear upsampling (align_corners=False) of the label map, argmax."""
+    b, h, w, dim = features.shape
+    scores, index = search.search(l2_normalize(features.reshape(-1, dim)), k)
+    predictions = []
+    for image_scores, image_index in zip(scores.reshape(b, h * w, k), index.reshape(b, h * w, k)):
+        label_map = transfer_labels(image_scores, image_index, label_bank, temperature).T.reshape(1, -1, h, w)
+        upsampled = F.interpolate(label_map, size=(size, size), mode="bilinear", align_corners=False)
+        predictions.append(upsampled[0].argmax(0))
+    return torch.stack(predictions).cpu().numpy()
+
+
+def load_train_sample(
+    split: SegmentationSplit, ids: np.ndarray, size: int, seed: int, epoch: int, n_patches: int, i: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Augmented image and mask of training image ids[i], and its sampling noise, all from one generator
+    seeded by (seed, epoch, image index)."""
+    index = int(ids[i])
+    rng = np.random.default_rng([seed, epoch, index])
+    image, mask = hbird_train_augment(split.image(index), split.mask(index), size, rng)
+    return image, mask, rng.random(n_patches)
+
+
+def load_eval_sample(split: SegmentationSplit, size: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+    return squash_resize(split.image(i), size), resize_mask_nearest(split.mask(i), size)
+
+
+class HummingbirdProtocol(Protocol):
+    name = "hummingbird"
+    Params = HummingbirdParams
+    output = "dense"
+    params: HummingbirdParams
+
+    def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
+        p = self.params
+        patch, dim = int(ctx.session.info["patch_size"]), int(ctx.session.info["embed_dim"])
+        size = p.input_size // patch * patch
+        if size == 0:
+            raise UserError(f"input_size={p.input_size} is smaller than the patch size {patch}")
+        train, val = data.split(p.train_split), data.split(p.eval_split)
+        if train.num_classes != val.num_classes:
+            raise DataError(f"{p.train_split} has {train.num_classes} classes, {p.eval_split} {val.num_classes}")
+        ids = train_subset(len(train), p.num_train_samples, ctx.seed)
+        per_image = patches_per_image(p.memory_size, len(ids), p.aug_epochs, (size // patch) ** 2)
+        rows = per_image * len(ids) * p.aug_epochs
+        if p.k > rows:
+            raise UserError(f"k={p.k} neighbours exceeds the {rows} patches of the memory")
+
+        bank, label_bank = self._build_memory(train, ids, size, patch, dim, per_image, rows, ctx)
+        search = make_search(p.search, bank, dtype=p.memory_dtype)
+        conf = self._confusion(val, search, label_bank, size, patch, dim, ctx)
+
+        details = {
+            "input_size": size,
+            "patch_grid": size // patch,
+            "memory_rows": rows,
+            "patches_per_image": per_image,
+            "train_images": len(ids),
+            "eval_images": len(val),
+        }
+        if p.num_train_samples is not None:
+            details["train_ids"] = [train.ids[i] for i in ids]
+        notes = [f"search '{p.search}' (the published HummingBird numbers use approximate ScaNN)"]
+        if size != p.input_size:
+            notes.append(f"input_size {p.input_size} rounded down to {size}, a multiple of the patch size {patch}")
+        return segmentation_outcome(conf, details, notes)
+
+    def _build_memory(
+        self, train: SegmentationSplit, ids: np.ndarray, size: int, patch: int, dim: int, per_image: int, rows: int,
+        ctx: RunContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (rows, D) in memory_dtype, soft labels (rows, C) float32) on ctx.device."""
+        p = self.params
+        grid = size // patch
+        bank = torch.empty((rows, dim), dtype=MEMORY_DTYPES[p.memory_dtype], device=ctx.device)
+        label_bank = torch.empty((rows, train.num_classes), dtype=torch.float32, device=ctx.device)
+        filled = 0
+        for epoch in range(p.aug_epochs):
+            load = partial(load_train_sample, train, ids, size, ctx.seed, epoch, grid * grid)
+            desc = f"hummingbird memory {epoch + 1}/{p.aug_epochs}"
+            batches = iter_batches(len(ids), load, ctx.batch_size, ctx.num_workers, desc, ctx.progress)
+            for images, masks, noise in timed(batches, ctx.stopwatch, "data"):
+                features = self._embed_dense(ctx, images, grid, dim)
+                with ctx.stopwatch.phase("evaluator"):
+                    counts = patch_class_counts(masks, patch, train.num_classes)
+                    keep = None if p.memory_size is None else select_patches(counts, per_image, noise)
+                    entries, labels = memory_entries(features, counts, keep, ctx.device)
+                    bank[filled : filled + len(entries)] = entries.to(bank.dtype)
+                    label_bank[filled : filled + len(entries)] = labels
+                    filled += len(entries)
+        return bank, label_bank
+
+    def _confusion(
+        self, val: SegmentationSplit, search: ExactSearch, label_bank: torch.Tensor, size: int, patch: int, dim: int,
+        ctx: RunContext,
+    ) -> np.ndarray:
+        """Dataset-level confusion matrix of the transferred labels against the S×S ground truth."""
+        p = self.params
+        conf = np.zeros((val.num_classes, val.num_classes), dtype=np.int64)
+        load = partial(load_eval_sample, val, size)
+        batches = iter_batches(len(val), load, ctx.batch_size, ctx.num_workers, "hummingbird eval", ctx.progress)
+        for images, masks in timed(batches, ctx.stopwatch, "data"):
+            features = self._embed_dense(ctx, images, size // patch, dim)
+            with ctx.stopwatch.phase("evaluator"):
+                query = torch.from_numpy(features).to(ctx.device)
+                predicted = predict_masks(query, search, label_bank, p.k, p.temperature, size)
+                conf += confusion_matrix(masks, predicted, val.num_classes, val.ignore_index)
+        return conf
+
+    @staticmethod
+    def _embed_dense(ctx: RunContext, images: np.ndarray, grid: int, dim: int) -> np.ndarray:
+        return expect_shape(ctx.session.embed_dense(images), (len(images), grid, grid, dim), "embed_dense")
+
+
+def segmentation_outcome(conf: np.ndarray, details: dict, notes: list[str]) -> Outcome:
+    """`miou` (Hungarian-matched, reference-compatible) and `miou_identity`, ×100, with per-class IoUs."""
+    miou, per_class = miou_hungarian(conf)
+    miou_id, per_class_id = miou_identity(conf)
+    remapped = {str(pred): int(gt) for pred, gt in enumerate(hungarian_mapping(conf)) if pred != gt}
+    if remapped:
+        notes.append(f"Hungarian matching remapped {len(remapped)} predicted class ids (see miou vs miou_identity)")
+    details = {
+        **details,
+        "pixels_scored": int(conf.sum()),
+        "per_class_iou": (100 * per_class).round(4).tolist(),
+        "per_class_iou_identity": (100 * per_class_id).round(4).tolist(),
+        "hungarian_remapped": remapped,
+    }
+    return Outcome(metrics={"miou": 100 * miou, "miou_identity": 100 * miou_id}, details=details, notes=notes)

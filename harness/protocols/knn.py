@@ -1,0 +1,113 @@
+"""Weighted k-NN classification on global features, as DINO's eval_knn.py (PROTOCOLS.md §C).
+
+Features are L2-normalised; each of the k most cosine-similar training images votes exp(sim / T) for its class;
+top-1 and top-5 (over min(5, k) ranked classes) accuracy in percent. As in DINO, top-5 can count a class that got
+no vote when fewer than five classes did; ties between classes are broken by class index.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from harness.data.base import ClassificationSplit, DatasetReader
+from harness.data.loader import iter_batches, timed
+from harness.data.transforms import dino_eval_transform
+from harness.errors import DataError, UserError
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.protocols.search import ExactSearch, l2_normalize
+
+
+class KnnParams(ProtocolParams):
+    train_split: str = "train"
+    eval_split: str = "val"
+    ks: list[PositiveInt] = Field(default_factory=lambda: [10, 20, 100, 200], min_length=1)
+    temperature: PositiveFloat = 0.07
+
+
+def knn_neighbours(train_feats: torch.Tensor, test_feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarities and indices (Q, k) of each test feature's k nearest training features, best first."""
+    return ExactSearch(l2_normalize(train_feats)).search(l2_normalize(test_feats), k)
+
+
+def knn_accuracy(
+    sims: torch.Tensor, index: torch.Tensor, train_labels: torch.Tensor, test_labels: torch.Tensor,
+    k: int, temperature: float, num_classes: int,
+) -> tuple[float, float]:
+    """(top-1, top-5) in percent from the first k of the sorted neighbours."""
+    weights = (sims[:, :k] / temperature).exp()
+    votes = torch.zeros(len(sims), num_classes, device=sims.device)
+    votes.scatter_add_(1, train_labels[index[:, :k]], weights)
+    ranked = votes.argsort(dim=1, descending=True, stable=True)[:, : min(5, k)]
+    hits = ranked == test_labels[:, None]
+    return 100 * hits[:, 0].float().mean().item(), 100 * hits.any(1).float().mean().item()
+
+
+def weighted_knn(
+    train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, test_labels: np.ndarray,
+    k: int, temperature: float, num_classes: int,
+) -> tuple[float, float]:
+    """DINO's weighted k-NN: (top-1, top-5) accuracy in percent."""
+    sims, index = knn_neighbours(torch.as_tensor(train_feats), torch.as_tensor(test_feats), k)
+    train_labels, test_labels = (torch.as_tensor(labels, dtype=torch.int64) for labels in (train_labels, test_labels))
+    return knn_accuracy(sims, index, train_labels, test_labels, k, temperature, num_classes)
+
+
+def load_knn_image(split: ClassificationSplit, i: int) -> tuple[np.ndarray]:
+    return (dino_eval_transform(split.image(i)),)
+
+
+class KnnProtocol(Protocol):
+    name = "knn"
+    Params = KnnParams
+    output = "global"
+    params: KnnParams
+
+    def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
+        p = self.params
+        train, test = data.split(p.train_split), data.split(p.eval_split)
+        ks = sorted(set(p.ks))
+        usable = [k for k in ks if k <= len(train)]
+        if not usable:
+            raise UserError(f"every k in {ks} exceeds the {len(train)} training images")
+        if len(test) == 0:
+            raise DataError(f"split {p.eval_split!r} is empty")
+        train_feats = self._embed(train, ctx, "knn train")
+        test_feats = self._embed(test, ctx, "knn eval", dim=train_feats.shape[1])
+
+        with ctx.stopwatch.phase("evaluator"):
+            tensor = partial(torch.as_tensor, device=ctx.device)
+            sims, index = knn_neighbours(tensor(train_feats), tensor(test_feats), max(usable))
+            train_labels = tensor(train.labels, dtype=torch.int64)
+            test_labels = tensor(test.labels, dtype=torch.int64)
+            per_k = {}
+            for k in usable:
+                top1, top5 = knn_accuracy(sims, index, train_labels, test_labels, k, p.temperature, train.num_classes)
+                per_k[k] = {"top1": top1, "top5": top5}
+
+        best_k = max(per_k, key=lambda k: per_k[k]["top1"])
+        metrics = {"top1_best": per_k[best_k]["top1"]}
+        if 20 in per_k:
+            metrics["top1_k20"] = per_k[20]["top1"]
+        notes = [f"k={k} skipped: only {len(train)} training images" for k in ks if k not in per_k]
+        details = {
+            "per_k": {str(k): v for k, v in per_k.items()},
+            "best_k": best_k,
+            "train_images": len(train),
+            "eval_images": len(test),
+        }
+        return Outcome(metrics=metrics, details=details, notes=notes)
+
+    @staticmethod
+    def _embed(split: ClassificationSplit, ctx: RunContext, desc: str, dim: int | None = None) -> np.ndarray:
+        """(N, D) global features of a split; every batch must have the same D (`dim` when given)."""
+        load = partial(load_knn_image, split)
+        chunks: list[np.ndarray] = []
+        batches = iter_batches(len(split), load, ctx.batch_size, ctx.num_workers, desc, ctx.progress)
+        for (images,) in timed(batches, ctx.stopwatch, "data"):
+            chunks.append(expect_shape(ctx.session.embed(images), (len(images), dim), "embed"))
+            dim = chunks[0].shape[1]
+        return np.concatenate(chunks)

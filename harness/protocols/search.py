@@ -1,0 +1,78 @@
+"""L2 normalisation and inner-product top-k search over a bank of feature vectors.
+
+Backends sit in a registry (`make_search`) so that approximate ones (faiss, ScaNN) can be added beside "exact".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.errors import UserError
+
+MEMORY_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def l2_normalize(features: torch.Tensor) -> torch.Tensor:
+    """Unit-length rows (float32); an all-zero row stays zero instead of becoming NaN."""
+    return F.normalize(features.float(), dim=-1)
+
+
+class ExactSearch:
+    """Exact top-k by inner product over `bank` (N, D), on the bank's device.
+
+    The bank is kept in `dtype` (float16 halves its memory). Scores are computed block by block, at most
+    `max_block` query × bank entries at a time, in the bank's dtype on CUDA and in float32 on CPU; with a
+    float16 bank the k winners are re-scored in float32, so returned scores are always float32.
+    """
+
+    def __init__(self, bank: torch.Tensor, dtype: str = "float32", query_chunk: int = 4096, max_block: int = 2**26):
+        if bank.ndim != 2 or bank.shape[0] == 0:
+            raise ValueError(f"bank must be a non-empty (N, D) tensor, got shape {tuple(bank.shape)}")
+        self.bank = bank.to(MEMORY_DTYPES[dtype])
+        self.query_chunk = query_chunk
+        self.bank_chunk = max(1, max_block // query_chunk)
+        on_cuda = self.bank.device.type == "cuda"
+        self.compute_dtype = self.bank.dtype if on_cuda else torch.float32
+
+    def __len__(self) -> int:
+        return self.bank.shape[0]
+
+    @torch.no_grad()
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores float32 (Q, k), indices int64 (Q, k)), best first, on the bank's device."""
+        if not 0 < k <= len(self):
+            raise ValueError(f"k={k} must be between 1 and the bank size {len(self)}")
+        queries = queries.to(self.bank.device, torch.float32)
+        chunks = queries.split(self.query_chunk)
+        scores, index = zip(*(self._search_chunk(chunk, k) for chunk in chunks))
+        return torch.cat(scores), torch.cat(index)
+
+    def _search_chunk(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q = queries.to(self.compute_dtype)
+        best_scores = best_index = None
+        for start in range(0, len(self), self.bank_chunk):
+            block = self.bank[start : start + self.bank_chunk].to(self.compute_dtype)
+            scores, index = (q @ block.T).topk(min(k, len(block)), dim=1)
+            index += start
+            if best_scores is not None:
+                scores, pick = torch.cat([best_scores, scores], 1).topk(k, dim=1)
+                index = torch.cat([best_index, index], 1).gather(1, pick)
+            best_scores, best_index = scores, index
+        if self.compute_dtype != torch.float32:
+            exact = torch.einsum("qd,qkd->qk", queries, self.bank[best_index].float())
+            best_scores, order = exact.sort(dim=1, descending=True)
+            best_index = best_index.gather(1, order)
+        return best_scores.float(), best_index
+
+
+SEARCH_BACKENDS = {"exact": ExactSearch}
+
+
+def make_search(name: str, bank: torch.Tensor, **options: Any) -> ExactSearch:
+    """Build the search backend `name` over `bank`."""
+    if name not in SEARCH_BACKENDS:
+        raise UserError(f"unknown search backend {name!r}; available: {sorted(SEARCH_BACKENDS)}")
+    return SEARCH_BACKENDS[name](bank, **options)
