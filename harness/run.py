@@ -1,0 +1,114 @@
+"""Run cells (method x task x seed) and matrices of them: specs -> data -> runner -> protocol -> result."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import specs
+from harness.data import open_dataset, fingerprint
+from harness.errors import MethodFailure, MethodTimeout, UserError
+from harness.protocols.base import RunContext
+from harness.provenance import gpu_name, machine, now
+from harness.results import DatasetInfo, Provenance, ResultKey, ResultStore, RunResult, Timings
+from harness.runners import get_runner
+
+
+@dataclass
+class RunOptions:
+    backend: str = "local"
+    synthetic: bool = False
+    data_root: Path = Path(os.environ.get("BENCH_DATA", "data"))
+    force: bool = False
+    timeout_s: float | None = None  # None: the task's own
+    progress: bool = True
+    num_workers: int = 2
+
+
+def _log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def incompatibility(method: specs.MethodSpec, task: specs.TaskSpec) -> str | None:
+    if task.output not in method.outputs:
+        return f"method {method.name} produces {method.outputs}, task {task.name} needs {task.output!r} outputs"
+    return None
+
+
+def run_cell(method_name: str, task_name: str, seed: int, opts: RunOptions, store: ResultStore) -> RunResult:
+    """Run one cell, or return its stored result. Method misbehaviour becomes a failed/timeout result;
+    bad specs or data raise UserError before anything is written."""
+    method, task = specs.get("method", method_name), specs.get("task", task_name)
+    if reason := incompatibility(method, task):
+        raise UserError(reason)
+    runner = get_runner(opts.backend)
+    key = ResultKey(method=method.name, method_ref=runner.method_ref(method), task=task.name,
+                    task_version=task.version, data="procedural" if opts.synthetic else "real", seed=seed)
+    cached = store.get(key)
+    if cached is not None and cached.status == "ok" and not opts.force:
+        _log(f"{method.name} x {task.name} seed {seed} ({key.data}): cached, skipped ({store.path(key)})")
+        return cached
+
+    t0, started = time.perf_counter(), now()
+    dataset = open_dataset(task.dataset, opts.data_root, synthetic=opts.synthetic)
+    _log(f"{method.name} x {task.name} seed {seed} ({key.data} data, {opts.backend} backend)")
+    dataset_info = DatasetInfo(name=task.dataset, kind=key.data, root=str(dataset.root),
+                               fingerprint=fingerprint(dataset.root))
+    protocol = task.make_protocol()
+    ctx = RunContext(session=None, seed=seed, device="cuda" if gpu_name() else "cpu", batch_size=task.batch_size,
+                     num_workers=opts.num_workers, progress=opts.progress)
+    status, error, outcome, running = "ok", None, None, None
+    task_info = {"name": task.name, "version": task.version, "output": task.output, "seed": seed}
+    try:
+        with runner.start(method, seed, task_info, opts.timeout_s or task.timeout_s) as running:
+            ctx.session = running.session
+            outcome = protocol.run(dataset, ctx)
+    except MethodTimeout as e:
+        status, error = "timeout", str(e)
+    except MethodFailure as e:
+        status, error = "failed", str(e)
+
+    session = running.session if running else None
+    total = time.perf_counter() - t0
+    method_s = session.method_seconds if session else 0.0
+    data_s, evaluator_s = ctx.stopwatch.totals["data"], ctx.stopwatch.totals["evaluator"]
+    result = RunResult(
+        key=key, status=status, error=error,
+        metrics=outcome.metrics if outcome else {}, details=outcome.details if outcome else {},
+        notes=(outcome.notes if outcome else []) + (
+            ["procedural stand-in data: not comparable to published numbers"] if opts.synthetic else []),
+        provenance=Provenance(**machine(), task_spec_hash=task.spec_hash,
+                              task_params=task.protocol_params.model_dump(mode="json"), backend=opts.backend,
+                              dataset=dataset_info, method_info=session.info if session else {},
+                              started_at=started, finished_at=now()),
+        timings=Timings(total_s=total, method_s=method_s, data_s=data_s, evaluator_s=evaluator_s,
+                        harness_s=max(0.0, total - method_s - data_s - evaluator_s),
+                        images_sent=session.images_sent if session else 0,
+                        bytes_sent=session.bytes_sent if session else 0),
+        log_tail=running.log_tail if running and status != "ok" else "",
+    )
+    path = store.put(result)
+    summary = ", ".join(f"{k}={v:.2f}" for k, v in result.metrics.items()) or error
+    _log(f"{method.name} x {task.name} seed {seed}: {status} in {total:.1f}s ({summary}) -> {path}")
+    return result
+
+
+def run_matrix(suite_name: str, opts: RunOptions, store: ResultStore, methods: list[str] | None = None,
+               seeds: list[int] | None = None) -> list[RunResult]:
+    """Every compatible (method, task, seed) cell of a suite; a failing cell never stops the others."""
+    suite = specs.get("suite", suite_name)
+    methods = methods or suite.methods or specs.baseline_methods()
+    tasks = [specs.get("task", t) for t in suite.tasks]
+    method_specs = [specs.get("method", m) for m in methods]
+    results = []
+    for task in tasks:
+        for method in method_specs:
+            if reason := incompatibility(method, task):
+                _log(f"skipped: {reason}")
+                continue
+            for seed in seeds or suite.seeds:
+                results.append(run_cell(method.name, task.name, seed, opts, store))
+    return results

@@ -1,0 +1,159 @@
+"""`bench` end to end, as a user runs it: real subprocesses, real methods, procedural datasets on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.results import RunResult, json_schema
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_METHODS = REPO / "tests" / "methods"
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")  # procedural datasets are generated here once per session
+
+
+def bench(*args, env=None, timeout=900):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True,
+                          env=full_env, cwd=REPO, timeout=timeout)
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def result_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("seed*.json"))
+
+
+# --- specs ---------------------------------------------------------------------------------------------------
+
+def test_list_prints_tables_of_tasks_methods_and_suites():
+    for kind, expected in (("tasks", "voc_hummingbird"), ("methods", "random_vit"), ("suites", "smoke")):
+        proc = bench("list", kind)
+        assert proc.returncode == 0, proc.stderr
+        assert expected in proc.stdout and "|" in proc.stdout
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("name: bad\nversion: one\ndescription: x\nprotocol: knn\ndataset: flowers102\n", "bad.yaml:2: version:"),
+    ("name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\ncolour: red\n",
+     "bad.yaml:6: colour: Extra inputs are not permitted"),
+    ("name: bad\nversion: 1\ndescription: x\nprotocol: nope\ndataset: flowers102\n", "bad.yaml:4: protocol:"),
+    ("name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\nparams:\n  temperature: hot\n",
+     "bad.yaml:7: params.temperature:"),
+    ("name: bad\nversion: 1\n  description: [x\n", "bad.yaml:3: not valid YAML"),
+    ("name: other\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\n", "must match its file name"),
+])
+def test_a_malformed_task_spec_gives_one_line_naming_file_line_and_field(tmp_path, body, expected):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "bad.yaml").write_text(body)
+    line = one_line_error(bench("list", "tasks", env={"BENCH_BENCHMARKS": str(tmp_path)}))
+    assert expected in line
+
+
+def test_a_malformed_method_spec_gives_one_line(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "method.yaml").write_text("name: broken\nversion: '1'\ndescription: x\noutputs: [pixels]\n")
+    line = one_line_error(bench("list", "methods", env={"BENCH_IMAGES": str(tmp_path)}))
+    assert "broken/method.yaml:4: outputs.0:" in line
+
+
+def test_unknown_names_are_one_line_errors():
+    assert "unknown method 'nope'" in one_line_error(bench("run", "--method", "nope", "--task", "voc_hummingbird"))
+    assert "unknown task 'nope'" in one_line_error(bench("run", "--method", "pixels", "--task", "nope"))
+
+
+def test_missing_real_dataset_says_where_and_how_and_writes_nothing(tmp_path):
+    proc = bench("run", "--method", "pixels", "--task", "flowers102_knn", "--data-root", str(tmp_path / "data"),
+                 "--results", str(tmp_path / "results"))
+    line = one_line_error(proc)
+    assert str(tmp_path / "data") in line and "--data synthetic" in line
+    assert not (tmp_path / "results").exists()
+
+
+# --- running -------------------------------------------------------------------------------------------------
+
+def test_run_writes_one_typed_result_and_a_rerun_is_skipped(tmp_path, data_root):
+    args = ("run", "--method", "pixels", "--task", "flowers102_knn", "--data", "synthetic", "--data-root",
+            str(data_root), "--results", str(tmp_path), "--no-progress")
+    proc = bench(*args)
+    assert proc.returncode == 0, proc.stderr
+    [path] = result_files(tmp_path)
+    result = RunResult.model_validate_json(path.read_text())
+    assert path == tmp_path / result.key.relpath()
+    assert result.status == "ok" and result.key.data == "procedural"
+    assert 0 <= result.metrics["top1_k20"] <= 100 and result.metrics["top1_best"] >= result.metrics["top1_k20"]
+    assert result.provenance.dataset.fingerprint and result.provenance.method_info["name"] == "pixels"
+    assert result.key.method_ref.startswith("code-sha256:")
+    assert any("procedural" in n for n in result.notes)
+    mtime = path.stat().st_mtime_ns
+
+    again = bench(*args)
+    assert again.returncode == 0 and "cached, skipped" in again.stderr
+    assert path.stat().st_mtime_ns == mtime
+    forced = bench(*args, "--force")
+    assert forced.returncode == 0 and path.stat().st_mtime_ns != mtime
+
+
+def test_matrix_records_crashes_and_timeouts_and_carries_on(tmp_path, data_root):
+    (tmp_path / "bench" / "suites").mkdir(parents=True)
+    (tmp_path / "bench" / "suites" / "misbehaving.yaml").write_text(
+        "name: misbehaving\ndescription: test\ntasks: [flowers102_knn]\nmethods: [crasher, hanger, pixels]\n"
+        "data: synthetic\n")
+    env = {"BENCH_IMAGES": f"{TEST_METHODS}{os.pathsep}{REPO / 'images'}",
+           "BENCH_BENCHMARKS": f"{tmp_path / 'bench'}{os.pathsep}{REPO / 'benchmarks'}"}
+    results = tmp_path / "results"
+    proc = bench("matrix", "--suite", "misbehaving", "--data-root", str(data_root), "--results", str(results),
+                 "--timeout", "40", "--no-progress", env=env)
+    assert proc.returncode == 1, proc.stderr
+    status = {RunResult.model_validate_json(p.read_text()).key.method: RunResult.model_validate_json(p.read_text())
+              for p in result_files(results)}
+    assert {m: r.status for m, r in status.items()} == {"crasher": "failed", "hanger": "timeout", "pixels": "ok"}
+    assert "closed its output stream" in status["crasher"].error
+    assert status["crasher"].log_tail  # the method's stderr is kept for failed runs
+
+    board = tmp_path / "board.md"
+    proc = bench("leaderboard", "--results", str(results), "--out", str(board))
+    assert proc.returncode == 0
+    text = board.read_text()
+    assert "failed: method closed its output stream" in text and "timeout: method did not" in text
+    assert "not comparable to published results" in text
+
+
+def test_smoke_suite_end_to_end_then_nothing_reruns(tmp_path, data_root):
+    results = tmp_path / "results"
+    args = ("matrix", "--suite", "smoke", "--data-root", str(data_root), "--results", str(results), "--no-progress")
+    proc = bench(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = [RunResult.model_validate_json(p.read_text()) for p in result_files(results)]
+    cells = {(r.key.method, r.key.task) for r in found}
+    assert cells == {(m, t) for m in ("pixels", "random_vit") for t in ("voc_hummingbird", "flowers102_knn")}
+    for r in found:
+        assert r.status == "ok" and all(0 <= v <= 100 for v in r.metrics.values())
+        assert r.timings.method_s > 0 and r.timings.images_sent > 0
+    again = bench(*args)
+    assert again.returncode == 0 and again.stderr.count("cached, skipped") == 4
+
+    proc = bench("leaderboard", "--results", str(results), "--out", str(tmp_path / "board.md"))
+    text = (tmp_path / "board.md").read_text()
+    for name in ("voc_hummingbird", "flowers102_knn", "random_vit", "pixels", "miou", "top1_best"):
+        assert name in text
+    assert text.index("## Real datasets") < text.index("## Procedural stand-in data")
+
+
+def test_committed_result_schema_matches_the_code():
+    committed = json.loads((REPO / "leaderboard" / "result.schema.json").read_text())
+    assert committed == json_schema(), "run `make schema` and commit leaderboard/result.schema.json"

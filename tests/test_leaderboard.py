@@ -1,0 +1,38 @@
+"""The leaderboard aggregates seeds correctly and never mixes real and procedural results."""
+
+import statistics
+
+from harness.leaderboard import render
+from harness.results import Provenance, ResultKey, RunResult, Timings
+
+
+def result(method, seed, miou, data="procedural", status="ok", task="voc_hummingbird"):
+    prov = Provenance(harness_version="0.1.0", git_commit="abc", git_dirty=False, task_spec_hash="h", task_params={},
+                      backend="local", host="h", platform="p", python="3", cpu="c", gpu=None, libraries={},
+                      dataset=None, started_at="t", finished_at="t")
+    return RunResult(key=ResultKey(method=method, method_ref="code-sha256:0123456789abcdef", task=task,
+                                   task_version=1, data=data, seed=seed),
+                     status=status, error=None if status == "ok" else "method crashed",
+                     metrics={"miou": miou, "miou_identity": miou - 1} if status == "ok" else {},
+                     provenance=prov, timings=Timings(total_s=1, method_s=0, data_s=0, evaluator_s=0, harness_s=1))
+
+
+def test_mean_and_std_over_seeds_best_method_first_and_failures_shown():
+    values = [40.0, 42.0, 47.0]
+    text = render([result("good", s, v) for s, v in enumerate(values)]
+                  + [result("floor", 0, 10.0), result("floor", 1, 0, status="failed")])
+    expected = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    assert expected in text
+    good, floor = text.index("| good"), text.index("| floor")
+    assert good < floor
+    assert "ok 1/2; failed: method crashed" in text
+
+
+def test_real_and_procedural_results_are_in_separate_sections():
+    text = render([result("m", 0, 70.0, data="real"), result("m", 0, 30.0, data="procedural")])
+    real, proc = text.index("## Real datasets"), text.index("## Procedural stand-in data")
+    assert real < text.index("70.00") < proc < text.index("30.00")
+
+
+def test_empty_results_say_how_to_get_some():
+    assert "make bench" in render([])
