@@ -46,6 +46,8 @@ class DatasetReader(ABC):
     name: ClassVar[str]
     subdir: ClassVar[str]  # where it is expected under the data root
     how_to_get: ClassVar[str]  # one line: where to download it / how to lay it out
+    split_names: ClassVar[tuple[str, ...]] = ()  # every split `split()` accepts
+    official_counts: ClassVar[dict[str, int]] = {}  # split -> item count of the real dataset (checked by `data check`)
 
     def __init__(self, root: Path):
         self.root = Path(root)

@@ -56,6 +56,8 @@ class Flowers102(DatasetReader):
         "download 102flowers.tgz, imagelabels.mat and setid.mat from www.robots.ox.ac.uk/~vgg/data/flowers/102 "
         "into <data root>/flowers-102 (torchvision's Flowers102 layout: jpg/, imagelabels.mat, setid.mat)"
     )
+    split_names = tuple(SPLIT_KEYS)
+    official_counts = {"train": 1020, "val": 1020, "test": 6149}
 
     def check_layout(self) -> None:
         for needed in (self.root / "jpg", self.root / "imagelabels.mat", self.root / "setid.mat"):

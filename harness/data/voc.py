@@ -114,6 +114,8 @@ class VOCSegmentation(DatasetReader):
         "SegmentationClassAug/ with ImageSets/Segmentation/trainaug.txt into <data root>/VOCdevkit/VOC2012 "
         "(the HummingBird zip's images/ sets/ layout is accepted too)"
     )
+    split_names = ("train", "val", "trainaug")
+    official_counts = {"train": 1464, "val": 1449, "trainaug": 10582}
 
     def check_layout(self) -> None:
         present = [name for name, (images, _) in LAYOUTS.items() if (self.root / images).is_dir()]
