@@ -36,8 +36,11 @@ def voc_copy(voc_root, tmp_path) -> Path:
     return Path(shutil.copytree(voc_root, tmp_path / "VOC2012"))
 
 
-def test_registry():
-    assert set(DATASETS) == {"voc", "flowers102"}
+def test_registry_entries_are_complete():
+    assert {"voc", "flowers102"} <= set(DATASETS)
+    for name, reader in DATASETS.items():
+        assert reader.name == name and reader.subdir and reader.how_to_get
+        assert reader.split_names and set(reader.official_counts) <= set(reader.split_names)
 
 
 def test_voc_splits_and_content(voc_root):

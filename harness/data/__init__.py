@@ -9,13 +9,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from harness.data.ade20k import ADE20K
 from harness.data.base import DatasetReader
+from harness.data.coco import COCOInstances
 from harness.data.flowers102 import Flowers102
 from harness.data.synthetic import GENERATOR_VERSION, MARKER_FILE
 from harness.data.voc import VOCSegmentation
 from harness.errors import DataError
 
-DATASETS: dict[str, type[DatasetReader]] = {cls.name: cls for cls in (VOCSegmentation, Flowers102)}
+DATASETS: dict[str, type[DatasetReader]] = {
+    cls.name: cls for cls in (VOCSegmentation, ADE20K, COCOInstances, Flowers102)
+}
 SAMPLED_FILES = 256
 EDGE_BYTES = 64 * 1024
 
