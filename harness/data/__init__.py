@@ -11,14 +11,20 @@ from pathlib import Path
 
 from harness.data.ade20k import ADE20K
 from harness.data.base import DatasetReader
+from harness.data.class_folders import ImageNet, Imagenette
 from harness.data.coco import COCOInstances
+from harness.data.cub import CUB200
 from harness.data.flowers102 import Flowers102
+from harness.data.food101 import Food101
+from harness.data.medmnist import MEDMNIST_READERS
 from harness.data.synthetic import GENERATOR_VERSION, MARKER_FILE
 from harness.data.voc import VOCSegmentation
 from harness.errors import DataError
 
 DATASETS: dict[str, type[DatasetReader]] = {
-    cls.name: cls for cls in (VOCSegmentation, ADE20K, COCOInstances, Flowers102)
+    cls.name: cls
+    for cls in (VOCSegmentation, ADE20K, COCOInstances, Flowers102, CUB200, Food101, Imagenette, ImageNet,
+                *MEDMNIST_READERS)
 }
 SAMPLED_FILES = 256
 EDGE_BYTES = 64 * 1024

@@ -10,7 +10,7 @@ from PIL import Image
 
 from harness.data import synthetic
 from harness.data.base import DatasetReader, SegmentationSplit
-from harness.data.voc import image_size, read_rgb
+from harness.data.files import check_same_size, read_label_png, read_rgb
 from harness.errors import DataError
 
 # objectInfo150 order; label k is CLASS_NAMES[k], 0 = "other" (pixels of none of the 150 classes)
@@ -42,21 +42,11 @@ GROUND_CLASSES = (4, 7, 10, 12, 22)  # floor, road, grass, sidewalk, water
 OBJECT_CLASSES = (8, 9, 11, 13, 15, 16, 18, 20, 21, 23)  # bed, windowpane, cabinet, person, door, table, ...
 DRAWN_CLASSES = TOP_CLASSES + MIDDLE_CLASSES + GROUND_CLASSES + OBJECT_CLASSES
 OTHER_STYLE = 31  # appearance of unlabelled ("other") objects: a style no drawn class has
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 def read_annotation(path: Path) -> np.ndarray:
-    """An 8-bit grayscale ('L') PNG of labels 0..150, uint8 (H, W); DataError naming the file otherwise."""
-    try:
-        with Image.open(path) as img:
-            if img.mode != "L":
-                raise DataError(f"annotation has mode {img.mode}; expected an 8-bit grayscale ('L') PNG", where=path)
-            labels = np.array(img)
-    except _DECODE_ERRORS as err:
-        raise DataError(f"cannot decode annotation ({err})", where=path) from None
-    if labels.max(initial=0) >= NUM_CLASSES:
-        raise DataError(f"annotation holds value {int(labels.max())}; ADE20K labels are 0..150", where=path)
-    return labels
+    """An 8-bit grayscale ('L') PNG of labels 0..150, uint8 (H, W)."""
+    return read_label_png(path, ("L",), NUM_CLASSES, what="annotation")
 
 
 class ADE20KSplit(SegmentationSplit):
@@ -77,15 +67,8 @@ class ADE20KSplit(SegmentationSplit):
         return read_rgb(self.image_path(i))
 
     def mask(self, i: int) -> np.ndarray:
-        labels = read_annotation(self.mask_path(i))
-        width, height = image_size(self.image_path(i))
-        if labels.shape != (height, width):
-            raise DataError(
-                f"annotation is {labels.shape[1]}x{labels.shape[0]} "
-                f"but its image {self.ids[i]}.jpg is {width}x{height}",
-                where=self.mask_path(i),
-            )
-        return labels
+        return check_same_size(read_annotation(self.mask_path(i)), self.mask_path(i), self.image_path(i),
+                               what="annotation")
 
 
 class ADE20K(DatasetReader):

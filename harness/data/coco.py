@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 
 from harness.data import synthetic
 from harness.data.base import DatasetReader, SegmentationSplit
-from harness.data.voc import image_size, read_rgb
+from harness.data.files import image_size, read_rgb
 from harness.errors import DataError
 
 SPLITS = ("train2017", "val2017")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,8 @@ from scipy.io import loadmat
 from scipy.io.matlab import MatReadError
 
 from harness.data import synthetic
-from harness.data.base import ClassificationSplit, DatasetReader
-from harness.data.voc import read_rgb
+from harness.data.base import DatasetReader
+from harness.data.files import ImageFileSplit, check_files_exist
 from harness.errors import DataError
 
 SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
@@ -35,18 +34,6 @@ def load_mat_ints(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
             raise DataError(f"key '{key}' must hold positive integers (1-based)", where=path)
         arrays[key] = values.astype(np.int64)
     return arrays
-
-
-class FlowersSplit(ClassificationSplit):
-    def __init__(self, name: str, ids: list[str], paths: list[Path], labels: np.ndarray, num_classes: int):
-        self.name, self.ids, self.paths = name, ids, paths
-        self.labels, self.num_classes = labels, num_classes
-
-    def image_path(self, i: int) -> Path:
-        return self.paths[i]
-
-    def image(self, i: int) -> np.ndarray:
-        return read_rgb(self.paths[i])
 
 
 class Flowers102(DatasetReader):
@@ -74,19 +61,14 @@ class Flowers102(DatasetReader):
                     where=self.root / "setid.mat",
                 )
 
-    def split(self, name: str) -> FlowersSplit:
+    def split(self, name: str) -> ImageFileSplit:
         if name not in SPLIT_KEYS:
             raise DataError(f"unknown split '{name}'; Flowers102 splits are {', '.join(SPLIT_KEYS)}", where=self.root)
         numbers = self.set_ids[SPLIT_KEYS[name]]
         ids = [f"image_{n:05d}" for n in numbers]
-        paths = [self.root / "jpg" / f"{x}.jpg" for x in ids]
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise DataError(
-                f"{len(missing)} image(s) of split '{name}' listed in setid.mat are missing, first {missing[0].name}",
-                where=missing[0],
-            )
-        return FlowersSplit(name, ids, paths, self.labels[numbers - 1], self.num_classes)
+        files = [f"{x}.jpg" for x in ids]
+        check_files_exist(self.root / "jpg", files, listed_in=self.root / "setid.mat")
+        return ImageFileSplit(name, self.root / "jpg", files, self.labels[numbers - 1], self.num_classes, ids=ids)
 
     @classmethod
     def synthesize(cls, root: Path, scale: str = "tiny", seed: int = 0) -> None:
@@ -98,7 +80,7 @@ class Flowers102(DatasetReader):
         entries = [(c, key) for c in range(num_classes) for key, n in counts.items() for _ in range(n)]
         entries = [entries[k] for k in rng.permutation(len(entries))]  # classes interleaved, as in the real set
         for number, (c, _) in enumerate(entries, start=1):
-            synthetic.save_jpeg(_flower(rng, c), root / "jpg" / f"image_{number:05d}.jpg")
+            synthetic.save_jpeg(synthetic.object_image(rng, c), root / "jpg" / f"image_{number:05d}.jpg")
         labels = np.array([[c + 1 for c, _ in entries]], np.uint8)
         synthetic.save_mat(root / "imagelabels.mat", {"labels": labels})
         set_ids = {
@@ -108,12 +90,3 @@ class Flowers102(DatasetReader):
         synthetic.save_mat(root / "setid.mat", set_ids)
         synthetic.write_marker(root, cls.name, scale, seed)
 
-
-def _flower(rng: np.random.Generator, c: int) -> np.ndarray:
-    """One roughly centred object of class c on a textured background, 96-160 px a side."""
-    width, height = int(rng.integers(96, 161)), int(rng.integers(96, 161))
-    canvas = synthetic.background(rng, height, width)
-    r = rng.uniform(0.28, 0.42) * min(height, width)
-    cx, cy = width / 2 + rng.normal(0, 0.08 * width), height / 2 + rng.normal(0, 0.08 * height)
-    synthetic.paint_object(rng, canvas, c, cx, cy, r)
-    return synthetic.to_uint8(canvas)

@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter
 
 from harness.data import synthetic
 from harness.data.base import DatasetReader, SegmentationSplit
+from harness.data.files import check_same_size, image_size, read_label_png, read_rgb
 from harness.errors import DataError
 
 CLASS_NAMES = (
@@ -23,7 +24,6 @@ LAYOUTS = {"devkit": ("JPEGImages", "ImageSets/Segmentation"), "hummingbird": ("
 MASK_DIRS = {"train": "SegmentationClass", "val": "SegmentationClass", "trainaug": "SegmentationClassAug"}
 # scale -> (trainaug ids, of which the first are train ids, val ids)
 SCALES = {"tiny": (60, 40, 20), "small": (600, 400, 200)}
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 def voc_palette() -> list[int]:
@@ -39,43 +39,9 @@ def voc_palette() -> list[int]:
     return palette
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to uint8 RGB (H, W, 3); DataError naming the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except _DECODE_ERRORS as err:
-        raise DataError(f"cannot decode image ({err})", where=path) from None
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header only."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except _DECODE_ERRORS as err:
-        raise DataError(f"cannot read image header ({err})", where=path) from None
-
-
 def read_mask(path: Path) -> np.ndarray:
     """Class indices of a palette ('P') or grayscale ('L') PNG, uint8 (H, W)."""
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise DataError(
-                    f"mask has mode {img.mode}; expected a palette ('P') or grayscale ('L') PNG of class indices",
-                    where=path,
-                )
-            mask = np.asarray(img)
-    except _DECODE_ERRORS as err:
-        raise DataError(f"cannot decode mask ({err})", where=path) from None
-    bad = (mask >= NUM_CLASSES) & (mask != IGNORE_INDEX)
-    if bad.any():
-        raise DataError(
-            f"mask holds value {int(mask[bad][0])}; VOC class ids are 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}",
-            where=path,
-        )
-    return mask
+    return read_label_png(path, ("P", "L"), NUM_CLASSES, also_allowed=(IGNORE_INDEX,))
 
 
 class VOCSplit(SegmentationSplit):
@@ -96,14 +62,7 @@ class VOCSplit(SegmentationSplit):
         return read_rgb(self.image_path(i))
 
     def mask(self, i: int) -> np.ndarray:
-        mask = read_mask(self.mask_path(i))
-        width, height = image_size(self.image_path(i))
-        if mask.shape != (height, width):
-            raise DataError(
-                f"mask is {mask.shape[1]}x{mask.shape[0]} but its image {self.image_path(i).name} is {width}x{height}",
-                where=self.mask_path(i),
-            )
-        return mask
+        return check_same_size(read_mask(self.mask_path(i)), self.mask_path(i), self.image_path(i))
 
 
 class VOCSegmentation(DatasetReader):
