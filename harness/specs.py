@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 OutputKind = Literal["global", "dense", "masks"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
+TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?$"  # a variant's name carries its task's
 
 
 class _Spec(BaseModel):
@@ -25,10 +27,21 @@ class _Spec(BaseModel):
     path: Path | None = Field(default=None, exclude=True)
 
 
-class TaskSpec(_Spec):
-    """One task of the fixed suite: a protocol applied to a dataset with fixed parameters."""
+class TaskVariant(BaseModel):
+    """A named variation of a task (`<task>@<variant>`): another dataset and/or some parameters overridden."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    description: str | None = None
+    dataset: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskSpec(_Spec):
+    """One task of the fixed suite: a protocol applied to a dataset with fixed parameters.
+
+    `variants` name variations run as tasks of their own, e.g. `voc_hummingbird@m1024000`."""
+
+    name: str = Field(pattern=TASK_NAME_PATTERN)
     version: int = Field(ge=1)
     description: str
     protocol: str
@@ -38,6 +51,15 @@ class TaskSpec(_Spec):
     timeout_s: float = Field(default=3600, gt=0)
     batch_size: int = Field(default=16, ge=1)
     fit_labels: bool = False  # may a method's fit stage see the training split's labels?
+    variants: dict[str, TaskVariant] = Field(default_factory=dict)
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: dict) -> dict:
+        for name in v:
+            if not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(f"variant name {name!r} must match {NAME_PATTERN}")
+        return v
 
     @field_validator("protocol")
     @classmethod
@@ -56,6 +78,17 @@ class TaskSpec(_Spec):
         if v not in DATASETS:
             raise ValueError(f"unknown dataset {v!r}; known: {', '.join(sorted(DATASETS))}")
         return v
+
+    def variant(self, name: str) -> "TaskSpec":
+        """This task with variant `name` applied, named `<task>@<name>`, as a task of its own."""
+        if name not in self.variants:
+            raise SpecError(f"task {self.name!r} has no variant {name!r}; variants: "
+                            f"{', '.join(self.variants) or '(none)'}", where=self.path)
+        v = self.variants[name]
+        body = self.model_dump(exclude={"variants", "name", "params", "dataset", "description"})
+        return TaskSpec(**body, name=f"{self.name}@{name}", path=self.path, dataset=v.dataset or self.dataset,
+                        params={**self.params, **v.params},
+                        description=v.description or f"{self.description} [{name}]")
 
     @cached_property
     def protocol_params(self):
@@ -149,6 +182,20 @@ def _format_validation_error(path: Path, err: ValidationError, root: yaml.Node |
     return f"{path}{f':{line}' if line else ''}: {field}: {first['msg']}{more}"
 
 
+def _check_task(spec: TaskSpec, path: Path, root: yaml.Node) -> None:
+    """Validate the protocol's own parameters, and every variant, now rather than mid-run."""
+    for name in (None, *spec.variants):
+        where = () if name is None else ("variants", name)
+        try:
+            task = spec if name is None else spec.variant(name)
+        except ValidationError as e:  # a variant's own fields, e.g. an unknown dataset
+            raise SpecError(_format_validation_error(path, e, root, prefix=where)) from None
+        try:
+            task.protocol_params
+        except ValidationError as e:
+            raise SpecError(_format_validation_error(path, e, root, prefix=(*where, "params"))) from None
+
+
 def load_spec(cls: type[_Spec], path: Path) -> Any:
     """Parse and validate one YAML spec; any problem raises SpecError with one line naming file, line and field."""
     path = Path(path)
@@ -167,10 +214,7 @@ def load_spec(cls: type[_Spec], path: Path) -> Any:
     try:
         spec = cls(**data, path=path)
         if isinstance(spec, TaskSpec):
-            try:
-                spec.protocol_params  # validate the protocol's own parameters now, not mid-run
-            except ValidationError as e:
-                raise SpecError(_format_validation_error(path, e, root, prefix=("params",))) from None
+            _check_task(spec, path, root)
     except ValidationError as e:
         raise SpecError(_format_validation_error(path, e, root)) from None
     stem = path.parent.name if cls is MethodSpec else path.stem
@@ -202,20 +246,22 @@ def _catalog(kind: str) -> dict[str, Path]:
 _CLASSES = {"task": TaskSpec, "suite": SuiteSpec, "method": MethodSpec}
 
 
-def names(kind: str) -> list[str]:
-    return list(_catalog(kind))
-
-
 def get(kind: str, name: str):
-    """Load a task, suite or method by name; an unknown name lists the known ones."""
+    """Load a task (`name` or `name@variant`), suite or method by name; an unknown name lists the known ones."""
+    base, _, variant = name.partition("@") if kind == "task" else (name, "", "")
     catalog = _catalog(kind)
-    if name not in catalog:
+    if base not in catalog:
         raise SpecError(f"unknown {kind} {name!r}; known: {', '.join(catalog) or '(none)'}")
-    return load_spec(_CLASSES[kind], catalog[name])
+    spec = load_spec(_CLASSES[kind], catalog[base])
+    return spec.variant(variant) if variant else spec
 
 
 def load_all(kind: str) -> list:
-    return [load_spec(_CLASSES[kind], p) for p in _catalog(kind).values()]
+    """Every spec of a kind; tasks come with each of their variants after them."""
+    specs = [load_spec(_CLASSES[kind], p) for p in _catalog(kind).values()]
+    if kind == "task":
+        specs = [t for spec in specs for t in (spec, *(spec.variant(v) for v in spec.variants))]
+    return specs
 
 
 def baseline_methods() -> list[str]:
