@@ -12,6 +12,8 @@ from pathlib import Path
 from harness.data.ade20k import ADE20K
 from harness.data.base import DatasetReader
 from harness.data.class_folders import ImageNet, Imagenette
+from harness.data.clevr import ClevrWithMasks
+from harness.data.clevrtex import CLEVRTEX_READERS
 from harness.data.coco import COCOInstances
 from harness.data.cub import CUB200
 from harness.data.flowers102 import Flowers102
@@ -24,7 +26,7 @@ from harness.errors import DataError
 DATASETS: dict[str, type[DatasetReader]] = {
     cls.name: cls
     for cls in (VOCSegmentation, ADE20K, COCOInstances, Flowers102, CUB200, Food101, Imagenette, ImageNet,
-                *MEDMNIST_READERS)
+                *MEDMNIST_READERS, *CLEVRTEX_READERS, ClevrWithMasks)
 }
 SAMPLED_FILES = 256
 EDGE_BYTES = 64 * 1024

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import struct
+import zipfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -13,6 +17,7 @@ from harness.data.base import ClassificationSplit
 from harness.errors import DataError
 
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -112,3 +117,59 @@ def check_files_exist(root: Path, files: list[str], listed_in: Path) -> None:
             f"{len(missing)} image(s) listed in {Path(listed_in).name} are missing, first {missing[0]}",
             where=root / missing[0],
         )
+
+
+@dataclass(frozen=True)
+class NpyMember:
+    """One array of an .npz, described by its npy header; data_offset is where its data starts in the .npz
+    file when stored uncompressed (None when compressed)."""
+
+    key: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_offset: int | None
+
+
+def npz_members(path: Path) -> dict[str, NpyMember]:
+    """The arrays of an .npz by key, from its zip directory and npy headers alone (no array data is read)."""
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            return {
+                info.filename.removesuffix(".npy"): _member(archive, raw, info, path)
+                for info in archive.infolist()
+                if info.filename.endswith(".npy")
+            }
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"not a readable .npz file ({type(err).__name__}: {err})", where=path) from None
+
+
+def _member(archive: zipfile.ZipFile, raw: BinaryIO, info: zipfile.ZipInfo, path: Path) -> NpyMember:
+    key = info.filename.removesuffix(".npy")
+    try:
+        with archive.open(info) as stream:
+            version = np.lib.format.read_magic(stream)
+            if version not in _NPY_HEADER_READERS:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, fortran_order, dtype = _NPY_HEADER_READERS[version](stream)
+            header_bytes = stream.tell()
+    except ValueError as err:
+        raise DataError(f"key '{key}' is not a readable .npy array ({err})", where=path) from None
+    if info.file_size < header_bytes + int(np.prod(shape)) * dtype.itemsize:
+        raise DataError(f"key '{key}' is truncated: fewer bytes than its shape {shape} needs", where=path)
+    offset = None
+    if info.compress_type == zipfile.ZIP_STORED:
+        raw.seek(info.header_offset)
+        local_header = raw.read(zipfile.sizeFileHeader)
+        name_bytes, extra_bytes = struct.unpack("<HH", local_header[26:30])
+        offset = info.header_offset + zipfile.sizeFileHeader + name_bytes + extra_bytes + header_bytes
+    return NpyMember(key, dtype, tuple(shape), fortran_order, offset)
+
+
+def load_member(path: Path, member: NpyMember) -> np.ndarray:
+    """The member's array: memory-mapped when stored uncompressed, else decompressed whole into memory."""
+    if member.data_offset is not None:
+        order = "F" if member.fortran_order else "C"
+        return np.memmap(path, member.dtype, "r", member.data_offset, member.shape, order)
+    with np.load(path) as npz:
+        return npz[member.key]

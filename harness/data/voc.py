@@ -10,7 +10,7 @@ from PIL import Image, ImageFilter
 
 from harness.data import synthetic
 from harness.data.base import DatasetReader, SegmentationSplit
-from harness.data.files import check_same_size, image_size, read_label_png, read_rgb
+from harness.data.files import check_same_size, read_label_png, read_rgb
 from harness.errors import DataError
 
 CLASS_NAMES = (
