@@ -1,6 +1,11 @@
-"""Registry of evaluation protocols by name."""
+"""Registry of evaluation protocols by name: every Protocol subclass defined in a module of this package."""
 
-from harness.protocols.hummingbird import HummingbirdProtocol
-from harness.protocols.knn import KnnProtocol
+import importlib
+import pkgutil
 
-PROTOCOLS = {"hummingbird": HummingbirdProtocol, "knn": KnnProtocol}
+from harness.protocols.base import Protocol
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+PROTOCOLS: dict[str, type[Protocol]] = {cls.name: cls for cls in Protocol.__subclasses__()}
