@@ -1,4 +1,4 @@
-"""Batches of preprocessed samples, loaded in worker processes, in index order."""
+"""Batches of preprocessed samples, loaded in worker processes, in index order; split views for methods."""
 
 from __future__ import annotations
 
@@ -10,10 +10,21 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from harness.errors import UserError
+
 if TYPE_CHECKING:
+    from harness.data.base import Split
     from harness.protocols.base import Stopwatch
 
 T = TypeVar("T")
+
+
+class _Failed:
+    """Stands in for a sample whose `load_fn` raised a UserError, so that the error crosses the worker
+    boundary as itself (pickled with its message and `where`) instead of torch's multi-line re-raise."""
+
+    def __init__(self, error: UserError):
+        self.error = error
 
 
 class _Samples(Dataset):
@@ -24,12 +35,16 @@ class _Samples(Dataset):
     def __len__(self) -> int:
         return self.n_items
 
-    def __getitem__(self, i: int) -> tuple:
-        return self.load_fn(i)
+    def __getitem__(self, i: int) -> tuple | _Failed:
+        try:
+            return self.load_fn(i)
+        except UserError as err:
+            return _Failed(err)
 
 
-def _stack(samples: list[tuple]) -> tuple[np.ndarray, ...]:
-    return tuple(np.stack(column) for column in zip(*samples))
+def _stack(samples: list[tuple | _Failed]) -> tuple[np.ndarray, ...] | _Failed:
+    failed = next((s for s in samples if isinstance(s, _Failed)), None)
+    return failed or tuple(np.stack(column) for column in zip(*samples))
 
 
 def iter_batches(
@@ -43,7 +58,8 @@ def iter_batches(
     """Yield `load_fn(i)` for i = 0..n_items-1, stacked per field into batches, in order (last batch may be short).
 
     `load_fn` runs in `num_workers` processes (0 = in this one), so it must be picklable: a module-level
-    function, or a functools.partial of one.
+    function, or a functools.partial of one. A UserError (e.g. DataError) it raises reaches the caller
+    unchanged, whichever process raised it.
     """
     loader = DataLoader(
         _Samples(n_items, load_fn), batch_size=batch_size, shuffle=False, drop_last=False,
@@ -51,8 +67,34 @@ def iter_batches(
     )
     with tqdm(total=n_items, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for batch in loader:
+            if isinstance(batch, _Failed):
+                raise batch.error
             yield batch
             bar.update(len(batch[0]))
+
+
+class ImagesOnly:
+    """What a method may see of a split: its ids and decoded images, never labels or masks."""
+
+    __slots__ = ("_split", "_ids")
+
+    def __init__(self, split: Split):
+        self._split, self._ids = split, tuple(split.ids)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self._ids
+
+    def __len__(self) -> int:
+        return len(self._split)
+
+    def image(self, i: int) -> np.ndarray:
+        return self._split.image(i)
+
+
+def images_only(split: Split) -> ImagesOnly:
+    """A method-facing view of `split` exposing only `ids`, `len()` and `image(i)`."""
+    return ImagesOnly(split)
 
 
 def timed(iterable: Iterable[T], stopwatch: Stopwatch, phase: str) -> Iterator[T]:
