@@ -160,3 +160,12 @@ def test_readme_lists_every_dataset_and_where_it_belongs():
     section = readme[readme.index("## Datasets"):]
     for name, reader in DATASETS.items():
         assert f"| {name} " in section and reader.subdir in section, f"README 'Datasets' lacks {name}"
+
+
+def test_synth_all_then_check_passes_for_every_registered_dataset(tmp_path, capsys):
+    """The issue's bar: `bench data synth all` + `bench data check --data synthetic` pass for every dataset."""
+    assert bench("synth", "all", "--data-root", str(tmp_path)) == 0
+    assert bench("check", "--data", "synthetic", "--data-root", str(tmp_path), "--no-progress") == 0
+    out = capsys.readouterr().out
+    for name in DATASETS:
+        assert name in out
