@@ -97,3 +97,38 @@ def dino_eval_transform(img: np.ndarray | Image.Image) -> np.ndarray:
     """DINO's kNN preprocessing: shorter side to 256 (bicubic), then the centred 224×224 crop."""
     resized = TF.resize(_pil(img), 256, InterpolationMode.BICUBIC)
     return np.asarray(TF.center_crop(resized, [224, 224]))
+
+
+def squash_resize_linear(img: np.ndarray | Image.Image, size: int) -> np.ndarray:
+    """Resize to size×size ignoring the aspect ratio with plain bilinear interpolation and no antialiasing
+    (pixel centres aligned), as OpenCV's cv2.resize default INTER_LINEAR: seed 000's COCO loader. Rounded to
+    uint8; OpenCV's fixed-point arithmetic can differ from this by one grey level."""
+    tensor = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1)[None]
+    out = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+
+def center_crop_resize(
+    img: np.ndarray | Image.Image, mask: np.ndarray, fraction: float, size: int, resample: str = "pil"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The centred square of side c = int(fraction · min(W, H)) at ((W − c)//2, (H − c)//2), resized to size×size.
+
+    resample "pil": PIL bilinear image (antialiased) and PIL nearest mask (pixel centres), as ClevrTex's official
+    CLEVRTEX loader. "tensor": torch bilinear without antialiasing (align_corners=False) on the image in [0, 1],
+    rounded back to uint8, and torch nearest mask (`resize_mask_nearest`), as the ClevrTex repository's
+    CentreCrop + Resize pipeline for its other datasets (CLEVR with masks), torchvision 0.9's tensor resize."""
+    img = _pil(img)
+    side = int(fraction * float(min(img.width, img.height)))
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    mask = np.asarray(mask, dtype=np.uint8)[top : top + side, left : left + side]
+    if resample == "tensor":
+        crop = torch.from_numpy(np.array(img)[top : top + side, left : left + side]).permute(2, 0, 1)[None]
+        resized = F.interpolate(crop.float() / 255, size=(size, size), mode="bilinear", align_corners=False)
+        image = (resized[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        return image, resize_mask_nearest(mask, size)
+    if resample != "pil":
+        raise ValueError(f"resample must be 'pil' or 'tensor', got {resample!r}")
+    image = img.crop((left, top, left + side, top + side)).resize((size, size), resample=Image.Resampling.BILINEAR)
+    labels = Image.fromarray(mask).resize((size, size), resample=Image.Resampling.NEAREST)
+    return np.asarray(image), np.asarray(labels)

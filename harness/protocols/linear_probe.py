@@ -1,0 +1,97 @@
+"""Logistic-regression linear probe on global features, for any classification dataset.
+
+Features are L2-normalised; sklearn's LogisticRegression (multinomial, lbfgs, L2 penalty with inverse strength C,
+unpenalised intercept, max_iter 1000) is fitted on the training split; top-1 (and top-5 over min(5, C) classes) on
+the evaluation split, in percent. Images go through DINO's kNN preprocessing (shorter side 256, centre crop 224) or
+are squashed to 224×224 (`preprocess: squash`, as PROTOCOLS.md §F for Imagenette).
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from typing import Literal
+
+import numpy as np
+from pydantic import PositiveFloat, PositiveInt
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+
+from harness.data.base import ClassificationSplit, DatasetReader
+from harness.data.loader import iter_batches, timed
+from harness.data.transforms import squash_resize
+from harness.errors import DataError
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.protocols.knn import load_knn_image
+
+SQUASH_SIZE = 224
+
+
+class LinearProbeParams(ProtocolParams):
+    train_split: str = "train"
+    eval_split: str = "val"
+    C: PositiveFloat = 1.0
+    max_iter: PositiveInt = 1000
+    preprocess: Literal["resize_crop", "squash"] = "resize_crop"
+
+
+def l2_rows(features: np.ndarray) -> np.ndarray:
+    """Unit-length rows in float64; an all-zero row stays zero."""
+    features = np.asarray(features, dtype=np.float64)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return np.divide(features, norms, out=np.zeros_like(features), where=norms > 0)
+
+
+def fit_probe(features: np.ndarray, labels: np.ndarray, C: float, max_iter: int) -> tuple[LogisticRegression, bool]:
+    """The fitted classifier on L2-normalised features, and whether lbfgs converged within max_iter."""
+    model = LogisticRegression(C=C, max_iter=max_iter)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(l2_rows(features), labels)
+    return model, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+def probe_accuracy(model: LogisticRegression, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(top-1, top-5 over min(5, classes)) in percent; a label the training split never had counts as a miss."""
+    scores = model.predict_proba(l2_rows(features))
+    ranked = model.classes_[np.argsort(-scores, axis=1, kind="stable")[:, : min(5, len(model.classes_))]]
+    hits = ranked == np.asarray(labels)[:, None]
+    return 100 * float(hits[:, 0].mean()), 100 * float(hits.any(1).mean())
+
+
+def load_squashed(split: ClassificationSplit, i: int) -> tuple[np.ndarray]:
+    return (squash_resize(split.image(i), SQUASH_SIZE),)
+
+
+class LinearProbeProtocol(Protocol):
+    name = "linear_probe"
+    Params = LinearProbeParams
+    output = "global"
+    params: LinearProbeParams
+
+    def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
+        p = self.params
+        train, test = data.split(p.train_split), data.split(p.eval_split)
+        if len(test) == 0:
+            raise DataError(f"split {p.eval_split!r} is empty")
+        if len(np.unique(train.labels)) < 2:
+            raise DataError(f"split {p.train_split!r} needs images of at least two classes")
+        train_feats = self._embed(train, ctx, "linear_probe train")
+        test_feats = self._embed(test, ctx, "linear_probe eval", dim=train_feats.shape[1])
+        with ctx.stopwatch.phase("evaluator"):
+            model, converged = fit_probe(train_feats, train.labels, p.C, p.max_iter)
+            top1, top5 = probe_accuracy(model, test_feats, test.labels)
+        details = {"top5": top5, "iterations": int(np.max(model.n_iter_)), "converged": converged,
+                   "train_images": len(train), "eval_images": len(test)}
+        notes = [] if converged else [f"lbfgs did not converge in max_iter={p.max_iter} iterations"]
+        return Outcome(metrics={"top1": top1}, details=details, notes=notes)
+
+    def _embed(self, split: ClassificationSplit, ctx: RunContext, desc: str, dim: int | None = None) -> np.ndarray:
+        """(N, D) global features of a split; every batch must have the same D (`dim` when given)."""
+        load = partial(load_knn_image if self.params.preprocess == "resize_crop" else load_squashed, split)
+        chunks: list[np.ndarray] = []
+        batches = iter_batches(len(split), load, ctx.batch_size, ctx.num_workers, desc, ctx.progress)
+        for (images,) in timed(batches, ctx.stopwatch, "data"):
+            chunks.append(expect_shape(ctx.session.embed(images), (len(images), dim), "embed"))
+            dim = chunks[0].shape[1]
+        return np.concatenate(chunks)
