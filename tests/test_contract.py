@@ -86,7 +86,7 @@ def test_handshake_and_outputs_of_the_pixels_baseline():
     x = images(2, 64, 32)
     with start("pixels") as running:
         s = running.session
-        assert s.info["protocol"] == 1 and s.info["name"] == "pixels" and set(s.info["outputs"]) == {"global", "dense"}
+        assert s.info["protocol"] == 1 and s.info["name"] == "pixels" and set(s.info["outputs"]) == {"global", "dense", "masks"}
         g, d = s.embed(x), s.embed_dense(x)
     assert g.shape == (2, 48) and g.dtype == np.float32
     assert d.shape == (2, 4, 2, 48)
@@ -161,11 +161,11 @@ def _cwd(p: Path) -> str:
 
 
 def test_declared_outputs_missing_from_info_fail_the_handshake(tmp_path):
-    folder = tmp_path / "pixels"
+    folder = tmp_path / "overclaimer"  # the test adapter's info lists global and dense only
     folder.mkdir()
-    (folder / "method.yaml").write_text((IMAGES / "pixels" / "method.yaml").read_text()
-                                        .replace("outputs: [global, dense]", "outputs: [global, dense, masks]")
-                                        .replace("entrypoint: adapter.py", f"entrypoint: {IMAGES / 'pixels' / 'adapter.py'}"))
+    adapter = TESTS / "methods" / "_misbehave" / "adapter.py"
+    (folder / "method.yaml").write_text(f"name: overclaimer\nversion: '0'\ndescription: x\n"
+                                        f"outputs: [global, dense, masks]\nentrypoint: {adapter}\n")
     spec = load_spec(MethodSpec, folder / "method.yaml")
     with pytest.raises(MethodFailure, match="masks"):
         with LocalRunner().start(spec, 0, {}, 60):

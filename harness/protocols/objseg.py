@@ -1,0 +1,162 @@
+"""Unsupervised object segmentation, scored as ClevrTex's CLEVRTEX_Evaluator (karazijal/clevrtex fe982ab,
+`ool/clevrtex_eval.py`; PROTOCOLS.md §E).
+
+Each evaluation image is centre-cropped to a square of side int(0.8 · min(W, H)) and resized to 128×128 (bilinear
+image, nearest mask): with PIL as the official CLEVRTEX loader (`resample: pil`), or with torch as the repository's
+CentreCrop + Resize pipeline for CLEVR (`resample: tensor`; the image is then rounded to uint8, which the contract
+sends, where the reference kept floats). The method returns K soft or hard masks (N, K, H, W) and optionally a
+reconstruction (N, 3, H, W) in [0, 1]. A method whose info says `masks_have_background: false` gets a background
+slot 1 − Σ masks prepended, as the evaluator's `masks_have_background=False` (the official notebook's setting for
+GNM, SPACE and SPAIR); by default (the evaluator's default, used for Slot Attention and GENESIS) every slot is a
+candidate for the background. Masks are hard-assigned by argmax (first slot on ties).
+
+Per image, with K slots padded to max(K_pred, max_objects + 1, largest GT id + 1) and a Hungarian matching
+maximising IoU between ground-truth and predicted slots; all metrics are means of per-image values, ×100 except MSE:
+- `miou_fg` (the paper's mIoU): Σ_{GT i ≥ 1} IoU_i / (num_pairs − 1), num_pairs = slots whose GT or matched
+  prediction is non-empty, so each non-empty predicted slot matched to an empty GT slot adds to the denominator
+  (reference-compatible quirk); `miou_fg_corrected` divides by the number of non-empty foreground GT masks.
+- `miou`: the same over all slots incl. background, over num_pairs (the reference's mIoU); `miou_corrected` over
+  the non-empty GT masks (the reference's mIoU_gt).
+- `ari_fg`: adjusted Rand index over pixels whose GT is an object; `ari`: over all pixels (sklearn's definition,
+  so an image without object pixels scores ARI-FG 1, as the reference).
+- `mse`: per-image sum over 3·H·W of squared error between the reconstruction and the 128×128 input in [0, 1];
+  omitted when the method returns no reconstructions.
+Deliberate differences: the reference pads the slots to the largest GT id in its whole batch, which can change
+its choice among tied matchings; we pad per image to at least max_objects + 1, which is what a batch of real
+ClevrTex images almost always has. Images where a reference metric is 0/0 (NaN in the reference, e.g. no objects)
+are left out of that metric's mean and counted in the details.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, PositiveInt
+
+from harness.data.base import DatasetReader
+from harness.data.clevrtex import ObjectSplit
+from harness.data.loader import iter_batches, timed
+from harness.data.transforms import center_crop_resize
+from harness.errors import DataError, MethodFailure, UserError
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.protocols.metrics import adjusted_rand_index, contingency_tables, matched_ious
+
+PERCENT_METRICS = ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari")
+
+
+class ObjsegParams(ProtocolParams):
+    eval_split: str = "test"
+    crop_fraction: float = Field(default=0.8, gt=0, le=1)
+    input_size: PositiveInt = 128
+    resample: Literal["pil", "tensor"] = "pil"  # harness.data.transforms.center_crop_resize
+
+
+def load_objseg_sample(
+    split: ObjectSplit, fraction: float, size: int, resample: str, i: int
+) -> tuple[np.ndarray, np.ndarray]:
+    return center_crop_resize(split.image(i), split.mask(i), fraction, size, resample)
+
+
+def hard_assign(masks: np.ndarray, have_background: bool) -> tuple[np.ndarray, int]:
+    """Slot id per pixel (N, H, W) by argmax over (N, K, H, W) masks, after prepending 1 − Σ masks as slot 0 when
+    the method has no background slot; returns the ids and the number of slots."""
+    if not have_background:
+        masks = np.concatenate([1 - masks.sum(1, keepdims=True, dtype=masks.dtype), masks], axis=1)
+    return masks.argmax(1), masks.shape[1]
+
+
+def object_scores(gt: np.ndarray, pred: np.ndarray, slots: int) -> dict[str, np.ndarray]:
+    """Per-image metrics as fractions (N,) from GT object ids and predicted slot ids (N, H, W), both < `slots`;
+    NaN where undefined (0/0), inf where the reference divides a positive IoU sum by zero."""
+    tables = contingency_tables(gt, pred, slots, slots)
+    ious, matches = (np.stack(column) for column in zip(*map(matched_ious, tables)))
+    gt_present, pred_present = tables.sum(2) > 0, tables.sum(1) > 0
+    num_pairs = (gt_present | np.take_along_axis(pred_present, matches, 1)).sum(1)
+    num_gt, num_gt_fg = gt_present.sum(1), gt_present[:, 1:].sum(1)
+    fg_sum = ious[:, 1:].sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "miou_fg": fg_sum / (num_pairs - 1),
+            "miou_fg_corrected": fg_sum / num_gt_fg,
+            "ari_fg": adjusted_rand_index(tables[:, 1:]),
+            "miou": ious.sum(1) / num_pairs,
+            "miou_corrected": ious.sum(1) / num_gt,
+            "ari": adjusted_rand_index(tables),
+            "unmatched_slots": num_pairs - num_gt,  # non-empty predictions matched to empty GT slots
+        }
+
+
+def reconstruction_mse(reconstructions: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """(N,) Σ over (3, H, W) of the squared error between reconstructions in [0, 1] and uint8 images (N, H, W, 3)."""
+    target = images.transpose(0, 3, 1, 2).astype(np.float64) / 255
+    return ((reconstructions.astype(np.float64) - target) ** 2).sum((1, 2, 3))
+
+
+def masks_have_background(info: dict) -> bool:
+    value = info.get("masks_have_background", True)
+    if not isinstance(value, bool):
+        raise MethodFailure(f"info field masks_have_background must be true or false, got {value!r}")
+    return value
+
+
+def summarise(per_image: dict[str, np.ndarray], notes: list[str]) -> tuple[dict[str, float], dict]:
+    """Means over images (×100 for the ratio metrics), leaving out and counting images where a metric is undefined."""
+    metrics, left_out = {}, {}
+    for name, values in per_image.items():
+        if name == "unmatched_slots":
+            continue
+        finite = np.isfinite(values)
+        if not finite.any():
+            notes.append(f"{name} omitted: undefined on every image")
+            continue
+        metrics[name] = float(values[finite].mean()) * (100 if name in PERCENT_METRICS else 1)
+        if not finite.all():
+            left_out[name] = int((~finite).sum())
+            notes.append(f"{name}: {left_out[name]} images where it is undefined (e.g. no objects) left out")
+    unmatched = int((per_image["unmatched_slots"] > 0).sum())
+    if unmatched:
+        notes.append(f"miou_fg and miou (reference) count non-empty predicted slots matched to no object in their "
+                     f"denominators, on {unmatched} of {len(values)} images; the _corrected metrics do not")
+    return metrics, {"images_left_out": left_out, "images_with_unmatched_slots": unmatched}
+
+
+class ObjsegProtocol(Protocol):
+    name = "objseg"
+    Params = ObjsegParams
+    output = "masks"
+    params: ObjsegParams
+
+    def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
+        p = self.params
+        split = data.split(p.eval_split)
+        if not isinstance(split, ObjectSplit):
+            raise UserError(f"objseg needs a dataset with object masks; {data.name} has none")
+        if len(split) == 0:
+            raise DataError(f"split {p.eval_split!r} of {data.name} is empty")
+        have_background = masks_have_background(ctx.session.info)
+        load = partial(load_objseg_sample, split, p.crop_fraction, p.input_size, p.resample)
+        batches = iter_batches(len(split), load, ctx.batch_size, ctx.num_workers, "objseg eval", ctx.progress)
+        chunks, mses, slot_counts = [], [], set()
+        for images, gt in timed(batches, ctx.stopwatch, "data"):
+            masks, reconstructions = ctx.session.segment(images)
+            expect_shape(masks, (len(images), None, p.input_size, p.input_size), "segment")
+            if mses and (reconstructions is None) != (mses[-1] is None):
+                raise MethodFailure("segment returned reconstructions for some batches but not for others")
+            with ctx.stopwatch.phase("evaluator"):
+                labels, k = hard_assign(masks, have_background)
+                slot_counts.add(masks.shape[1])
+                chunks.append(object_scores(gt, labels, max(k, split.max_objects + 1, int(gt.max()) + 1)))
+                mses.append(None if reconstructions is None else reconstruction_mse(reconstructions, images))
+
+        per_image = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+        notes = []
+        if mses[0] is None:
+            notes.append("mse omitted: the method returned no reconstructions")
+        else:
+            per_image["mse"] = np.concatenate(mses)
+        metrics, details = summarise(per_image, notes)
+        details |= {"eval_images": len(split), "input_size": p.input_size, "crop_fraction": p.crop_fraction,
+                    "resample": p.resample, "mask_slots": sorted(slot_counts), "masks_have_background": have_background}
+        return Outcome(metrics=metrics, details=details, notes=notes)
