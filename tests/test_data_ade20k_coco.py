@@ -58,8 +58,8 @@ def _rewrite_instances(root: Path, dataset: dict, split: str = "val2017") -> Pat
 def test_ade20k_splits_and_content(ade_root):
     ade = ADE20K(ade_root)
     training, validation = ade.split("training"), ade.split("validation")
-    assert (len(training), len(validation)) == (40, 20)
-    assert training.ids == [f"ADE_train_{n:08d}" for n in range(1, 41)]
+    assert (len(training), len(validation)) == (60, 20)
+    assert training.ids == [f"ADE_train_{n:08d}" for n in range(1, 61)]
     assert validation.ids[-1] == "ADE_val_00000020"
     assert is_procedural(ade_root) and ADE20K.split_names == ("training", "validation")
     assert (len(CLASS_NAMES), CLASS_NAMES[1], CLASS_NAMES[3], CLASS_NAMES[13], CLASS_NAMES[150]) == (
