@@ -101,7 +101,7 @@ def matched_ious(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def contingency(
     gt: np.ndarray, pred: np.ndarray, num_gt: int, num_pred: int, ignore_index: int | None = None
 ) -> np.ndarray:
-    """int64 (num_gt, num_pred) counts of (gt, pred) pixel pairs, e.g. classes × clusters; gt = `ignore_index` dropped."""
+    """int64 (num_gt, num_pred) counts of (gt, pred) pixel pairs, e.g. classes × clusters; ignore_index gt dropped."""
     gt = np.asarray(gt).reshape(-1).astype(np.int64)
     pred = np.asarray(pred).reshape(-1).astype(np.int64)
     if gt.shape != pred.shape:
