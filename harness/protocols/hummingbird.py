@@ -16,12 +16,12 @@ image has, or k above the memory size, is a clear error instead of a crash. Mask
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
 from harness.data.base import DatasetReader, SegmentationSplit
 from harness.data.loader import iter_batches, timed
@@ -35,6 +35,7 @@ from harness.protocols.search import (
     ExactSearch,
     l2_normalize,
     make_search,
+    search_options,
 )
 
 UNLABELLED = 255  # mapped to class 0 in the memory's soft labels, as the reference does
@@ -50,6 +51,7 @@ class HummingbirdParams(ProtocolParams):
     temperature: PositiveFloat = 0.02
     num_train_samples: PositiveInt | None = None  # FUNGI data-efficient: a seeded random subset of this size
     search: str = "exact"
+    search_options: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # checked, defaults filled
     memory_dtype: Literal["float32", "float16"] = "float32"
 
     @field_validator("search")
@@ -58,6 +60,11 @@ class HummingbirdParams(ProtocolParams):
         if name not in SEARCH_BACKENDS:
             raise ValueError(f"unknown search backend {name!r}; available: {sorted(SEARCH_BACKENDS)}")
         return name
+
+    @field_validator("search_options")
+    @classmethod
+    def _backend_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return search_options(info.data["search"], options) if "search" in info.data else options
 
 
 def train_subset(n_train: int, num_samples: int | None, seed: int) -> np.ndarray:
@@ -185,7 +192,9 @@ class HummingbirdProtocol(Protocol):
             raise UserError(f"k={p.k} neighbours exceeds the {rows} patches of the memory")
 
         bank, label_bank = self._build_memory(train, ids, size, patch, dim, per_image, rows, ctx)
-        search = make_search(p.search, bank, dtype=p.memory_dtype)
+        with ctx.stopwatch.phase("evaluator"):  # building an index (faiss, ScaNN) is the evaluator's work
+            search = make_search(p.search, bank, dtype=p.memory_dtype, **p.search_options)
+        del bank  # what the backend needs, it holds
         conf = self._confusion(val, search, label_bank, size, patch, dim, ctx)
 
         details = {

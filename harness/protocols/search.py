@@ -1,6 +1,8 @@
 """L2 normalisation and inner-product top-k search over a bank of feature vectors.
 
-Backends sit in a registry (`make_search`) so that approximate ones (faiss, ScaNN) can be added beside "exact".
+Backends sit in a registry (`make_search`): "exact" here (torch), "faiss" (exact, flat) and "scann" (approximate)
+in `ann.py`. Each declares its options as a pydantic model, `Options`, checked by `make_search` and by the task
+specs that name a backend (`search_options`).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from harness.errors import UserError
+from harness.protocols.ann import FaissSearch, NoOptions, ScannSearch
 
 MEMORY_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -27,6 +31,8 @@ class ExactSearch:
     `max_block` query × bank entries at a time, in the bank's dtype on CUDA and in float32 on CPU; with a
     float16 bank the k winners are re-scored in float32, so returned scores are always float32.
     """
+
+    Options = NoOptions
 
     def __init__(self, bank: torch.Tensor, dtype: str = "float32", query_chunk: int = 4096, max_block: int = 2**26):
         if bank.ndim != 2 or bank.shape[0] == 0:
@@ -68,11 +74,31 @@ class ExactSearch:
         return best_scores.float(), best_index
 
 
-SEARCH_BACKENDS = {"exact": ExactSearch}
+SEARCH_BACKENDS = {"exact": ExactSearch, "faiss": FaissSearch, "scann": ScannSearch}
+SearchBackend = ExactSearch | FaissSearch | ScannSearch
 
 
-def make_search(name: str, bank: torch.Tensor, **options: Any) -> ExactSearch:
-    """Build the search backend `name` over `bank`."""
+def search_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` for backend `name` checked and completed with the backend's defaults; ValueError if unknown or
+    invalid (one line naming the option)."""
     if name not in SEARCH_BACKENDS:
-        raise UserError(f"unknown search backend {name!r}; available: {sorted(SEARCH_BACKENDS)}")
-    return SEARCH_BACKENDS[name](bank, **options)
+        raise ValueError(f"unknown search backend {name!r}; available: {sorted(SEARCH_BACKENDS)}")
+    try:
+        return SEARCH_BACKENDS[name].Options(**options).model_dump()
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        allowed = ", ".join(SEARCH_BACKENDS[name].Options.model_fields) or "none"
+        if first["type"] == "extra_forbidden":
+            raise ValueError(f"search backend {name!r} has no option {where!r} (its options: {allowed})") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"search backend {name!r}: {where + ': ' if where else ''}{message}") from None
+
+
+def make_search(name: str, bank: torch.Tensor, dtype: str = "float32", **options: Any) -> SearchBackend:
+    """Build the search backend `name` over `bank` (stored in `dtype`), with its `options`."""
+    try:
+        options = search_options(name, options)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return SEARCH_BACKENDS[name](bank, dtype=dtype, **options)
