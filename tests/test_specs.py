@@ -52,3 +52,14 @@ def test_a_bad_variant_is_reported_with_its_line(bench_dir, bad, where):
     with pytest.raises(SpecError) as err:
         specs.get("task", "seg")
     assert where in str(err.value)
+
+
+def test_every_suite_names_tasks_that_exist_and_the_smoke_suite_covers_every_task_file():
+    tasks = {t.name for t in specs.load_all("task")}
+    suites = {s.name: s for s in specs.load_all("suite")}
+    assert {"smoke", "seeds", "fungi", "neco", "separating_knowledge", "clevrtex", "agglomerator"} <= set(suites)
+    for suite in suites.values():
+        assert set(suite.tasks) <= tasks, (suite.name, set(suite.tasks) - tasks)
+    base_tasks = {t for t in tasks if "@" not in t}
+    assert base_tasks - set(suites["smoke"].tasks) == {"voc_hummingbird_efficient"}  # needs more than tiny data
+    assert set(suites["seeds"].tasks) == tasks
