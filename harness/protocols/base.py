@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from harness.data.base import DatasetReader
-from harness.errors import MethodFailure
+from harness.errors import MethodFailure, UserError
 
 OutputKind = Literal["global", "dense", "masks"]
 
@@ -67,6 +67,16 @@ class Outcome:
     metrics: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def dense_geometry(info: dict, input_size: int) -> tuple[int, int, int]:
+    """(patch, embed_dim, size) for a dense protocol: the method's patch size and feature width, and the input
+    size rounded down to a multiple of the patch (512 -> 504 for patch 14), as the reference evaluators do."""
+    patch, dim = int(info["patch_size"]), int(info["embed_dim"])
+    size = input_size // patch * patch
+    if size == 0:
+        raise UserError(f"input_size={input_size} is smaller than the patch size {patch}")
+    return patch, dim, size
 
 
 def expect_shape(features: np.ndarray, shape: tuple[int | None, ...], what: str) -> np.ndarray:

@@ -25,8 +25,8 @@ from torch import nn
 from harness.data.base import ClassificationSplit, DatasetReader
 from harness.data.loader import iter_batches, timed
 from harness.data.transforms import squash_resize
-from harness.errors import DataError, UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.errors import DataError
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry, expect_shape
 from harness.protocols.search import MEMORY_DTYPES, l2_normalize
 
 
@@ -107,10 +107,7 @@ class FrozenHeadProtocol(Protocol):
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         p = self.params
-        patch, dim = int(ctx.session.info["patch_size"]), int(ctx.session.info["embed_dim"])
-        size = p.input_size // patch * patch
-        if size == 0:
-            raise UserError(f"input_size={p.input_size} is smaller than the patch size {patch}")
+        patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
         train, test = data.split(p.train_split), data.split(p.eval_split)
         if train.num_classes != test.num_classes:
             raise DataError(f"{p.train_split} has {train.num_classes} classes, {p.eval_split} {test.num_classes}")

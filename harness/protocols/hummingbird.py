@@ -27,7 +27,7 @@ from harness.data.base import DatasetReader, SegmentationSplit
 from harness.data.loader import iter_batches, timed
 from harness.data.transforms import hbird_train_augment, resize_mask_nearest, squash_resize
 from harness.errors import DataError, UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry, expect_shape
 from harness.protocols.metrics import confusion_matrix, hungarian_mapping, miou_hungarian, miou_identity
 from harness.protocols.search import (
     MEMORY_DTYPES,
@@ -178,10 +178,7 @@ class HummingbirdProtocol(Protocol):
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         p = self.params
-        patch, dim = int(ctx.session.info["patch_size"]), int(ctx.session.info["embed_dim"])
-        size = p.input_size // patch * patch
-        if size == 0:
-            raise UserError(f"input_size={p.input_size} is smaller than the patch size {patch}")
+        patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
         train, val = data.split(p.train_split), data.split(p.eval_split)
         if train.num_classes != val.num_classes:
             raise DataError(f"{p.train_split} has {train.num_classes} classes, {p.eval_split} {val.num_classes}")

@@ -36,7 +36,7 @@ from harness.data.base import DatasetReader, SegmentationSplit
 from harness.data.loader import iter_batches, timed
 from harness.data.transforms import resize_mask_nearest, squash_resize
 from harness.errors import UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry, expect_shape
 from harness.protocols.metrics import (
     contingency,
     hungarian_mapping,
@@ -133,10 +133,7 @@ class OverclusterProtocol(Protocol):
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         p = self.params
-        patch, dim = int(ctx.session.info["patch_size"]), int(ctx.session.info["embed_dim"])
-        size = p.input_size // patch * patch
-        if size == 0:
-            raise UserError(f"input_size={p.input_size} is smaller than the patch size {patch}")
+        patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
         val = data.split(p.eval_split)
         grid, n = size // patch, len(val)
         n_points = n * grid * grid

@@ -32,7 +32,7 @@ from harness.data.base import DatasetReader, SegmentationSplit
 from harness.data.loader import iter_batches, timed
 from harness.data.transforms import resize_mask_nearest, squash_resize_linear
 from harness.errors import DataError, MethodFailure, UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry, expect_shape
 
 
 class R2Params(ProtocolParams):
@@ -100,10 +100,7 @@ class R2Protocol(Protocol):
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         p = self.params
-        patch, dim = int(ctx.session.info["patch_size"]), int(ctx.session.info["embed_dim"])
-        size = p.input_size // patch * patch
-        if size == 0:
-            raise UserError(f"input_size={p.input_size} is smaller than the patch size {patch}")
+        patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
         if p.n_components > min(dim, p.eval_size**2):
             raise UserError(f"n_components={p.n_components} exceeds the method's embed_dim {dim} or the pixel count")
         split = data.split(p.eval_split)
