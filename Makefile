@@ -13,8 +13,12 @@ SEED ?= 0
 DATA ?=
 BACKEND ?= local
 DATA_FLAG := $(if $(DATA),--data $(DATA),)
+# docker backend: method Dockerfiles are built FROM this base (BASE= for their own default, a CUDA image)
+BASE ?= vrbench/base:bookworm
+# outside CI a service that cannot start is reported and its tests skip; under CI=true it fails the run
+OR_SKIP = || { [ "$${CI:-}" != true ] && echo "==> $@ unavailable: the tests that need it will skip" >&2; }
 
-.PHONY: setup test bench leaderboard schema clean
+.PHONY: setup test bench leaderboard schema clean services base-image
 
 setup: $(STAMP)
 
@@ -24,13 +28,23 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-test: setup
+test: setup services base-image
 	$(VENV)/bin/python -m pytest
+
+# dockerd and a local registry on 127.0.0.1:5000 (installs docker.io, docker-registry, debootstrap if missing)
+services:
+	@scripts/services.sh $(OR_SKIP)
+
+# vrbench/base:bookworm, the local CPU base image (debootstrap + docker import; skipped when up to date)
+base-image: services
+	@scripts/build_base_image.sh $(OR_SKIP)
 
 # make bench                          -> the smoke suite on procedural data, then the leaderboard
 # make bench METHOD=m TASK=t [DATA=synthetic] [SEED=0] [BACKEND=local]
 # make bench SUITE=s [DATA=synthetic]
-bench: setup
+# BACKEND=docker runs each method as a sandboxed image, built FROM $(BASE) (exported as BENCH_BASE_IMAGE)
+bench: export BENCH_BASE_IMAGE = $(BASE)
+bench: setup $(if $(filter docker,$(BACKEND)),services base-image)
 ifneq ($(METHOD)$(TASK),)
 	$(BENCH) run --method $(METHOD) --task $(TASK) --seed $(SEED) --backend $(BACKEND) $(DATA_FLAG)
 else

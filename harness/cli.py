@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -22,16 +23,23 @@ def _csv(kind: type):
     return lambda s: [kind(x) for x in s.split(",") if x.strip()]
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="local", help="where the method runs (default: local)")
+def _add_run_options(p: argparse.ArgumentParser, runner: bool = True, results: bool = True,
+                     data_help: str = "default: real; suites may say",
+                     force_help: str = "re-run cells that already have a result") -> None:
+    if runner:
+        p.add_argument("--backend", default="local", help="where the method runs (default: local)")
+    else:
+        p.set_defaults(backend="external", timeout=None)
     p.add_argument("--data", choices=["real", "synthetic"], default=None,
-                   help="real datasets under the data root, or procedural stand-ins (default: real; suites may say)")
+                   help=f"real datasets under the data root, or procedural stand-ins ({data_help})")
     p.add_argument("--data-root", type=Path, default=Path(os.environ.get("BENCH_DATA", "data")),
                    help="where datasets live (env BENCH_DATA, default ./data)")
-    p.add_argument("--results", type=Path, default=None, help="results folder (env BENCH_RESULTS, "
-                                                              "default leaderboard/results)")
-    p.add_argument("--force", action="store_true", help="re-run cells that already have a result")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: the task's)")
+    if results:
+        p.add_argument("--results", type=Path, default=None, help="results folder (env BENCH_RESULTS, "
+                                                                  "default leaderboard/results)")
+    p.add_argument("--force", action="store_true", help=force_help)
+    if runner:
+        p.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: the task's)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -55,6 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_csv(int), default=None, help="comma-separated (default: the suite's)")
     _add_run_options(p)
 
+    p = sub.add_parser("inputs", help="export the exact inputs a task sends, for a method run outside the harness")
+    p.add_argument("--task", required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder to create: manifest.json and requests/")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--info", type=Path, default=None,
+                   help="JSON file: the method's contract `info` (outputs, patch_size, embed_dim, ...)")
+    p.add_argument("--patch-size", type=int, default=None, help="pixels per patch side (dense tasks)")
+    p.add_argument("--embed-dim", type=int, default=None, help="feature width (global and dense tasks)")
+    p.add_argument("--no-background", action="store_true",
+                   help="the masks have no background slot (info masks_have_background: false)")
+    _add_run_options(p, runner=False, results=False, data_help="default: real",
+                     force_help="replace an existing --out folder")
+
+    p = sub.add_parser("score", help="score outputs saved for the inputs of `bench inputs` (result marked external)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--outputs", type=Path, required=True, help="the folder of `bench inputs`, with replies/ added")
+    p.add_argument("--name", default=None, help="the method's name in results (default: the folder's name)")
+    p.add_argument("--seed", type=int, default=None, help="default: the one the inputs were exported with")
+    _add_run_options(p, runner=False, data_help="default: as exported")
+
     p = sub.add_parser("leaderboard", help="aggregate results into the markdown leaderboard")
     p.add_argument("--results", type=Path, default=None)
     p.add_argument("--out", type=Path, default=DEFAULT_LEADERBOARD)
@@ -62,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of result files")
     p.add_argument("--out", type=Path, default=None)
     _add_data_parser(sub)
+    _add_image_parsers(sub)
     return parser
 
 
@@ -140,6 +169,33 @@ def cmd_matrix(args) -> int:
     print(f"bench: {len(results)} cells, {len(results) - len(bad)} ok, {len(bad)} failed or timed out",
           file=sys.stderr)
     return 0 if not bad else 1
+
+
+def cmd_inputs(args) -> int:
+    from harness.external import export_inputs
+
+    info = {}
+    if args.info is not None:
+        try:
+            info = json.loads(args.info.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"not a readable JSON file ({e})", where=args.info) from None
+        if not isinstance(info, dict):
+            raise UserError("must hold a JSON object (the contract's info reply)", where=args.info)
+    flags = {"patch_size": args.patch_size, "embed_dim": args.embed_dim,
+             "masks_have_background": False if args.no_background else None}
+    info |= {k: v for k, v in flags.items() if v is not None}
+    export_inputs(args.task, args.out, args.seed, info, _options(args), force=args.force,
+                  info_source=str(args.info) if args.info else None)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from harness.external import score_outputs
+
+    result = score_outputs(args.task, args.outputs, args.name, args.seed, args.data, _options(args),
+                           ResultStore(args.results))
+    return 0 if result.status == "ok" else 1
 
 
 def cmd_leaderboard(args) -> int:
@@ -258,8 +314,68 @@ def cmd_data(args) -> int:
     return DATA_COMMANDS[args.data_command](args)
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "leaderboard": cmd_leaderboard,
-            "schema": cmd_schema, "data": cmd_data}
+COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "inputs": cmd_inputs, "score": cmd_score,
+            "leaderboard": cmd_leaderboard, "schema": cmd_schema, "data": cmd_data}
+
+
+def _add_image_parsers(sub) -> None:
+    """`bench validate IMAGE` and `bench submit IMAGE --name NAME`: the conformance kit for method images."""
+    for name, help_ in (("validate", "check a method image against the contract, in the docker sandbox"),
+                        ("submit", "validate an image pushed to a registry and write images/NAME/method.yaml")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("image", help="REPO@sha256:..., REPO:TAG or a local image ID")
+        p.add_argument("--data-root", type=Path, default=Path(os.environ.get("BENCH_DATA", "data")),
+                       help="where procedural stand-ins are made (env BENCH_DATA, default ./data)")
+        p.add_argument("--timeout", type=float, default=600, help="seconds per check (default 600)")
+        p.add_argument("--tasks", type=_csv(str), default=None, help="comma-separated (default: the smoke suite's)")
+    p.add_argument("--name", required=True, help="the method's name (its folder under images/)")
+    for meta in ("description", "paper", "code", "license"):
+        p.add_argument(f"--{meta}", default=None)
+    p.add_argument("--images-dir", type=Path, default=REPO_ROOT / "images", help="default: images/")
+    p.add_argument("--force", action="store_true", help="overwrite an existing method.yaml")
+
+
+def _validated(args):
+    from harness.images import validate
+
+    resolved, info, checks = validate(args.image, args.data_root, args.timeout, args.tasks)
+    rows = [(c.name, {True: "pass", False: "FAIL", None: "-"}[c.ok], c.detail) for c in checks]
+    print(tabulate(rows, headers=["check", "result", "detail"], tablefmt="simple", disable_numparse=True,
+                   maxcolwidths=[None, None, 90]))
+    ok = all(c.ok is not False for c in checks)
+    print(f"bench: {args.image}: {'conforms to' if ok else 'does NOT conform to'} the contract", file=sys.stderr)
+    return resolved, info, ok
+
+
+def cmd_validate(args) -> int:
+    return 0 if _validated(args)[2] else 1
+
+
+def cmd_submit(args) -> int:
+    from harness.errors import UserError
+    from harness.images import candidate_yaml, resolve
+
+    target = args.images_dir / args.name / "method.yaml"
+    if not re.fullmatch(specs.NAME_PATTERN.strip("^$"), args.name):
+        raise UserError(f"--name {args.name!r}: use lower-case letters, digits and _ (starting with a letter or digit)")
+    if target.exists() and not args.force:
+        raise UserError(f"{target} already exists (--force to overwrite)")
+    if "@sha256:" not in resolve(args.image).ref:
+        raise UserError(f"image {args.image} has no registry digest: push it to a registry, then submit "
+                        "REPO@sha256:<digest> (or the pushed REPO:TAG)")
+    resolved, info, ok = _validated(args)
+    if not ok:
+        return 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(candidate_yaml(args.name, resolved.ref, info, description=args.description, paper=args.paper,
+                                     code=args.code, license=args.license))
+    specs.load_spec(specs.MethodSpec, target)  # what we wrote must load
+    print(f"wrote {target} (pinned to {resolved.ref})")
+    print(f"to submit it, commit that file:\n  git add {target}\n  git commit -m 'Add method {args.name}'")
+    return 0
+
+
+COMMANDS.update(validate=cmd_validate, submit=cmd_submit)
 
 
 def main(argv: list[str] | None = None) -> int:

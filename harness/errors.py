@@ -26,6 +26,8 @@ class DataError(UserError):
 class MethodFailure(Exception):
     """The method under test misbehaved (crash, protocol violation, bad output). Becomes a failed result."""
 
+    log_tail = ""  # the end of the method's stderr, attached by the runner once the method is stopped
+
 
 class MethodTimeout(MethodFailure):
     """The method exceeded its time budget. Becomes a timeout result."""

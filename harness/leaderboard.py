@@ -24,11 +24,17 @@ SECTIONS = {
 }
 
 
+EXTERNAL_MARK = "†"
+EXTERNAL_NOTE = (f"{EXTERNAL_MARK} outputs produced outside the harness (`bench score`): scored by the same evaluators "
+                 "on the same inputs, but the harness did not run the method.")
+
+
 def _frame(results: list[RunResult]) -> pd.DataFrame:
     rows = []
     for r in results:
         k = r.key
-        rows.append({"task": k.task, "version": k.task_version, "data": k.data, "method": k.method,
+        rows.append({"task": k.task, "version": k.task_version, "data": k.data,
+                     "method": k.method + (f" {EXTERNAL_MARK}" if r.external else ""),
                      "ref": k.method_ref.rsplit(":", 1)[-1][:12], "seed": k.seed, "status": r.status,
                      "error": r.error, **{f"m:{name}": v for name, v in r.metrics.items()}})
     return pd.DataFrame(rows)
@@ -71,7 +77,8 @@ def render(results: list[RunResult]) -> str:
             parts.append("No results yet.\n")
             continue
         for (task, version), g in part.groupby(["task", "version"], sort=True):
-            parts.append(f"### {task} (v{version})\n\n{_task_table(g.dropna(axis=1, how='all'))}\n")
+            note = f"\n{EXTERNAL_NOTE}\n" if g.method.str.endswith(EXTERNAL_MARK).any() else ""
+            parts.append(f"### {task} (v{version})\n\n{_task_table(g.dropna(axis=1, how='all'))}\n{note}")
     parts.append(_footer(results))
     return "\n".join(parts)
 

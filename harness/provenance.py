@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import platform
 import socket
 import subprocess
 import sys
 from functools import lru_cache
 from importlib import metadata
+from pathlib import Path
 
 from harness import __version__
 from harness.specs import REPO_ROOT
 
 LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "torchvision", "timm", "pydantic", "pillow")
+
+
+def hash_path(path: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's relative paths and file contents (caches ignored), streamed."""
+    h = hashlib.sha256()
+    files = [(path, "")] if path.is_file() else [
+        (p, str(p.relative_to(path))) for p in sorted(path.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+    for file, name in files:
+        h.update(name.encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def now() -> str:

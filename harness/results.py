@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -34,7 +35,9 @@ class ResultKey(_Model):
     seed: int
 
     def relpath(self) -> Path:
-        ref = self.method_ref.rsplit(":", 1)[-1][:12]
+        ref = self.method_ref.rsplit(":", 1)[-1][:12]  # the digest or code hash; with weights, a hash of both
+        if "+" in self.method_ref:
+            ref = hashlib.sha256(self.method_ref.encode()).hexdigest()[:12]
         return Path(self.task, f"v{self.task_version}", self.data, self.method, ref, f"seed{self.seed}.json")
 
 

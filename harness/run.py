@@ -7,14 +7,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, ContextManager
 
 from harness import specs
 from harness.data import open_dataset, fingerprint
+from harness.data.base import DatasetReader
 from harness.errors import MethodFailure, MethodTimeout, UserError
-from harness.protocols.base import RunContext
+from harness.protocols.base import Protocol, RunContext
 from harness.provenance import gpu_name, machine, now
 from harness.results import DatasetInfo, Provenance, ResultKey, ResultStore, RunResult, Timings
 from harness.runners import get_runner
+from harness.runners.base import RunningMethod
 
 
 @dataclass
@@ -45,54 +48,77 @@ def run_cell(method_name: str, task_name: str, seed: int, opts: RunOptions, stor
     if reason := incompatibility(method, task):
         raise UserError(reason)
     runner = get_runner(opts.backend)
-    key = ResultKey(method=method.name, method_ref=runner.method_ref(method), task=task.name,
+    key = ResultKey(method=method.name, method_ref=runner.result_ref(method), task=task.name,
                     task_version=task.version, data="procedural" if opts.synthetic else "real", seed=seed)
+    task_info = {"name": task.name, "version": task.version, "output": task.output, "seed": seed}
+    return evaluate(task, key, opts, store, opts.backend,
+                    lambda: runner.start(method, seed, task_info, opts.timeout_s or task.timeout_s))
+
+
+@dataclass
+class Prepared:
+    """A task ready to run: its dataset, protocol and context (the context's session is set by the caller)."""
+
+    dataset: DatasetReader
+    dataset_info: DatasetInfo
+    protocol: Protocol
+    ctx: RunContext
+
+
+def prepare(task: specs.TaskSpec, seed: int, opts: RunOptions) -> Prepared:
+    """Open the task's dataset and make its protocol and run context; bad data raises UserError."""
+    dataset = open_dataset(task.dataset, opts.data_root, synthetic=opts.synthetic)
+    dataset_info = DatasetInfo(name=task.dataset, kind="procedural" if opts.synthetic else "real",
+                               root=str(dataset.root), fingerprint=fingerprint(dataset.root))
+    ctx = RunContext(session=None, seed=seed, device="cuda" if gpu_name() else "cpu", batch_size=task.batch_size,
+                     num_workers=opts.num_workers, progress=opts.progress)
+    return Prepared(dataset, dataset_info, task.make_protocol(), ctx)
+
+
+def evaluate(task: specs.TaskSpec, key: ResultKey, opts: RunOptions, store: ResultStore, backend: str,
+             start: Callable[[], ContextManager[RunningMethod]], external: bool = False) -> RunResult:
+    """Score one cell with the session that `start()` provides and store the result, or return the stored
+    result of an equal key. The session comes from a runner (a started method) or, for external outputs,
+    from replayed files."""
     cached = store.get(key)
     if cached is not None and cached.status == "ok" and not opts.force:
-        _log(f"{method.name} x {task.name} seed {seed} ({key.data}): cached, skipped ({store.path(key)})")
+        _log(f"{key.method} x {task.name} seed {key.seed} ({key.data}): cached, skipped ({store.path(key)})")
         return cached
 
     t0, started = time.perf_counter(), now()
-    dataset = open_dataset(task.dataset, opts.data_root, synthetic=opts.synthetic)
-    _log(f"{method.name} x {task.name} seed {seed} ({key.data} data, {opts.backend} backend)")
-    dataset_info = DatasetInfo(name=task.dataset, kind=key.data, root=str(dataset.root),
-                               fingerprint=fingerprint(dataset.root))
-    protocol = task.make_protocol()
-    ctx = RunContext(session=None, seed=seed, device="cuda" if gpu_name() else "cpu", batch_size=task.batch_size,
-                     num_workers=opts.num_workers, progress=opts.progress)
-    status, error, outcome, running = "ok", None, None, None
-    task_info = {"name": task.name, "version": task.version, "output": task.output, "seed": seed}
+    run = prepare(task, key.seed, opts)
+    ctx = run.ctx
+    _log(f"{key.method} x {task.name} seed {key.seed} ({key.data} data, {backend} backend)")
+    status, error, log_tail, outcome, running = "ok", None, "", None, None
     try:
-        with runner.start(method, seed, task_info, opts.timeout_s or task.timeout_s) as running:
+        with start() as running:
             ctx.session = running.session
-            outcome = protocol.run(dataset, ctx)
-    except MethodTimeout as e:
-        status, error = "timeout", str(e)
+            outcome = run.protocol.run(run.dataset, ctx)
     except MethodFailure as e:
-        status, error = "failed", str(e)
+        status, error, log_tail = "timeout" if isinstance(e, MethodTimeout) else "failed", str(e), e.log_tail
 
     session = running.session if running else None
     total = time.perf_counter() - t0
     method_s = session.method_seconds if session else 0.0
     data_s, evaluator_s = ctx.stopwatch.totals["data"], ctx.stopwatch.totals["evaluator"]
     result = RunResult(
-        key=key, status=status, error=error,
+        key=key, status=status, error=error, external=external,
         metrics=outcome.metrics if outcome else {}, details=outcome.details if outcome else {},
         notes=(outcome.notes if outcome else []) + (
             ["procedural stand-in data: not comparable to published numbers"] if opts.synthetic else []),
         provenance=Provenance(**machine(), task_spec_hash=task.spec_hash,
-                              task_params=task.protocol_params.model_dump(mode="json"), backend=opts.backend,
-                              dataset=dataset_info, method_info=session.info if session else {},
+                              task_params=task.protocol_params.model_dump(mode="json"), backend=backend,
+                              dataset=run.dataset_info, method_info=session.info if session else {},
                               started_at=started, finished_at=now()),
         timings=Timings(total_s=total, method_s=method_s, data_s=data_s, evaluator_s=evaluator_s,
                         harness_s=max(0.0, total - method_s - data_s - evaluator_s),
                         images_sent=session.images_sent if session else 0,
                         bytes_sent=session.bytes_sent if session else 0),
-        log_tail=running.log_tail if running and status != "ok" else "",
+        log_tail=log_tail,
     )
     path = store.put(result)
     summary = ", ".join(f"{k}={v:.2f}" for k, v in result.metrics.items()) or error
-    _log(f"{method.name} x {task.name} seed {seed}: {status} in {total:.1f}s ({summary}) -> {path}")
+    _log(f"{key.method} x {task.name} seed {key.seed}: {status} in {total:.1f}s ({summary}) -> {path}")
     return result
 
 

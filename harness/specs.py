@@ -144,6 +144,7 @@ class MethodSpec(_Spec):
     embed_dim: int | None = Field(default=None, ge=1)
     entrypoint: str = "adapter.py"  # run with the harness's Python by the local backend
     image: str | None = None  # REPO@sha256:... (or a tag) for the docker backend
+    weights: str | None = None  # a weights file or folder on the host, relative to this file's folder or absolute
     fit: bool = False  # has a fit stage on the task's training split
     baseline: bool = False  # part of the default method set of suites
     paper: str | None = None
@@ -155,6 +156,16 @@ class MethodSpec(_Spec):
     def folder(self) -> Path:
         assert self.path is not None
         return self.path.parent
+
+    @property
+    def weights_path(self) -> Path | None:
+        """The `weights:` file or folder, which must exist: mounted read-only for the method, never copied."""
+        if self.weights is None:
+            return None
+        path = (self.folder / Path(self.weights).expanduser()).resolve()
+        if not path.exists():
+            raise SpecError(f"weights: {path} does not exist", where=self.path)
+        return path
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:

@@ -112,7 +112,8 @@ def test_run_writes_one_typed_result_and_a_rerun_is_skipped(tmp_path, data_root)
 def test_matrix_records_crashes_and_timeouts_and_carries_on(tmp_path, data_root):
     (tmp_path / "bench" / "suites").mkdir(parents=True)
     (tmp_path / "bench" / "suites" / "misbehaving.yaml").write_text(
-        "name: misbehaving\ndescription: test\ntasks: [flowers102_knn]\nmethods: [crasher, hanger, pixels]\n"
+        "name: misbehaving\ndescription: test\ntasks: [flowers102_knn]\n"
+        "methods: [crasher, dies_at_start, hanger, pixels]\n"
         "data: synthetic\n")
     env = {"BENCH_IMAGES": f"{TEST_METHODS}{os.pathsep}{REPO / 'images'}",
            "BENCH_BENCHMARKS": f"{tmp_path / 'bench'}{os.pathsep}{REPO / 'benchmarks'}"}
@@ -122,9 +123,12 @@ def test_matrix_records_crashes_and_timeouts_and_carries_on(tmp_path, data_root)
     assert proc.returncode == 1, proc.stderr
     status = {RunResult.model_validate_json(p.read_text()).key.method: RunResult.model_validate_json(p.read_text())
               for p in result_files(results)}
-    assert {m: r.status for m, r in status.items()} == {"crasher": "failed", "hanger": "timeout", "pixels": "ok"}
-    assert "closed its output stream" in status["crasher"].error
+    assert {m: r.status for m, r in status.items()} == {"crasher": "failed", "dies_at_start": "failed",
+                                                         "hanger": "timeout", "pixels": "ok"}
+    assert "closed its output stream" in status["crasher"].error and "(exited with code 3)" in status["crasher"].error
+    assert "(exited with code 1)" in status["dies_at_start"].error
     assert status["crasher"].log_tail  # the method's stderr is kept for failed runs
+    assert "/weights/model.pt not found" in status["dies_at_start"].log_tail  # also when it dies before the handshake
 
     board = tmp_path / "board.md"
     proc = bench("leaderboard", "--results", str(results), "--out", str(board))

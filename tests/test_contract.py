@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchsdk.wire import MAGIC, WireError, encode, read_frame
-from harness.errors import MethodFailure, MethodTimeout
+from harness.errors import MethodFailure, MethodTimeout, SpecError
 from harness.runners.local import LocalRunner
 from harness.specs import MethodSpec, load_spec
 
@@ -123,7 +123,7 @@ def test_an_error_inside_fit_fails_the_stage_and_the_method_keeps_serving(monkey
 
 
 @pytest.mark.parametrize("name, error", [
-    ("crasher", "closed its output stream"),
+    ("crasher", r"closed its output stream.*\(exited with code 3\)"),
     ("raiser", "boom from the method"),
     ("nan_out", "NaN or Inf"),
     ("wrong_count", "expected 2 dims with 3 items"),
@@ -170,3 +170,22 @@ def test_declared_outputs_missing_from_info_fail_the_handshake(tmp_path):
     with pytest.raises(MethodFailure, match="masks"):
         with LocalRunner().start(spec, 0, {}, 60):
             pass
+
+
+def test_weights_reach_the_method_and_are_part_of_the_result_key(tmp_path):
+    folder = tmp_path / "weighted"  # the test adapter's 4th feature is the first byte of $BENCH_WEIGHTS
+    folder.mkdir()
+    adapter = TESTS / "methods" / "_misbehave" / "adapter.py"
+    (folder / "method.yaml").write_text(f"name: weighted\nversion: '0'\ndescription: x\noutputs: [global]\n"
+                                        f"entrypoint: {adapter}\nweights: ../w/model.bin\n")
+    spec = load_spec(MethodSpec, folder / "method.yaml")
+    with pytest.raises(SpecError, match=r"method.yaml: weights: .*/w/model.bin does not exist"):
+        LocalRunner().result_ref(spec)
+    (tmp_path / "w").mkdir()
+    refs = []
+    for first in (7, 9):
+        (tmp_path / "w" / "model.bin").write_bytes(bytes([first]) + b"rest")
+        with LocalRunner().start(spec, 0, {}, 60) as running:
+            assert (running.session.embed(images())[:, 3] == first).all()
+        refs.append(LocalRunner().result_ref(spec))
+    assert refs[0] != refs[1] and all(r.startswith(LocalRunner().method_ref(spec) + "+weights-sha256:") for r in refs)

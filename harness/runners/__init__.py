@@ -2,9 +2,10 @@
 
 from harness.errors import UserError
 from harness.runners.base import Runner
+from harness.runners.docker import DockerRunner
 from harness.runners.local import LocalRunner
 
-RUNNERS: dict[str, type[Runner]] = {"local": LocalRunner}
+RUNNERS: dict[str, type[Runner]] = {"local": LocalRunner, "docker": DockerRunner}
 
 
 def get_runner(name: str) -> Runner:

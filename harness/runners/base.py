@@ -6,6 +6,7 @@ else, the handshake, deadlines, stopping with escalation and log capture, lives 
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -14,10 +15,12 @@ from pathlib import Path
 from typing import ClassVar, Iterator, Protocol
 
 from harness.errors import MethodFailure
+from harness.provenance import hash_path
 from harness.runners.session import Channel, MethodSession
 from harness.specs import MethodSpec
 
 LOG_TAIL_BYTES = 8192
+EXIT_WAIT_S = 0.5  # how long stop() waits for a method that may be exiting by itself, before signalling it
 
 
 class Launched(Protocol):
@@ -25,6 +28,7 @@ class Launched(Protocol):
 
     read_fd: int  # the method's replies
     write_fd: int  # the method's requests
+    exit_reason: str | None  # set by stop() when the method had ended by itself, e.g. "exited with code 3"
 
     def stop(self, grace_s: float) -> None: ...
 
@@ -38,7 +42,12 @@ class Runner(ABC):
 
     @abstractmethod
     def launch(self, method: MethodSpec, log: Path) -> Launched:
-        """Start the method with its stderr going to `log`."""
+        """Start the method with its stderr going to `log` and its weights (if any) at $BENCH_WEIGHTS."""
+
+    def result_ref(self, method: MethodSpec) -> str:
+        """method_ref, plus the sha256 of the weights when method.yaml names some: part of every result's key."""
+        weights = method.weights_path
+        return self.method_ref(method) + (f"+weights-sha256:{hash_path(weights)}" if weights else "")
 
     @contextmanager
     def start(self, method: MethodSpec, seed: int, task: dict, timeout_s: float) -> Iterator["RunningMethod"]:
@@ -59,16 +68,20 @@ class Runner(ABC):
             finally:
                 handle.stop(grace_s=5)
                 running.capture_log_tail()
+                if isinstance(failure := sys.exc_info()[1], MethodFailure):  # also when it died before the handshake
+                    failure.log_tail = running.log_tail
+                    if handle.exit_reason:
+                        failure.args = (f"{failure} ({handle.exit_reason})",)
 
 
 class RunningMethod:
-    def __init__(self, log: Path):
-        self.log = log
-        self.session: MethodSession | None = None
+    def __init__(self, log: Path | None, session: MethodSession | None = None):
+        self.log = log  # None: no process, so no log (outputs replayed from files)
+        self.session = session
         self.log_tail = ""
 
     def capture_log_tail(self) -> None:
-        if self.log.exists():
+        if self.log is not None and self.log.exists():
             with open(self.log, "rb") as f:
                 f.seek(max(0, self.log.stat().st_size - LOG_TAIL_BYTES))
                 self.log_tail = f.read().decode("utf-8", "replace")

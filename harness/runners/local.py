@@ -6,24 +6,15 @@ untrusted images). It still speaks only the contract: it gets images over stdin,
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from harness.runners.base import Runner
+from harness.provenance import hash_path
+from harness.runners.base import EXIT_WAIT_S, Runner
 from harness.specs import REPO_ROOT, MethodSpec
-
-
-def hash_folder(folder: Path) -> str:
-    """sha256 over the relative paths and contents of every file in `folder` (caches ignored)."""
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts:
-            h.update(str(p.relative_to(folder)).encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()
 
 
 class LocalProcess:
@@ -31,9 +22,16 @@ class LocalProcess:
         self.popen = popen
         self.read_fd = popen.stdout.fileno()
         self.write_fd = popen.stdin.fileno()
+        self.exit_reason: str | None = None
 
     def stop(self, grace_s: float) -> None:
         """SIGTERM the method's process group, then SIGKILL after `grace_s`."""
+        try:  # a method that closed its stream may still be exiting: give it a moment to say how it ended
+            code = self.popen.wait(EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is not None:
+            self.exit_reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
             if self.popen.poll() is not None:
                 break
@@ -56,11 +54,13 @@ class LocalRunner(Runner):
     name = "local"
 
     def method_ref(self, method: MethodSpec) -> str:
-        return "code-sha256:" + hash_folder(method.folder)
+        return "code-sha256:" + hash_path(method.folder)
 
     def launch(self, method: MethodSpec, log: Path) -> LocalProcess:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                    PYTHONUNBUFFERED="1")
+        if method.weights_path:
+            env["BENCH_WEIGHTS"] = str(method.weights_path)
         with open(log, "wb") as log_file:
             popen = subprocess.Popen([sys.executable, str(method.folder / method.entrypoint)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,

@@ -1,6 +1,7 @@
 """A test method whose behaviour is chosen by the name of the folder it runs from (its method.yaml's folder).
 
-crasher: exits abruptly on the first batch.  hanger: never answers.  nan_out: NaN features.
+weighted: its 4th feature is the first byte of its $BENCH_WEIGHTS file.
+crasher: exits abruptly on the first batch.  dies_at_start: exits before the handshake, saying why on stderr.  hanger: never answers.  nan_out: NaN features.
 wrong_count: one row too few.  raiser: raises inside embed.  chatty: prints to stdout (must still work).
 fitter: learns the mean training image in `fit` and returns it (plus the label sum) as every embedding.
 """
@@ -24,6 +25,8 @@ class Misbehave(Method):
 
     def setup(self, seed, task):
         self.mean, self.label_sum, self.batches = np.zeros(3, np.float32), -1.0, 0
+        if BEHAVIOUR == "weighted":
+            self.label_sum = float(Path(os.environ["BENCH_WEIGHTS"]).read_bytes()[0])
 
     def fit(self, batches):
         total, count = np.zeros(3, np.float64), 0
@@ -64,4 +67,6 @@ class Misbehave(Method):
 
 if __name__ == "__main__":
     print("adapter starting (stderr is the method's log)", file=sys.stderr)
+    if BEHAVIOUR == "dies_at_start":
+        sys.exit("cannot load weights: /weights/model.pt not found")
     serve(Misbehave())

@@ -1,0 +1,286 @@
+"""Bring your own outputs: export a task's exact inputs to files, then score replies saved beside them.
+
+`bench inputs` runs the task's protocol against a RecordingSession, which writes every request the protocol makes
+(the uint8 images the contract would send, in order) to DIR/requests/NNNNNN.npz and answers it with placeholder
+outputs of the expected shape so the protocol can go on (its outcome is discarded: an export costs one evaluator
+pass).
+DIR/manifest.json pins what the requests were made from. The user answers each request with DIR/replies/NNNNNN.npz
+holding the contract's reply arrays. `bench score` runs the protocol again against a ReplaySession, which checks
+that every request equals the recorded one and hands the protocol the saved reply, validated exactly as a live
+reply is (both sessions are MethodSessions whose transport is files). The result is an ordinary RunResult,
+marked external.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness import specs
+from harness.errors import MethodFailure, UserError
+from harness.results import DataKind, DatasetInfo, ResultKey, ResultStore, RunResult
+from harness.run import RunOptions, evaluate, prepare
+from harness.runners.base import RunningMethod
+from harness.runners.session import MethodSession
+
+MANIFEST = "manifest.json"
+BACKEND = "external"
+IMAGE_OPS = ("embed", "embed_dense", "segment")
+
+
+class MethodInfo(BaseModel):
+    """The contract's `info` reply, as far as protocols read it (other fields are kept as given)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "external"
+    version: str = "0"
+    outputs: list[specs.OutputKind] = []
+    patch_size: int | None = Field(default=None, gt=0)
+    embed_dim: int | None = Field(default=None, gt=0)
+    masks_have_background: bool = True
+
+
+class RequestRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    op: str
+    shape: list[int]
+    sha256: str = Field(description="sha256 of the images' C-order bytes")
+
+
+class Manifest(BaseModel):
+    """DIR/manifest.json: what the requests were made from, and each request's op, shape and hash."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: int = 1
+    task: str
+    task_version: int
+    task_spec_hash: str
+    seed: int
+    data: DataKind
+    dataset: DatasetInfo
+    method_info: dict[str, Any]
+    requests: list[RequestRecord]
+
+
+def _log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    return f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}"
+
+
+def request_file(folder: Path, kind: str, index: int) -> Path:
+    """DIR/requests/000012.npz or DIR/replies/000012.npz."""
+    return folder / kind / f"{index:06d}.npz"
+
+
+def record(op: str, images: np.ndarray) -> RequestRecord:
+    return RequestRecord(op=op, shape=list(images.shape),
+                         sha256=hashlib.sha256(np.ascontiguousarray(images).data).hexdigest())
+
+
+class FileSession(MethodSession):
+    """A MethodSession whose transport is files instead of a process: subclasses answer `request`, and the
+    inherited embed / embed_dense / segment check every answer exactly as they check a live method's."""
+
+    def __init__(self, folder: Path, info: dict):
+        super().__init__(channel=None)
+        self.folder, self.info = folder, info
+        self.requests: list[RequestRecord] = []
+
+    def fit(self, batches: Iterable, with_labels: bool) -> None:
+        """External methods train on their own, before producing their outputs: a fit stage sends nothing."""
+
+
+class RecordingSession(FileSession):
+    """Writes each request to DIR/requests/NNNNNN.npz and answers it with placeholder outputs of the shape the task
+    expects: seeded noise rather than zeros, which some evaluators reject as degenerate (e.g. R² of constant
+    features)."""
+
+    def __init__(self, folder: Path, info: dict):
+        super().__init__(folder, info)
+        self.rng = np.random.default_rng(0)
+
+    def request(self, op: str, fields: dict | None = None, arrays: dict | None = None) -> tuple[dict, dict]:
+        if op not in IMAGE_OPS:
+            raise UserError(f"harness bug: cannot export request {op!r}")
+        images = arrays["images"]
+        path = request_file(self.folder, "requests", len(self.requests))
+        path.parent.mkdir(exist_ok=True)
+        np.savez(path, op=np.array(op), images=images)
+        self.requests.append(record(op, images))
+        self.bytes_sent += images.nbytes
+        n, h, w, _ = images.shape
+        p, dim = self.info["patch_size"], self.info["embed_dim"]
+        shape = {"embed": (n, dim), "embed_dense": (n, h // (p or 1), w // (p or 1), dim), "segment": (n, 2, h, w)}
+        return {"ok": True}, {"masks" if op == "segment" else "features": self.rng.random(shape[op], np.float32)}
+
+
+class ReplaySession(FileSession):
+    """Checks each request against the manifest and answers it with DIR/replies/NNNNNN.npz."""
+
+    def __init__(self, folder: Path, manifest: Manifest):
+        super().__init__(folder, manifest.method_info)
+        self.manifest = manifest
+        self.reply: Path | None = None  # the reply file being checked, named by any error
+
+    def _mismatch(self, what: str) -> UserError:
+        return UserError(f"{what} (task, seed or data changed since `bench inputs`)", where=self.folder / MANIFEST)
+
+    def request(self, op: str, fields: dict | None = None, arrays: dict | None = None) -> tuple[dict, dict]:
+        t0, i, images = time.monotonic(), len(self.requests), arrays["images"]
+        if i >= len(self.manifest.requests) or record(op, images) != self.manifest.requests[i]:
+            raise self._mismatch(f"request {i} differs from the recorded one")
+        self.requests.append(self.manifest.requests[i])
+        self.reply = request_file(self.folder, "replies", i)
+        out = load_reply(self.reply)
+        self.bytes_sent += images.nbytes
+        self.method_seconds += time.monotonic() - t0
+        return {"ok": True}, out
+
+    @contextmanager
+    def replaying(self) -> Iterator[RunningMethod]:
+        """The session as a runner's started method; a bad reply is the user's error, naming its file."""
+        try:
+            yield RunningMethod(log=None, session=self)
+        except MethodFailure as e:
+            raise UserError(str(e), where=self.reply or self.folder / MANIFEST) from None
+        if len(self.requests) != len(self.manifest.requests):
+            raise self._mismatch(f"the task made {len(self.requests)} requests, {len(self.manifest.requests)} "
+                                 "were recorded")
+
+
+def load_reply(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of one reply file; a missing or unreadable file is one line naming it."""
+    if not path.is_file():
+        raise UserError("missing: every request needs its reply (see `Bring your own outputs` in "
+                        "images/CONTRACT.md)", where=path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"not a readable .npz file of arrays ({e})", where=path) from None
+
+
+def method_info(task: specs.TaskSpec, info: dict, where: str | None = None) -> dict:
+    """The info the protocols read, validated, with what `task` needs present."""
+    try:
+        model = MethodInfo.model_validate(info)
+    except ValidationError as e:
+        raise UserError(_first_error(e), where=where) from None
+    model.outputs = model.outputs or [task.output]
+    needed = {"global": ["embed_dim"], "dense": ["patch_size", "embed_dim"], "masks": []}[task.output]
+    if task.output not in model.outputs:
+        raise UserError(f"outputs {model.outputs} lack {task.output!r}, which task {task.name} needs", where=where)
+    for name in needed:
+        if getattr(model, name) is None:
+            raise UserError(f"task {task.name} needs {task.output} outputs: give {name} "
+                            f"(--{name.replace('_', '-')} N, or in --info FILE)", where=where)
+    return model.model_dump(mode="json")
+
+
+def export_inputs(task_name: str, out: Path, seed: int, info: dict, opts: RunOptions, force: bool = False,
+                  info_source: str | None = None) -> Manifest:
+    """`bench inputs`: every request the task makes, in order, under `out` (written whole or not at all)."""
+    task = specs.get("task", task_name)
+    info = method_info(task, info, info_source)
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError("already exists (--force to replace it)", where=out)
+    run = prepare(task, seed, opts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        session = RecordingSession(staging, info)
+        run.ctx.session = session
+        _log(f"exporting the inputs of {task.name} seed {seed} ({run.dataset_info.kind} data) to {out}")
+        try:
+            run.protocol.run(run.dataset, run.ctx)  # placeholder outputs: the outcome means nothing
+        except MethodFailure as e:
+            raise UserError(f"harness bug: the task rejected placeholder outputs: {e}") from None
+        manifest = Manifest(task=task.name, task_version=task.version, task_spec_hash=task.spec_hash, seed=seed,
+                            data=run.dataset_info.kind, dataset=run.dataset_info, method_info=info,
+                            requests=session.requests)
+        (staging / MANIFEST).write_text(_manifest_json(manifest))
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    images = sum(r.shape[0] for r in manifest.requests)
+    _log(f"wrote {len(manifest.requests)} requests ({images} images, {session.bytes_sent / 2**20:.1f} MiB) to "
+         f"{out / 'requests'}; answer each with {out / 'replies'}/NNNNNN.npz, then "
+         f"`bench score --task {task.name} --outputs {out}`")
+    return manifest
+
+
+def _manifest_json(manifest: Manifest) -> str:
+    """Indented, with one line per request."""
+    body = manifest.model_dump(mode="json")
+    requests = ",\n".join("  " + json.dumps(r) for r in body.pop("requests"))
+    return json.dumps(body, indent=1)[:-2] + f',\n "requests": [\n{requests}\n ]\n}}\n'
+
+
+def load_manifest(folder: Path) -> Manifest:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"missing: make it with `bench inputs --task T --out {folder}`", where=path)
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as e:
+        raise UserError(_first_error(e), where=path) from None
+
+
+def outputs_ref(folder: Path, manifest: Manifest) -> str:
+    """What identifies the outputs scored: a sha256 of the manifest and every reply file, in order."""
+    h = hashlib.sha256((Path(folder) / MANIFEST).read_bytes())
+    for i in range(len(manifest.requests)):
+        path = request_file(folder, "replies", i)
+        if not path.is_file():
+            load_reply(path)  # the one-line error naming the missing file
+        with open(path, "rb") as f:
+            h.update(f"\0{path.name}\0".encode())
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return "outputs-sha256:" + h.hexdigest()
+
+
+def score_outputs(task_name: str, folder: Path, name: str | None, seed: int | None, data: str | None,
+                  opts: RunOptions, store: ResultStore) -> RunResult:
+    """`bench score`: the task's protocol over the saved replies; the result is marked external."""
+    task, folder = specs.get("task", task_name), Path(folder)
+    manifest = load_manifest(folder)
+    where = folder / MANIFEST
+    data_kind = {"synthetic": "procedural", "real": "real", None: manifest.data}[data]
+    for what, recorded, now in (("task", manifest.task, task.name), ("task version", manifest.task_version,
+                                task.version), ("seed", manifest.seed, manifest.seed if seed is None else seed),
+                                ("data", manifest.data, data_kind)):
+        if recorded != now:
+            raise UserError(f"inputs were exported for {what} {recorded}, not {now} (export them again with "
+                            "`bench inputs`)", where=where)
+    name = name or folder.resolve().name
+    if not re.fullmatch(specs.NAME_PATTERN, name):
+        raise UserError(f"method name {name!r} (--name, default the folder's name): use lower-case letters, digits "
+                        "and _ (starting with a letter or digit)")
+    key = ResultKey(method=name, method_ref=outputs_ref(folder, manifest), task=task.name,
+                    task_version=task.version, data=manifest.data, seed=manifest.seed)
+    opts = dataclasses.replace(opts, synthetic=manifest.data == "procedural")
+    session = ReplaySession(folder, manifest)
+    return evaluate(task, key, opts, store, BACKEND, session.replaying, external=True)

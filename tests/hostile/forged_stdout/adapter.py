@@ -1,0 +1,9 @@
+"""Prints a forged result where only frames may go: a contract violation."""
+
+import os
+
+from _hostile import PROTOCOL, Honest, serve
+
+if __name__ == "__main__":
+    os.write(PROTOCOL, b'{"metrics": {"top1_best": 100.0, "top1_k20": 100.0}}\n')
+    serve(Honest())

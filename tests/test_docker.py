@@ -1,0 +1,287 @@
+"""The docker backend against a real dockerd: the sandbox, the transport, and hostile images (tests/hostile/).
+
+Needs dockerd, the local registry and vrbench/base:bookworm (`make services base-image`; the fixture runs the
+same idempotent scripts). Outside CI a missing service skips these tests with the reason; under CI=true it fails.
+Every test checks that no container of the harness is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.errors import MethodFailure, MethodTimeout, UserError
+from harness.provenance import hash_path
+from harness.results import RunResult
+from harness.specs import MethodSpec, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+HOSTILE = REPO / "tests" / "hostile"
+BASE = "vrbench/base:bookworm"
+REGISTRY = "127.0.0.1:5000"
+LABEL = "vrbench.harness"
+
+
+def _bring_up() -> str | None:
+    """Start the services and the base image (idempotent scripts); None when ready, else why not."""
+    for script in ("services.sh", "build_base_image.sh"):
+        proc = subprocess.run(["bash", str(REPO / "scripts" / script)], capture_output=True, text=True, timeout=900)
+        if proc.returncode:
+            return f"scripts/{script} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    try:
+        from harness.images import client
+
+        client()
+    except (UserError, ImportError) as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_ready():
+    """Skip (or, with CI=true, fail) every test that needs dockerd, the registry and the base image."""
+    problem = _bring_up()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"docker services unavailable under CI: {problem}")
+        pytest.skip(f"docker services unavailable: {problem}")
+    from harness.images import client
+
+    return client()
+
+
+def spec(name: str) -> MethodSpec:
+    folder = HOSTILE / name if (HOSTILE / name).is_dir() else REPO / "images" / name
+    return load_spec(MethodSpec, folder / "method.yaml")
+
+
+@pytest.fixture(scope="session")
+def built(docker_ready):
+    """Every hostile image and pixels, built once per session FROM the local base (with no network)."""
+    from harness.images import build
+
+    names = ["pixels"] + sorted(p.parent.name for p in HOSTILE.glob("*/method.yaml"))
+    return {name: build(spec(name), base=BASE, quiet=True) for name in names}
+
+
+@pytest.fixture(autouse=True)
+def no_container_left(request, monkeypatch):
+    """Method images build FROM the local base; after each test that used docker, no container of ours is left."""
+    monkeypatch.setenv("BENCH_BASE_IMAGE", BASE)
+    yield
+    if "docker_ready" in request.fixturenames:
+        left = [c.name for c in request.getfixturevalue("docker_ready").containers.list(all=True, filters={
+            "label": LABEL}) if ours_or_orphaned(c)]
+        assert not left, f"containers left behind: {left}"
+
+
+def ours_or_orphaned(container) -> bool:
+    """Started by this test process, or by one of its `bench` subprocesses, all gone by now (other harness
+    processes on this machine may be running their own containers meanwhile)."""
+    host, _, pid = container.labels.get(f"{LABEL}.owner", "").partition(":")
+    return host == socket.gethostname() and (pid == str(os.getpid()) or not Path(f"/proc/{pid}").exists())
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def bench(*args, env=None, timeout=600):
+    full = dict(os.environ, BENCH_BASE_IMAGE=BASE, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=full,
+                          cwd=REPO, timeout=timeout)
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`bench ARGS` in this process (the CLI's own main: exit code, stdout, stderr); saves a Python start-up."""
+    from harness.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def images(n=3, h=32, w=48, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def start(name: str, timeout_s: float = 60):
+    from harness.runners.docker import DockerRunner
+
+    return DockerRunner().start(spec(name), 0, {"name": "test", "output": "global"}, timeout_s)
+
+
+# --- the sandbox -------------------------------------------------------------------------------------------------
+
+def test_every_container_runs_locked_down_with_nothing_mounted(built, docker_ready):
+    with start("pixels") as running:
+        [c] = docker_ready.containers.list(filters={"label": f"{LABEL}.owner={socket.gethostname()}:{os.getpid()}"})
+        host = c.attrs["HostConfig"]
+        config = c.attrs["Config"]
+        assert running.session.embed(images()).shape == (3, 48)
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True and host["Privileged"] is False
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["PidsLimit"] == 512 and host["Memory"] == host["MemorySwap"] == 2 << 30
+    assert host["ShmSize"] == 1 << 29 and host["Init"] is True and host["LogConfig"]["Type"] == "none"
+    assert not host["Binds"] and not host.get("Mounts") and not c.attrs["Mounts"]  # no data, no labels, no host path
+    assert list(host["Tmpfs"]) == ["/tmp"] and "size=" in host["Tmpfs"]["/tmp"]
+    assert config["User"] not in ("", "0", "root", "0:0")
+    assert not host.get("DeviceRequests")  # no GPU on this host, none asked for
+
+
+def test_the_sandbox_holds_against_writes_host_paths_and_privileges(built):
+    with pytest.raises(MethodFailure, match="probe:") as err:
+        with start("escape"):
+            pass
+    found = dict(token.split("=", 1) for token in str(err.value).split("probe: ", 1)[1].split())
+    assert found["uid"] != "0" and found["cap_eff"] == "0000000000000000" and found["no_new_privs"] == "1"
+    assert {found[k] for k in ("write_root", "write_etc", "write_method")} == {"OSError"}  # read-only root
+    assert found["write_tmp"] == "written" and found["exec_tmp"] == "ran"  # /tmp: a tmpfs, exec-able for JITs
+    assert found["shadow"] == "PermissionError"
+    assert {found[k] for k in ("work", "docker_sock", "host_docker", "host_root")} == {"absent"}
+    assert found["weights_env"] == "/weights/weights.bin" and found["read_weights"] == "read"
+    assert found["write_weights"] in ("OSError", "PermissionError")  # its weights are mounted read-only
+    assert set(found["extra_mounts"].split(",")) == {"/usr/sbin/docker-init", "/weights/weights.bin"}  # only these
+
+
+def test_a_method_that_tries_the_network_has_none(built):
+    urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=5).read()  # the registry is up on the host...
+    with start("netprobe") as running:
+        out = running.session.embed(images())
+    assert (out[:, 3] == 0).all()  # ...and the method reached nothing
+    log = running.log_tail
+    assert "REACHED" not in log
+    assert f"tcp {REGISTRY}: ConnectionRefusedError" in log  # its loopback is its own, not the host's
+    assert "tcp 8.8.8.8:53: OSError: [Errno 101] Network is unreachable" in log
+    assert "dns pypi.org: gaierror" in log
+
+
+def test_transport_is_byte_exact_for_large_batches_and_detach_key_bytes(built):
+    from harness.runners.local import LocalRunner
+
+    x = images(48, 512, 512, seed=3)
+    x[:, ::2, :, 0], x[:, ::2, :, 1] = 16, 17  # ctrl-p ctrl-q, Docker's detach keys, all over the stream
+    with start("pixels") as running:
+        docker_out = running.session.embed_dense(x)
+        sent = running.session.bytes_sent
+    with LocalRunner().start(spec("pixels"), 0, {}, 60) as running:
+        local_out = running.session.embed_dense(x)
+    assert docker_out.shape == (48, 32, 32, 48) and sent > x.nbytes
+    np.testing.assert_array_equal(docker_out, local_out)
+
+
+def test_a_hanging_method_times_out_and_its_container_is_removed(built, docker_ready):
+    t0 = time.monotonic()
+    with pytest.raises(MethodTimeout):
+        with start("sleeper", timeout_s=3) as running:
+            running.session.embed(images())
+    assert time.monotonic() - t0 < 20
+    assert "stopped by the harness" in running.log_tail
+
+
+def test_ctrl_c_stops_the_run_and_removes_the_container(built, docker_ready, data_root, tmp_path):
+    env = dict(os.environ, BENCH_BASE_IMAGE=BASE, BENCH_IMAGES=f"{HOSTILE}{os.pathsep}{REPO / 'images'}")
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--method", "sleeper", "--task", "flowers102_knn",
+                             "--backend", "docker", "--data", "synthetic", "--data-root", str(data_root),
+                             "--results", str(tmp_path), "--no-progress"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not docker_ready.containers.list(filters={"label": f"{LABEL}.owner={socket.gethostname()}:{proc.pid}"}):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.2)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "interrupted" in stderr, stderr
+    assert not list(tmp_path.rglob("*.json"))  # an interrupted run writes no result
+
+
+def test_containers_of_a_killed_harness_are_reaped_by_the_next_launch(built, docker_ready):
+    from harness.runners.docker import container_config
+
+    dead = 1 << 23  # above the kernel's largest pid_max: no such process can exist
+    config = container_config(spec("sleeper"))
+    config["labels"][f"{LABEL}.owner"] = f"{socket.gethostname()}:{dead}"
+    orphan = docker_ready.containers.create(built["sleeper"].id, **config)
+    orphan.start()
+    with start("pixels") as running:
+        running.session.embed(images())
+    assert orphan.id not in [c.id for c in docker_ready.containers.list(all=True)]
+
+
+# --- whole cells through the CLI ----------------------------------------------------------------------------------
+
+def test_pixels_in_docker_scores_exactly_as_locally_and_is_keyed_by_image(built, data_root, tmp_path, capsys):
+    results = {}
+    for backend in ("local", "docker"):
+        code, _, err = cli(capsys, "run", "--method", "pixels", "--task", "flowers102_knn", "--backend", backend,
+                           "--data", "synthetic", "--data-root", str(data_root), "--results", str(tmp_path / backend),
+                           "--no-progress")
+        assert code == 0, err
+        [path] = (tmp_path / backend).rglob("seed0.json")
+        results[backend] = RunResult.model_validate_json(path.read_text())
+    local, docker = results["local"], results["docker"]
+    assert docker.metrics == local.metrics and docker.status == "ok"
+    assert docker.key.method_ref == built["pixels"].ref and docker.key.method_ref.startswith("sha256:")
+    assert docker.provenance.backend == "docker" and docker.provenance.method_info["name"] == "pixels"
+    assert docker.timings.images_sent == local.timings.images_sent > 0
+
+
+HOSTILE_OUTCOMES = {  # method -> (status, what the error must say); None: ok
+    "escape": ("failed", "probe: uid=65534"),
+    "forkbomb": ("failed", "fork failed (Resource temporarily unavailable)"),
+    "memhog": ("failed", "OOM-killed: it exceeded its memory limit of"),
+    "sleeper": ("timeout", "did not answer within the task's time limit"),
+    "nan_out": ("failed", "NaN or Inf"),
+    "wrong_shape": ("failed", "has shape (32, 4, 1), expected 2 dims"),
+    "wrong_count": ("failed", "has shape (31, 4), expected 2 dims with 32 items"),
+    "flood": ("failed", "payload of 17179869184 bytes exceeds the limit"),
+    "dies_midstream": ("failed", "closed its output stream"),
+    "forged_stdout": ("failed", "bad frame magic"),
+    "crash_on_start": ("failed", "closed its output stream (it exited or crashed) (container exited with code 1)"),
+    "forged_stderr": ("ok", None),
+    "netprobe": ("ok", None),
+    "needs_pypi": ("ok", None),
+    "pixels": ("ok", None),
+}
+
+
+def test_a_matrix_of_hostile_images_records_each_failure_and_carries_on(built, data_root, tmp_path):
+    (tmp_path / "bench" / "suites").mkdir(parents=True)
+    (tmp_path / "bench" / "suites" / "hostile.yaml").write_text(
+        f"name: hostile\ndescription: test\ntasks: [flowers102_knn]\nmethods: [{', '.join(HOSTILE_OUTCOMES)}]\n"
+        "data: synthetic\n")
+    env = {"BENCH_IMAGES": f"{HOSTILE}{os.pathsep}{REPO / 'images'}",
+           "BENCH_BENCHMARKS": f"{tmp_path / 'bench'}{os.pathsep}{REPO / 'benchmarks'}"}
+    results = tmp_path / "results"
+    proc = bench("matrix", "--suite", "hostile", "--backend", "docker", "--data-root", str(data_root), "--results",
+                 str(results), "--timeout", "15", "--no-progress", env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    files = sorted(p for p in results.rglob("*") if p.is_file())
+    assert len(files) == len(HOSTILE_OUTCOMES) and all(p.name == "seed0.json" for p in files)  # nothing else written
+    got = {r.key.method: r for r in (RunResult.model_validate_json(p.read_text()) for p in files)}
+    for method, (status, error) in HOSTILE_OUTCOMES.items():
+        assert got[method].status == status, (method, got[method].error)
+        if error:
+            assert error in got[method].error, (method, got[method].error)
+        weights = spec(method).weights_path  # keyed by the image, and the weights when it has some
+        assert got[method].key.method_ref == built[method].ref + (f"+weights-sha256:{hash_path(weights)}" if weights
+                                                                  else "")
+    assert "OOM-killed" in got["memhog"].log_tail
+    # forged metrics on stderr are only log lines: the harness's own metric stands, equal to the honest pixels one
+    assert got["forged_stderr"].metrics == got["pixels"].metrics and got["forged_stderr"].metrics["top1_best"] < 100
+    assert proc.stderr.count("docker backend") == len(HOSTILE_OUTCOMES)
