@@ -91,7 +91,11 @@ def test_builds_are_offline_keyed_by_source_and_reused(built, docker_ready):
 
 
 def test_pypi_dependencies_come_from_a_host_wheelhouse_not_the_network(built, docker_ready):
-    wheels = REPO / ".cache" / "wheelhouse" / "needs_pypi"
+    from harness.images import prepare_wheelhouse
+
+    # the wheelhouse the build installed from (made again here: the daemon may hold that build from another checkout)
+    wheels = prepare_wheelhouse(spec("needs_pypi"), built["needs_pypi"].id)
+    assert wheels == REPO / ".cache" / "wheelhouse" / "needs_pypi"
     names = [p.name for p in wheels.glob("*.whl")]
     assert any(n.startswith("tabulate-0.9.0") for n in names) and any(n.startswith("pip-") for n in names)
     out = docker_ready.containers.run(built["needs_pypi"].id, ["-c", "import tabulate; print(tabulate.__file__)"],
