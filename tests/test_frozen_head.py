@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from harness.data.base import ClassificationSplit, DatasetReader
+from harness.data.base import ClassificationSplit, InMemoryDataset
 from harness.errors import DataError, MethodFailure
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
@@ -109,22 +109,10 @@ class StripeSplit(ClassificationSplit):
         return img
 
 
-class StripeData(DatasetReader):
-    name, subdir, how_to_get = "stripes", "stripes", "synthetic"
-
+class StripeData(InMemoryDataset):
     def __init__(self, val_classes=3):
-        self.splits = {"train": StripeSplit("train", 24, 0), "val": StripeSplit("val", 12, 1)}
+        super().__init__({"train": StripeSplit("train", 24, 0), "val": StripeSplit("val", 12, 1)})
         self.splits["val"].num_classes = val_classes
-
-    def check_layout(self):
-        pass
-
-    def split(self, name):
-        return self.splits[name]
-
-    @classmethod
-    def synthesize(cls, root, scale="tiny", seed=0):
-        raise NotImplementedError
 
 
 class PatchMeanSession:

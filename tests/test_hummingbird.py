@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data.base import DatasetReader, SegmentationSplit
+from harness.data.base import InMemoryDataset, SegmentationSplit
 from harness.data.loader import iter_batches
 from harness.errors import MethodFailure, UserError
 from harness.protocols import PROTOCOLS
@@ -206,21 +206,9 @@ class ColourSplit(SegmentationSplit):
         return self.masks[i]
 
 
-class ColourData(DatasetReader):
-    name, subdir, how_to_get = "colours", "colours", "synthetic"
-
+class ColourData(InMemoryDataset):
     def __init__(self):
-        self.splits = {"trainaug": ColourSplit("trainaug", 8, 96, 32, 9), "val": ColourSplit("val", 5, 96, 48, 10)}
-
-    def check_layout(self):
-        pass
-
-    def split(self, name):
-        return self.splits[name]
-
-    @classmethod
-    def synthesize(cls, root, scale="tiny", seed=0):
-        raise NotImplementedError
+        super().__init__({"trainaug": ColourSplit("trainaug", 8, 96, 32, 9), "val": ColourSplit("val", 5, 96, 48, 10)})
 
 
 class ColourSession:

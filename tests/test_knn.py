@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from harness.data.base import ClassificationSplit, DatasetReader
+from harness.data.base import ClassificationSplit, InMemoryDataset
 from harness.errors import MethodFailure, UserError
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
@@ -65,21 +65,9 @@ class ColourLabels(ClassificationSplit):
         return np.broadcast_to(colour, (*self.shapes[i], 3)).copy()
 
 
-class ColourLabelData(DatasetReader):
-    name, subdir, how_to_get = "colour_labels", "colour_labels", "synthetic"
-
+class ColourLabelData(InMemoryDataset):
     def __init__(self):
-        self.splits = {"train": ColourLabels("train", 30, 0), "val": ColourLabels("val", 12, 1)}
-
-    def check_layout(self):
-        pass
-
-    def split(self, name):
-        return self.splits[name]
-
-    @classmethod
-    def synthesize(cls, root, scale="tiny", seed=0):
-        raise NotImplementedError
+        super().__init__({"train": ColourLabels("train", 30, 0), "val": ColourLabels("val", 12, 1)})
 
 
 class MeanColourSession:

@@ -3,7 +3,7 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
-from harness.data.base import ClassificationSplit, DatasetReader
+from harness.data.base import ClassificationSplit, InMemoryDataset
 from harness.errors import DataError, MethodFailure
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
@@ -90,23 +90,11 @@ class Colours(ClassificationSplit):
         return np.broadcast_to(colour, (*self.shapes[i], 3)).copy()
 
 
-class ColourData(DatasetReader):
-    name, subdir, how_to_get = "colours", "colours", "synthetic"
-
+class ColourData(InMemoryDataset):
     def __init__(self, one_class=False):
-        self.splits = {"train": Colours("train", 30, 0), "val": Colours("val", 12, 1)}
+        super().__init__({"train": Colours("train", 30, 0), "val": Colours("val", 12, 1)})
         if one_class:
             self.splits["train"].labels[:] = 0
-
-    def check_layout(self):
-        pass
-
-    def split(self, name):
-        return self.splits[name]
-
-    @classmethod
-    def synthesize(cls, root, scale="tiny", seed=0):
-        raise NotImplementedError
 
 
 class MeanColourSession:

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from harness.data.base import DatasetReader, SegmentationSplit
+from harness.data.base import InMemoryDataset, SegmentationSplit
 from harness.errors import DataError, MethodFailure, UserError
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
@@ -102,24 +102,12 @@ class FakeSplit(SegmentationSplit):
         return self.masks[i]
 
 
-class FakeData(DatasetReader):
-    name, subdir, how_to_get = "fake", "fake", "memory"
-
+class FakeData(InMemoryDataset):
     def __init__(self, n_train=8, n_val=5, val_classes=C):
-        self.splits = {
+        super().__init__({
             "trainaug": FakeSplit("trainaug", stripe_masks(n_train, 1)),
             "val": FakeSplit("val", stripe_masks(n_val, 2), val_classes),
-        }
-
-    def check_layout(self):
-        pass
-
-    def split(self, name):
-        return self.splits[name]
-
-    @classmethod
-    def synthesize(cls, root, scale="tiny", seed=0):
-        raise NotImplementedError
+        })
 
 
 class FakeSession:

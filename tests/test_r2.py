@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from harness.data.base import DatasetReader, SegmentationSplit
+from harness.data.base import InMemoryDataset, SegmentationSplit
 from harness.data.transforms import squash_resize_linear
 from harness.errors import DataError, MethodFailure, UserError
 from harness.protocols import PROTOCOLS
@@ -154,21 +154,9 @@ class BlockSplit(SegmentationSplit):
         return self.masks[i]
 
 
-class BlockData(DatasetReader):
-    name, subdir, how_to_get = "blocks", "blocks", "synthetic"
-
+class BlockData(InMemoryDataset):
     def __init__(self, n=7):
-        self.splits = {"val2017": BlockSplit(n)}
-
-    def check_layout(self):
-        pass
-
-    def split(self, name):
-        return self.splits[name]
-
-    @classmethod
-    def synthesize(cls, root, scale="tiny", seed=0):
-        raise NotImplementedError
+        super().__init__({"val2017": BlockSplit(n)})
 
 
 class PatchColourSession:

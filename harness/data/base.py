@@ -65,3 +65,22 @@ class DatasetReader(ABC):
     @abstractmethod
     def synthesize(cls, root: Path, scale: str = "tiny", seed: int = 0) -> None:
         """Write a procedural stand-in in the exact official layout under `root`."""
+
+
+class InMemoryDataset(DatasetReader):
+    """Ready-made splits with no files behind them: protocols fed directly (tests, benchmark scripts)."""
+
+    name = subdir = how_to_get = "in-memory"
+
+    def __init__(self, splits: dict[str, Split]):
+        self.root, self.splits = Path("<in memory>"), splits
+
+    def check_layout(self) -> None:
+        pass
+
+    def split(self, name: str) -> Split:
+        return self.splits[name]
+
+    @classmethod
+    def synthesize(cls, root: Path, scale: str = "tiny", seed: int = 0) -> None:
+        raise NotImplementedError("an in-memory dataset has no on-disk form")

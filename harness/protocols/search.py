@@ -29,12 +29,14 @@ class ExactSearch:
 
     The bank is kept in `dtype` (float16 halves its memory). Scores are computed block by block, at most
     `max_block` query × bank entries at a time, in the bank's dtype on CUDA and in float32 on CPU; with a
-    float16 bank the k winners are re-scored in float32, so returned scores are always float32.
+    float16 bank the k winners are re-scored in float32, so returned scores are always float32. The default block,
+    2048 × 32768 scores (256 MB), keeps top-k selection cheap next to the product on CPU: per score, topk(200)
+    over 8192 columns costs 2.6 times more than over 32768 (kNN's k=200; 1.5 times for HummingBird's k=30).
     """
 
     Options = NoOptions
 
-    def __init__(self, bank: torch.Tensor, dtype: str = "float32", query_chunk: int = 4096, max_block: int = 2**26):
+    def __init__(self, bank: torch.Tensor, dtype: str = "float32", query_chunk: int = 2048, max_block: int = 2**26):
         if bank.ndim != 2 or bank.shape[0] == 0:
             raise ValueError(f"bank must be a non-empty (N, D) tensor, got shape {tuple(bank.shape)}")
         self.bank = bank.to(MEMORY_DTYPES[dtype])
