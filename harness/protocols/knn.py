@@ -60,6 +60,17 @@ def load_knn_image(split: ClassificationSplit, i: int) -> tuple[np.ndarray]:
     return (dino_eval_transform(split.image(i)),)
 
 
+def embed_split(split: ClassificationSplit, load, ctx: RunContext, desc: str, dim: int | None = None) -> np.ndarray:
+    """(N, D) global features of a split, its images loaded by `load(split, i)`; every batch must have the same D
+    (`dim` when given)."""
+    chunks: list[np.ndarray] = []
+    batches = iter_batches(len(split), partial(load, split), ctx.batch_size, ctx.num_workers, desc, ctx.progress)
+    for (images,) in timed(batches, ctx.stopwatch, "data"):
+        chunks.append(expect_shape(ctx.session.embed(images), (len(images), dim), "embed"))
+        dim = chunks[0].shape[1]
+    return np.concatenate(chunks)
+
+
 class KnnProtocol(Protocol):
     name = "knn"
     Params = KnnParams
@@ -75,8 +86,8 @@ class KnnProtocol(Protocol):
             raise UserError(f"every k in {ks} exceeds the {len(train)} training images")
         if len(test) == 0:
             raise DataError(f"split {p.eval_split!r} is empty")
-        train_feats = self._embed(train, ctx, "knn train")
-        test_feats = self._embed(test, ctx, "knn eval", dim=train_feats.shape[1])
+        train_feats = embed_split(train, load_knn_image, ctx, "knn train")
+        test_feats = embed_split(test, load_knn_image, ctx, "knn eval", dim=train_feats.shape[1])
 
         with ctx.stopwatch.phase("evaluator"):
             tensor = partial(torch.as_tensor, device=ctx.device)
@@ -100,14 +111,3 @@ class KnnProtocol(Protocol):
             "eval_images": len(test),
         }
         return Outcome(metrics=metrics, details=details, notes=notes)
-
-    @staticmethod
-    def _embed(split: ClassificationSplit, ctx: RunContext, desc: str, dim: int | None = None) -> np.ndarray:
-        """(N, D) global features of a split; every batch must have the same D (`dim` when given)."""
-        load = partial(load_knn_image, split)
-        chunks: list[np.ndarray] = []
-        batches = iter_batches(len(split), load, ctx.batch_size, ctx.num_workers, desc, ctx.progress)
-        for (images,) in timed(batches, ctx.stopwatch, "data"):
-            chunks.append(expect_shape(ctx.session.embed(images), (len(images), dim), "embed"))
-            dim = chunks[0].shape[1]
-        return np.concatenate(chunks)

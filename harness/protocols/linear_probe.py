@@ -9,7 +9,6 @@ are squashed to 224×224 (`preprocess: squash`, as PROTOCOLS.md §F for Imagenet
 from __future__ import annotations
 
 import warnings
-from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -18,11 +17,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from harness.data.base import ClassificationSplit, DatasetReader
-from harness.data.loader import iter_batches, timed
 from harness.data.transforms import squash_resize
 from harness.errors import DataError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
-from harness.protocols.knn import load_knn_image
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext
+from harness.protocols.knn import embed_split, load_knn_image
 
 SQUASH_SIZE = 224
 
@@ -76,8 +74,9 @@ class LinearProbeProtocol(Protocol):
             raise DataError(f"split {p.eval_split!r} is empty")
         if len(np.unique(train.labels)) < 2:
             raise DataError(f"split {p.train_split!r} needs images of at least two classes")
-        train_feats = self._embed(train, ctx, "linear_probe train")
-        test_feats = self._embed(test, ctx, "linear_probe eval", dim=train_feats.shape[1])
+        load = load_knn_image if p.preprocess == "resize_crop" else load_squashed
+        train_feats = embed_split(train, load, ctx, "linear_probe train")
+        test_feats = embed_split(test, load, ctx, "linear_probe eval", dim=train_feats.shape[1])
         with ctx.stopwatch.phase("evaluator"):
             model, converged = fit_probe(train_feats, train.labels, p.C, p.max_iter)
             top1, top5 = probe_accuracy(model, test_feats, test.labels)
@@ -85,13 +84,3 @@ class LinearProbeProtocol(Protocol):
                    "train_images": len(train), "eval_images": len(test)}
         notes = [] if converged else [f"lbfgs did not converge in max_iter={p.max_iter} iterations"]
         return Outcome(metrics={"top1": top1}, details=details, notes=notes)
-
-    def _embed(self, split: ClassificationSplit, ctx: RunContext, desc: str, dim: int | None = None) -> np.ndarray:
-        """(N, D) global features of a split; every batch must have the same D (`dim` when given)."""
-        load = partial(load_knn_image if self.params.preprocess == "resize_crop" else load_squashed, split)
-        chunks: list[np.ndarray] = []
-        batches = iter_batches(len(split), load, ctx.batch_size, ctx.num_workers, desc, ctx.progress)
-        for (images,) in timed(batches, ctx.stopwatch, "data"):
-            chunks.append(expect_shape(ctx.session.embed(images), (len(images), dim), "embed"))
-            dim = chunks[0].shape[1]
-        return np.concatenate(chunks)

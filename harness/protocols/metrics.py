@@ -10,18 +10,7 @@ def confusion_matrix(
     gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None = None
 ) -> np.ndarray:
     """int64 (C, C) counts of (gt, pred) pixel pairs; pixels whose gt is `ignore_index` are dropped."""
-    gt = np.asarray(gt).reshape(-1).astype(np.int64)
-    pred = np.asarray(pred).reshape(-1).astype(np.int64)
-    if gt.shape != pred.shape:
-        raise ValueError(f"gt has {gt.size} pixels but pred has {pred.size}")
-    if ignore_index is not None:
-        keep = gt != ignore_index
-        gt, pred = gt[keep], pred[keep]
-    for name, values in (("gt", gt), ("pred", pred)):
-        if values.size and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"{name} has class ids outside [0, {num_classes}): {np.unique(values)[:10]}")
-    counts = np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes)
+    return contingency(gt, pred, num_classes, num_classes, ignore_index)
 
 
 def iou_matrix(conf: np.ndarray) -> np.ndarray:
