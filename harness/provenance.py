@@ -19,11 +19,17 @@ LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "torchvision", "timm", "
 
 
 def hash_path(path: Path) -> str:
-    """sha256 of a file's bytes, or of a folder's relative paths and file contents (caches ignored), streamed."""
-    h = hashlib.sha256()
+    """sha256 of a file's bytes, or of a folder's relative paths and file contents (caches ignored), streamed.
+    Remembered while no file's size or modification time changes: weights are read once per matrix, not per cell."""
     files = [(path, "")] if path.is_file() else [
         (p, str(p.relative_to(path))) for p in sorted(path.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
-    for file, name in files:
+    return _hash_files(tuple((file, name, file.stat().st_size, file.stat().st_mtime_ns) for file, name in files))
+
+
+@lru_cache(maxsize=256)
+def _hash_files(files: tuple[tuple[Path, str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for file, name, _, _ in files:
         h.update(name.encode() + b"\0")
         with open(file, "rb") as f:
             while chunk := f.read(1 << 22):
