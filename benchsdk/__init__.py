@@ -16,6 +16,7 @@ Only numpy and the standard library are needed; copy this folder into an image a
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import traceback
 from typing import Iterator
@@ -66,8 +67,37 @@ class Method:
 
 
 class _Server:
-    def __init__(self, method: Method, rfile, wfile):
+    def __init__(self, method: Method, rfile, wfile, contract_socket: str | None = None):
         self.method, self.rfile, self.wfile = method, rfile, wfile
+        self.contract_socket = contract_socket  # where to move the contract after `info`, if the harness offers it
+        self.socket: socket.socket | None = None  # connected while answering `info`
+
+    def connect(self) -> str:
+        """Connect to the harness's socket if it offers one: the transport to announce in `info`. Connecting
+        before announcing means a socket that cannot be reached (e.g. a bind mount that does not carry sockets)
+        leaves the session on stdio instead of failing it."""
+        if not self.contract_socket:
+            return "stdio"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        try:
+            sock.connect(self.contract_socket)
+        except OSError as e:
+            print(f"benchsdk: cannot connect to {self.contract_socket} ({e}); staying on stdin/stdout", file=sys.stderr)
+            sock.close()
+            return "stdio"
+        self.socket = sock
+        return "socket"
+
+    def move_to_socket(self) -> None:
+        """Go on over the connected socket: the same frames, without a container runtime copying them."""
+        self.rfile.close()
+        self.wfile.close()
+        self.rfile = self.socket.makefile("rb", buffering=1 << 20)
+        self.wfile = self.socket.makefile("wb", buffering=1 << 20)
+        self.socket.close()  # the files hold their own reference
+        self.socket = self.contract_socket = None
 
     def read_exact(self, n: int) -> bytes:
         buf = self.rfile.read(n)
@@ -102,6 +132,9 @@ class _Server:
                 self.send({"ok": True, **fields}, out)
             except Exception as exc:  # the method's own error goes back to the harness, the server goes on
                 self.send_error(exc)
+                continue
+            if self.socket:  # connected while answering info
+                self.move_to_socket()
 
     def dispatch(self, op: str, header: dict, arrays: dict) -> tuple[dict, dict | None]:
         """Run one request; returns extra header fields and the arrays of the reply."""
@@ -109,7 +142,8 @@ class _Server:
         if op == "info":
             if header.get("protocol") != PROTOCOL_VERSION:
                 raise WireError(f"harness speaks protocol {header.get('protocol')}, method {PROTOCOL_VERSION}")
-            return {"info": dict(m.info(), protocol=PROTOCOL_VERSION, sdk=__version__)}, None
+            info = dict(m.info(), protocol=PROTOCOL_VERSION, sdk=__version__)
+            return {"info": dict(info, transport=self.connect())}, None
         if op == "setup":
             m.setup(int(header["seed"]), dict(header.get("task", {})))
             return {}, None
@@ -161,11 +195,12 @@ class _Server:
 
 
 def serve(method: Method) -> None:
-    """Serve `method` over stdin/stdout. Anything the method prints goes to stderr, never into the stream."""
+    """Serve `method` over stdin/stdout, moving to the harness's socket after `info` when $BENCH_CONTRACT_SOCKET
+    names one. Anything the method prints goes to stderr, never into the stream."""
     rfile = os.fdopen(os.dup(0), "rb", buffering=1 << 20)
     wfile = os.fdopen(os.dup(1), "wb", buffering=1 << 20)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(2, 1)  # stray prints (Python or C libraries) land in the log, not in the protocol stream
     sys.stdout = sys.stderr
-    _Server(method, rfile, wfile).loop()
+    _Server(method, rfile, wfile, os.environ.get("BENCH_CONTRACT_SOCKET") or None).loop()

@@ -287,7 +287,7 @@ def validate(name: str, data_root: Path, timeout_s: float, tasks: list[str] | No
     info, error = _run_sessions(probe, timeout_s, lambda s: s.info)
     checks.append(Check("handshake (info, setup)", error is None,
                         error or f"{info.get('name')} {info.get('version')}, protocol {info.get('protocol')}, "
-                                 f"sdk {info.get('sdk')}"))
+                                 f"sdk {info.get('sdk')}, transport {info.get('transport', 'stdio')}"))
     if error:
         return resolved, {}, checks
     error = _check_info(info)

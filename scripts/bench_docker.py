@@ -3,10 +3,13 @@
 (target: docker / local <= 1.03 for a cell of a minute or more) and the transport throughput.
 
     .venv/bin/python scripts/bench_docker.py [--method pixels] [--task voc_hummingbird] [--scale small] [--repeats 2]
+                                             [--stdio]
 
 The default cell is pixels x voc_hummingbird on the `small` procedural VOC (1,400 images of 512x512 sent), about
-three minutes on two cores. Runs alternate local, docker, docker, local, ... (ABBA) so that drift in the machine's
-load hits both alike; the ratio is of the medians. The image is built (or found) before timing starts. Results go to
+five minutes on two cores. Both backends move the batches over the contract socket; `--stdio` adds a docker arm that
+keeps them on the container's attach stream (BENCH_TRANSPORT=stdio), to show what the socket saves. Runs alternate
+local, docker, docker, local, ... (ABBA) so that drift in the machine's load hits every arm alike; ratios are of
+the medians. The image is built (or found) before timing starts. Results go to
 a temporary folder, never to the leaderboard. Needs `make services base-image`.
 """
 
@@ -37,6 +40,7 @@ def main() -> int:
     p.add_argument("--task", default="voc_hummingbird")
     p.add_argument("--scale", default="small", choices=["tiny", "small"], help="procedural stand-in size")
     p.add_argument("--repeats", type=int, default=2, help="runs per backend (default 2)")
+    p.add_argument("--stdio", action="store_true", help="add a docker arm that keeps the contract on stdio")
     p.add_argument("--data-root", type=Path, default=Path(os.environ.get("BENCH_DATA", "data")))
     args = p.parse_args()
     os.environ.setdefault(BASE_ENV, "vrbench/base:bookworm")
@@ -49,33 +53,43 @@ def main() -> int:
     print(f"cell: {method.name} x {task.name}, procedural {args.scale} ({home}); image {image.ref[:19]}",
           file=sys.stderr)
 
-    order = [b for i in range(args.repeats) for b in (("local", "docker") if i % 2 == 0 else ("docker", "local"))]
-    runs: dict[str, list] = {"local": [], "docker": []}
+    arms = {"local": ("local", None), "docker": ("docker", None)}
+    if args.stdio:
+        arms["docker, stdio"] = ("docker", "stdio")
+    order = [a for i in range(args.repeats) for a in (list(arms) if i % 2 == 0 else reversed(arms))]
+    runs: dict[str, list] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="bench-docker-") as tmp:
-        for backend in order:
+        for arm in order:
+            backend, transport = arms[arm]
+            os.environ.pop("BENCH_TRANSPORT", None)
+            if transport:
+                os.environ["BENCH_TRANSPORT"] = transport
             opts = RunOptions(backend=backend, data_root=home, force=True, progress=False)
             t0 = time.perf_counter()
             result = run_cell(method.name, task.name, 0, opts, ResultStore(tmp))
             wall = time.perf_counter() - t0
             if result.status != "ok":
-                print(f"{backend}: {result.status}: {result.error}", file=sys.stderr)
+                print(f"{arm}: {result.status}: {result.error}", file=sys.stderr)
                 return 1
-            runs[backend].append((wall, result))
+            runs[arm].append((wall, result))
 
     rows = []
-    for backend, done in runs.items():
+    for arm, done in runs.items():
         for wall, r in done:
             t = r.timings
-            rows.append((backend, f"{wall:.1f}", f"{t.total_s:.1f}", f"{t.method_s:.1f}", t.images_sent,
-                         f"{t.bytes_sent / 1e6:.0f}", f"{t.images_sent / t.method_s:.1f}",
-                         f"{t.bytes_sent / 1e6 / t.method_s:.1f}", ", ".join(f"{k}={v:.2f}" for k, v in r.metrics.items())))
-    print(tabulate(rows, headers=["backend", "wall s", "cell s", "method s", "images", "MB sent", "images/s",
+            rows.append((arm, r.provenance.method_info.get("transport", "stdio"), f"{wall:.1f}", f"{t.total_s:.1f}",
+                         f"{t.method_s:.1f}", t.images_sent, f"{t.bytes_sent / 1e6:.0f}",
+                         f"{t.images_sent / t.method_s:.1f}", f"{t.bytes_sent / 1e6 / t.method_s:.1f}",
+                         ", ".join(f"{k}={v:.2f}" for k, v in r.metrics.items())))
+    print(tabulate(rows, headers=["arm", "transport", "wall s", "cell s", "method s", "images", "MB sent", "images/s",
                                   "MB/s", "metrics"], tablefmt="github", disable_numparse=True))
-    local = statistics.median(w for w, _ in runs["local"])
-    docker = statistics.median(w for w, _ in runs["docker"])
-    same = all(r.metrics == runs["local"][0][1].metrics for _, r in runs["local"] + runs["docker"])
-    print(f"\nmedian wall: local {local:.1f}s, docker {docker:.1f}s, ratio docker/local {docker / local:.3f} "
-          f"(target <= 1.03); metrics identical across backends: {same}")
+    median = {arm: statistics.median(w for w, _ in done) for arm, done in runs.items()}
+    same = all(r.metrics == runs["local"][0][1].metrics for done in runs.values() for _, r in done)
+    print("\nmedian wall: " + ", ".join(f"{arm} {m:.1f}s" for arm, m in median.items()))
+    for arm in list(arms)[1:]:
+        print(f"ratio {arm} / local: {median[arm] / median['local']:.3f}" + (" (target <= 1.03)" if arm == "docker"
+                                                                           else ""))
+    print(f"metrics identical across arms: {same}")
     return 0
 
 

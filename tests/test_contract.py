@@ -134,6 +134,56 @@ def test_misbehaving_methods_become_method_failures(name, error):
             running.session.embed(images())
 
 
+def test_sdk_methods_move_to_the_contract_socket_after_info_or_keep_stdio_when_none_is_offered(monkeypatch):
+    x = images(4, 64, 64)
+    outputs = {}
+    for transport in ("socket", "stdio"):
+        if transport == "stdio":
+            monkeypatch.setenv("BENCH_TRANSPORT", "stdio")  # the harness offers no socket
+        with start("pixels") as running:
+            outputs[transport] = running.session.embed_dense(x), running.session.embed(x)
+        assert running.session.info["transport"] == transport
+    for a, b in zip(outputs["socket"], outputs["stdio"]):
+        np.testing.assert_array_equal(a, b)
+
+
+def adhoc(tmp_path: Path, behaviour: str, outputs: str = "[global]", more_yaml: str = "") -> MethodSpec:
+    """A test method whose folder (and so behaviour, see tests/methods/_misbehave) is made up on the spot."""
+    folder = tmp_path / behaviour
+    folder.mkdir()
+    adapter = TESTS / "methods" / "_misbehave" / "adapter.py"
+    (folder / "method.yaml").write_text(f"name: {behaviour}\nversion: '0'\ndescription: x\noutputs: {outputs}\n"
+                                        f"entrypoint: {adapter}\n{more_yaml}")
+    return load_spec(MethodSpec, folder / "method.yaml")
+
+
+def test_stdout_after_the_move_to_the_socket_goes_to_the_log_and_never_blocks_the_method(tmp_path):
+    with LocalRunner().start(adhoc(tmp_path, "loud"), 0, {}, 20) as running:
+        assert running.session.embed(images()).shape == (3, 4)  # 2.6 MB on stdout: far beyond a pipe's buffer
+    assert running.session.info["transport"] == "socket" and "stray stdout" in running.log_tail
+
+
+def test_a_method_that_cannot_reach_the_socket_stays_on_stdio(tmp_path):
+    with LocalRunner().start(adhoc(tmp_path, "unreachable"), 0, {}, 60) as running:
+        assert running.session.embed(images()).shape == (3, 4)
+    assert running.session.info["transport"] == "stdio"
+    assert "cannot connect to /nonexistent/contract.sock" in running.log_tail and "staying on stdin/stdout" in \
+        running.log_tail
+
+
+@pytest.mark.parametrize("behaviour, failure, error", [
+    ("exits_instead", MethodFailure, "said it would connect to the contract socket, but wrote to stdout or exited"),
+    ("pigeon", MethodFailure, "method asks for transport 'pigeon'"),
+    ("no_connect", MethodTimeout, "did not connect to the contract socket within the task's time limit"),
+])
+def test_a_method_that_breaks_the_move_to_the_socket_fails_the_handshake(tmp_path, behaviour, failure, error):
+    t0 = time.monotonic()
+    with pytest.raises(failure, match=error):
+        with LocalRunner().start(adhoc(tmp_path, behaviour), 0, {}, 4):
+            pass
+    assert time.monotonic() - t0 < 15
+
+
 def test_a_hanging_method_times_out_and_its_process_is_killed():
     t0 = time.monotonic()
     with pytest.raises(MethodTimeout):
@@ -161,24 +211,14 @@ def _cwd(p: Path) -> str:
 
 
 def test_declared_outputs_missing_from_info_fail_the_handshake(tmp_path):
-    folder = tmp_path / "overclaimer"  # the test adapter's info lists global and dense only
-    folder.mkdir()
-    adapter = TESTS / "methods" / "_misbehave" / "adapter.py"
-    (folder / "method.yaml").write_text(f"name: overclaimer\nversion: '0'\ndescription: x\n"
-                                        f"outputs: [global, dense, masks]\nentrypoint: {adapter}\n")
-    spec = load_spec(MethodSpec, folder / "method.yaml")
+    spec = adhoc(tmp_path, "overclaimer", outputs="[global, dense, masks]")  # its info lists global and dense only
     with pytest.raises(MethodFailure, match="masks"):
         with LocalRunner().start(spec, 0, {}, 60):
             pass
 
 
 def test_weights_reach_the_method_and_are_part_of_the_result_key(tmp_path):
-    folder = tmp_path / "weighted"  # the test adapter's 4th feature is the first byte of $BENCH_WEIGHTS
-    folder.mkdir()
-    adapter = TESTS / "methods" / "_misbehave" / "adapter.py"
-    (folder / "method.yaml").write_text(f"name: weighted\nversion: '0'\ndescription: x\noutputs: [global]\n"
-                                        f"entrypoint: {adapter}\nweights: ../w/model.bin\n")
-    spec = load_spec(MethodSpec, folder / "method.yaml")
+    spec = adhoc(tmp_path, "weighted", more_yaml="weights: ../w/model.bin\n")  # 4th feature: first byte of it
     with pytest.raises(SpecError, match=r"method.yaml: weights: .*/w/model.bin does not exist"):
         LocalRunner().result_ref(spec)
     (tmp_path / "w").mkdir()

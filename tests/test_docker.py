@@ -123,7 +123,7 @@ def start(name: str, timeout_s: float = 60):
 
 # --- the sandbox -------------------------------------------------------------------------------------------------
 
-def test_every_container_runs_locked_down_with_nothing_mounted(built, docker_ready):
+def test_every_container_runs_locked_down_with_only_the_contract_socket_mounted(built, docker_ready):
     with start("pixels") as running:
         [c] = docker_ready.containers.list(filters={"label": f"{LABEL}.owner={socket.gethostname()}:{os.getpid()}"})
         host = c.attrs["HostConfig"]
@@ -133,7 +133,10 @@ def test_every_container_runs_locked_down_with_nothing_mounted(built, docker_rea
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
     assert host["PidsLimit"] == 512 and host["Memory"] == host["MemorySwap"] == 2 << 30
     assert host["ShmSize"] == 1 << 29 and host["Init"] is True and host["LogConfig"]["Type"] == "none"
-    assert not host["Binds"] and not host.get("Mounts") and not c.attrs["Mounts"]  # no data, no labels, no host path
+    [bind] = host["Binds"]  # no data, no labels, no host path: only the folder holding the contract socket
+    assert bind.endswith(":/run/vrbench:ro") and Path(bind.split(":")[0]).name == "contract"
+    assert config["Env"].count("BENCH_CONTRACT_SOCKET=/run/vrbench/contract.sock") == 1
+    assert running.session.info["transport"] == "socket"
     assert list(host["Tmpfs"]) == ["/tmp"] and "size=" in host["Tmpfs"]["/tmp"]
     assert config["User"] not in ("", "0", "root", "0:0")
     assert not host.get("DeviceRequests")  # no GPU on this host, none asked for
@@ -151,7 +154,9 @@ def test_the_sandbox_holds_against_writes_host_paths_and_privileges(built):
     assert {found[k] for k in ("work", "docker_sock", "host_docker", "host_root")} == {"absent"}
     assert found["weights_env"] == "/weights/weights.bin" and found["read_weights"] == "read"
     assert found["write_weights"] in ("OSError", "PermissionError")  # its weights are mounted read-only
-    assert set(found["extra_mounts"].split(",")) == {"/usr/sbin/docker-init", "/weights/weights.bin"}  # only these
+    assert found["contract_env"] == "/run/vrbench/contract.sock" and found["write_contract_dir"] == "OSError"
+    assert found["connect_again"] == "ConnectionRefusedError"
+    assert set(found["extra_mounts"].split(",")) == {"/usr/sbin/docker-init", "/weights/weights.bin", "/run/vrbench"}
 
 
 def test_a_method_that_tries_the_network_has_none(built):
@@ -166,16 +171,19 @@ def test_a_method_that_tries_the_network_has_none(built):
     assert "dns pypi.org: gaierror" in log
 
 
-def test_transport_is_byte_exact_for_large_batches_and_detach_key_bytes(built):
+@pytest.mark.parametrize("transport", ["socket", "stdio"])
+def test_transport_is_byte_exact_for_large_batches_and_detach_key_bytes(built, transport, monkeypatch):
     from harness.runners.local import LocalRunner
-
-    x = images(48, 512, 512, seed=3)
-    x[:, ::2, :, 0], x[:, ::2, :, 1] = 16, 17  # ctrl-p ctrl-q, Docker's detach keys, all over the stream
+    with LocalRunner().start(spec("pixels"), 0, {}, 60) as running:
+        x = images(48, 512, 512, seed=3)
+        x[:, ::2, :, 0], x[:, ::2, :, 1] = 16, 17  # ctrl-p ctrl-q, Docker's detach keys, all over the stream
+        local_out = running.session.embed_dense(x)
+    if transport == "stdio":  # a harness that cannot offer the socket: the attach stream carries everything
+        monkeypatch.setenv("BENCH_TRANSPORT", "stdio")
     with start("pixels") as running:
         docker_out = running.session.embed_dense(x)
         sent = running.session.bytes_sent
-    with LocalRunner().start(spec("pixels"), 0, {}, 60) as running:
-        local_out = running.session.embed_dense(x)
+    assert running.session.info["transport"] == transport
     assert docker_out.shape == (48, 32, 32, 48) and sent > x.nbytes
     np.testing.assert_array_equal(docker_out, local_out)
 

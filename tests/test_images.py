@@ -226,6 +226,7 @@ def test_validate_fails_a_misbehaving_image_with_the_reasons(built, data_root, c
     assert code == 1, out + err
     rows = {line.split("  ")[0]: line for line in out.splitlines()}
     assert " pass " in rows["handshake (info, setup)"] and " pass " in rows["declared outputs"]
+    assert "transport socket" in rows["handshake (info, setup)"]
     assert "FAIL" in rows["task flowers102_knn (procedural)"] and "NaN or Inf" in rows["task flowers102_knn (procedural)"]
     assert "FAIL" in rows["determinism (seed 0, twice)"]
 

@@ -1,13 +1,15 @@
 """The runner interface: start a method, hand its session to a protocol, always clean up.
 
 Backends differ only in how a method is started and identified (`launch`, `method_ref`); everything
-else, the handshake, deadlines, stopping with escalation and log capture, lives here once.
+else, the handshake, the contract socket, deadlines, stopping with escalation and log capture, lives here once.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -16,10 +18,11 @@ from typing import ClassVar, Iterator, Protocol
 
 from harness.errors import MethodFailure
 from harness.provenance import hash_path
-from harness.runners.session import Channel, MethodSession
+from harness.runners.session import Channel, ContractSocket, MethodSession
 from harness.specs import MethodSpec
 
 LOG_TAIL_BYTES = 8192
+LOG_CAP_BYTES = 16 << 20  # per stream the harness copies into a method's log
 EXIT_WAIT_S = 0.5  # how long stop() waits for a method that may be exiting by itself, before signalling it
 
 
@@ -41,8 +44,9 @@ class Runner(ABC):
         """What identifies the exact code that runs: an image digest or a hash of the method folder."""
 
     @abstractmethod
-    def launch(self, method: MethodSpec, log: Path) -> Launched:
-        """Start the method with its stderr going to `log` and its weights (if any) at $BENCH_WEIGHTS."""
+    def launch(self, method: MethodSpec, log: Path, contract_socket: Path | None) -> Launched:
+        """Start the method with its stderr going to `log`, its weights (if any) at $BENCH_WEIGHTS and the
+        contract socket (when there is one) at $BENCH_CONTRACT_SOCKET."""
 
     def result_ref(self, method: MethodSpec) -> str:
         """method_ref, plus the sha256 of the weights when method.yaml names some: part of every result's key."""
@@ -54,11 +58,18 @@ class Runner(ABC):
         """Start, handshake, yield the running method; stop it on every path (errors, timeouts, Ctrl-C)."""
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             running = RunningMethod(Path(tmp) / "method.log")
-            handle = self.launch(method, running.log)
+            contract_socket = ContractSocket(Path(tmp) / "contract")
+            try:
+                handle = self.launch(method, running.log, contract_socket.path)
+            except BaseException:
+                contract_socket.close()
+                raise
             try:
                 running.session = MethodSession(Channel(handle.read_fd, handle.write_fd,
                                                         time.monotonic() + timeout_s))
-                info = running.session.handshake(seed, task)
+                info = running.session.handshake(seed, task, contract_socket)
+                if running.session.channel.rfd != handle.read_fd:  # moved to the socket: stdout is only log now
+                    _copy_to_log(handle.read_fd, running.log)
                 missing = set(method.outputs) - set(info.get("outputs") or [])
                 if missing:
                     raise MethodFailure(f"method.yaml declares outputs {sorted(missing)} that the method's info lacks")
@@ -66,12 +77,50 @@ class Runner(ABC):
                 running.session.channel.deadline = time.monotonic() + 10
                 running.session.shutdown()
             finally:
-                handle.stop(grace_s=5)
+                handle.stop(grace_s=5)  # before the socket closes: a method reading EOF there would exit "by itself"
+                contract_socket.close()
                 running.capture_log_tail()
                 if isinstance(failure := sys.exc_info()[1], MethodFailure):  # also when it died before the handshake
                     failure.log_tail = running.log_tail
                     if handle.exit_reason:
                         failure.args = (f"{failure} ({handle.exit_reason})",)
+
+
+class CappedLog:
+    """Appends one stream to a method's log, up to LOG_CAP_BYTES, then notes the truncation once."""
+
+    def __init__(self, path: Path):
+        self.file, self.logged = open(path, "ab", buffering=0), 0
+
+    def write(self, data: bytes) -> None:
+        if self.logged < LOG_CAP_BYTES:
+            data = data[: LOG_CAP_BYTES - self.logged]
+            self.file.write(data)
+            self.logged += len(data)
+            if self.logged >= LOG_CAP_BYTES:
+                self.file.write(b"\n[vrbench] log truncated at %d bytes\n" % LOG_CAP_BYTES)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _copy_to_log(fd: int, log: Path) -> None:
+    """In a thread, copy what a method still writes to its stdout into its log, so a method printing there after
+    the move to the contract socket never blocks on a full pipe. Reads its own duplicate of `fd` until EOF."""
+    fd = os.dup(fd)
+
+    def copy():
+        out = CappedLog(log)
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                out.write(chunk)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+            out.close()
+
+    threading.Thread(target=copy, daemon=True).start()
 
 
 class RunningMethod:

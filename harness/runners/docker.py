@@ -1,13 +1,15 @@
 """Docker backend: the method runs as an untrusted image in a locked-down container, speaking the contract
-over its attached stdin/stdout.
+over its attached stdin/stdout, then (methods built on benchsdk) over the contract socket.
 
 The sandbox: no network, read-only root, a size-capped /tmp, a non-root user, no capabilities, no new
 privileges, pid / memory / CPU / shm limits from method.yaml, GPUs only when the host has them, nothing
-mounted but the method's own weights, read-only (no data, no labels: images, and training labels for a fit
-stage that asks for them, arrive over the contract). Docker multiplexes the container's stdout and stderr on
-one socket: a thread splits it, stdout into a pipe the harness reads, stderr into the log (size-capped);
-another thread forwards the harness's requests from a pipe to the socket. Pipes on the harness side mean the session sees the same
-plain file descriptors, EOFs and broken pipes as with a local process.
+mounted but the method's own weights and the folder holding the contract's socket, both read-only (no data,
+no labels: images, and training labels for a fit stage that asks for them, arrive over the contract).
+Docker multiplexes the container's stdout and stderr on one socket: a thread splits it, stdout into a pipe
+the harness reads, stderr into the log (size-capped); another thread forwards the harness's requests from a
+pipe to the socket. Pipes on the harness side mean the session sees the same plain file descriptors, EOFs and
+broken pipes as with a local process. The attach stream costs dockerd and its shim two copies of every byte,
+hence the contract socket for the bulk of the traffic (runners/session.py, ContractSocket).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from pathlib import Path
 
 from harness.errors import MethodFailure
 from harness.images import ResolvedImage, client, resolve_method
-from harness.runners.base import EXIT_WAIT_S, Runner
+from harness.runners.base import EXIT_WAIT_S, CappedLog, Runner
 from harness.specs import MethodSpec
 
 PIDS_LIMIT = 512
-LOG_CAP_BYTES = 16 << 20
 CHUNK = 1 << 20
 LABEL = "vrbench.harness"
+CONTRACT_DIR = "/run/vrbench"  # where the folder holding the contract socket is mounted
 F_SETPIPE_SZ = 1031
 
 
@@ -61,7 +63,7 @@ def _host_has_gpus() -> bool:
     return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
 
 
-def container_config(method: MethodSpec) -> dict:
+def container_config(method: MethodSpec, contract_socket: Path | None = None) -> dict:
     """Keyword arguments of containers.create: the sandbox every method image runs in."""
     import docker
 
@@ -80,10 +82,14 @@ def container_config(method: MethodSpec) -> dict:
     )
     if r.cpus:
         config["nano_cpus"] = int(r.cpus * 1e9)
+    config["volumes"] = {}
     if weights := method.weights_path:  # read-only; a file keeps its name under /weights
         target = "/weights" if weights.is_dir() else f"/weights/{weights.name}"
-        config["volumes"] = {str(weights): {"bind": target, "mode": "ro"}}
+        config["volumes"][str(weights)] = {"bind": target, "mode": "ro"}
         config["environment"]["BENCH_WEIGHTS"] = target
+    if contract_socket:  # read-only: connecting to a socket is allowed, creating files is not
+        config["volumes"][str(contract_socket.parent)] = {"bind": CONTRACT_DIR, "mode": "ro"}
+        config["environment"]["BENCH_CONTRACT_SOCKET"] = f"{CONTRACT_DIR}/{contract_socket.name}"
     if r.gpus and _host_has_gpus():
         config["device_requests"] = [docker.types.DeviceRequest(count=r.gpus, capabilities=[["gpu"]])]
     return config
@@ -140,31 +146,27 @@ class Container:
 
     def _demux(self) -> None:
         """Split Docker's stream frames (8-byte header: stream id, size): stdout to the pipe, stderr to the log."""
-        logged = 0
-        with open(self.log, "ab") as log:
-            try:
-                while header := self._recv_exact(8):
-                    kind, size = struct.unpack(">BxxxI", header)
-                    while size:
-                        data = self.sock.recv(min(size, CHUNK))
-                        if not data:
-                            return
-                        size -= len(data)
-                        if kind == 1 and self._out_w >= 0:
-                            try:
-                                _write_all(self._out_w, data)
-                            except OSError:  # the harness stopped reading: discard the rest
-                                self._release("_out_w")
-                        elif kind == 2 and logged < LOG_CAP_BYTES:
-                            data = data[: LOG_CAP_BYTES - logged]
-                            log.write(data)
-                            logged += len(data)
-                            if logged >= LOG_CAP_BYTES:
-                                log.write(b"\n[vrbench] log truncated at %d bytes\n" % LOG_CAP_BYTES)
-            except OSError:
-                pass
-            finally:
-                self._release("_out_w")
+        log = CappedLog(self.log)
+        try:
+            while header := self._recv_exact(8):
+                kind, size = struct.unpack(">BxxxI", header)
+                while size:
+                    data = self.sock.recv(min(size, CHUNK))
+                    if not data:
+                        return
+                    size -= len(data)
+                    if kind == 1 and self._out_w >= 0:
+                        try:
+                            _write_all(self._out_w, data)
+                        except OSError:  # the harness stopped reading: discard the rest
+                            self._release("_out_w")
+                    elif kind == 2:
+                        log.write(data)
+        except OSError:
+            pass
+        finally:
+            log.close()
+            self._release("_out_w")
 
     def _recv_exact(self, n: int) -> bytes:
         buf = b""
@@ -261,13 +263,13 @@ class DockerRunner(Runner):
     def method_ref(self, method: MethodSpec) -> str:
         return self.image(method).ref
 
-    def launch(self, method: MethodSpec, log: Path) -> Container:
+    def launch(self, method: MethodSpec, log: Path, contract_socket: Path | None) -> Container:
         import docker
 
         image = self.image(method)
         reap_orphans()
         try:
-            container = client().containers.create(image.id, **container_config(method))
+            container = client().containers.create(image.id, **container_config(method, contract_socket))
         except docker.errors.APIError as e:
             raise MethodFailure(f"the method's container could not be created: {e.explanation}") from None
         handle = None

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import selectors
+import socket
 import time
+import weakref
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -40,7 +43,10 @@ class Channel:
         view, got = memoryview(buf), 0
         while got < n:
             self._wait(self.rfd, selectors.EVENT_READ, "answer")
-            chunk = os.read(self.rfd, min(n - got, 1 << 22))
+            try:
+                chunk = os.read(self.rfd, min(n - got, 1 << 22))
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 raise MethodFailure("method closed its output stream (it exited or crashed)")
             view[got:got + len(chunk)] = chunk
@@ -54,11 +60,71 @@ class Channel:
                 self._wait(self.wfd, selectors.EVENT_WRITE, "read its input")
                 try:
                     sent = os.write(self.wfd, view[: 1 << 22])
-                except BrokenPipeError:
+                except (BrokenPipeError, ConnectionResetError):
                     raise MethodFailure("method closed its input stream (it exited or crashed)") from None
                 except BlockingIOError:
                     continue
                 view = view[sent:]
+
+
+class ContractSocket:
+    """A listening Unix socket in a folder of its own that a method may move the contract to after the `info`
+    handshake (its info says `"transport": "socket"`). Much cheaper than a container's attached stdio, which
+    dockerd and its shim copy twice; also used by the local backend, so both backends move bytes alike.
+    At most one connection is ever accepted. `path` is None when none is offered: $BENCH_TRANSPORT=stdio (to
+    debug, or to measure what the socket saves), or the socket cannot be made (e.g. too long a path)."""
+
+    NAME = "contract.sock"
+    BUFFER_BYTES = 4 << 20
+
+    def __init__(self, folder: Path):
+        self.listener: socket.socket | None = None
+        self.conn: socket.socket | None = None
+        self.path: Path | None = None
+        if os.environ.get("BENCH_TRANSPORT") == "stdio":
+            return
+        _OPEN_SOCKETS.add(self)
+        folder.mkdir(mode=0o755)
+        os.chmod(folder, 0o755)  # the container's user may differ from ours (root runs methods as nobody)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.path = folder / self.NAME
+        try:
+            self.listener.bind(str(self.path))
+            os.chmod(self.path, 0o666)
+            self.listener.listen(1)
+        except OSError:
+            self.close()
+            self.path = None
+
+    def accept(self, stdio: Channel) -> Channel:
+        """The method's connection, as a channel with stdio's deadline; a method that exits instead fails."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.listener, selectors.EVENT_READ)
+            sel.register(stdio.rfd, selectors.EVENT_READ)
+            ready = {key.fileobj for key, _ in sel.select(max(0.0, stdio.deadline - time.monotonic()))}
+        if self.listener not in ready:
+            if ready:
+                raise MethodFailure("method said it would connect to the contract socket, but wrote to stdout or "
+                                    "exited instead")
+            raise MethodTimeout("method did not connect to the contract socket within the task's time limit")
+        self.conn, _ = self.listener.accept()
+        self.listener.close()
+        self.listener = None
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            self.conn.setsockopt(socket.SOL_SOCKET, opt, self.BUFFER_BYTES)
+        return Channel(self.conn.fileno(), self.conn.fileno(), stdio.deadline)
+
+    def close(self) -> None:
+        _OPEN_SOCKETS.discard(self)
+        for s in (self.listener, self.conn):
+            if s is not None:
+                s.close()
+        self.listener = self.conn = None
+
+
+_OPEN_SOCKETS: "weakref.WeakSet[ContractSocket]" = weakref.WeakSet()
+# a process forked from the harness (data loader workers) must not keep the method's connection open
+os.register_at_fork(after_in_child=lambda: [s.close() for s in list(_OPEN_SOCKETS)])
 
 
 class MethodSession:
@@ -87,13 +153,19 @@ class MethodSession:
             raise MethodFailure(f"method failed in {op!r}: {str(header.get('error', 'no error message'))[:2000]}")
         return header, out
 
-    def handshake(self, seed: int, task: dict) -> dict:
+    def handshake(self, seed: int, task: dict, contract_socket: ContractSocket | None = None) -> dict:
+        """info (over stdio), then the move to the contract socket if the method asks for it, then setup."""
         header, _ = self.request("info", {"protocol": PROTOCOL_VERSION})
         info = header.get("info")
         if not isinstance(info, dict) or info.get("protocol") != PROTOCOL_VERSION:
             raise MethodFailure(f"handshake: method speaks protocol {info and info.get('protocol')}, "
                                 f"harness {PROTOCOL_VERSION}")
         self.info = info
+        if info.get("transport", "stdio") != "stdio":
+            if info["transport"] != "socket" or contract_socket is None or contract_socket.listener is None:
+                raise MethodFailure(f"handshake: method asks for transport {info['transport']!r}; the harness "
+                                    "offers 'stdio' and, where $BENCH_CONTRACT_SOCKET is set, 'socket'")
+            self.channel = contract_socket.accept(self.channel)
         self.request("setup", {"seed": seed, "task": task})
         return info
 

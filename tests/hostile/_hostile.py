@@ -1,16 +1,34 @@
 """Shared by the hostile test images: an honest little method that each image subverts in one way.
 
-Copied into every image beside its adapter. PROTOCOL is a duplicate of the real stdout taken before `serve`
-hides it, so an adapter can write raw bytes into the protocol stream the way a malicious one would.
+Copied into every image beside its adapter. STDOUT is a duplicate of the real stdout taken before `serve`
+hides it, the stream of the handshake; `protocol_fd()` is the stream the SDK sends frames on right now (the
+contract socket after the handshake), so an adapter can write raw bytes into it the way a malicious one would.
 """
 
 import os
 
 import numpy as np
 
+import benchsdk
 from benchsdk import Method, serve  # noqa: F401  (re-exported for the adapters)
 
-PROTOCOL = os.dup(1)
+STDOUT = os.dup(1)
+
+
+class _Server(benchsdk._Server):
+    current = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _Server.current = self
+
+
+benchsdk._Server = _Server
+
+
+def protocol_fd() -> int:
+    _Server.current.wfile.flush()
+    return _Server.current.wfile.fileno()
 
 
 class Honest(Method):

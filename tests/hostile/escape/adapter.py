@@ -1,6 +1,7 @@
 """Probes the sandbox and fails setup with one `key=value` token per probe, so the harness records what it saw."""
 
 import os
+import socket
 import subprocess
 
 from _hostile import Honest, serve
@@ -34,6 +35,14 @@ def run_from_tmp():
         return type(e).__name__
 
 
+def connect(path):
+    try:
+        socket.socket(socket.AF_UNIX).connect(path)
+        return "connected"
+    except OSError as e:
+        return type(e).__name__
+
+
 def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
@@ -47,6 +56,9 @@ def probes():
         found[f"write_{name}"] = write(path)
     weights = os.environ.get("BENCH_WEIGHTS", "unset")
     found["weights_env"], found["read_weights"], found["write_weights"] = weights, read(weights), write(weights)
+    contract = os.environ.get("BENCH_CONTRACT_SOCKET", "unset")
+    found["contract_env"], found["write_contract_dir"] = contract, write(os.path.dirname(contract) + "/escaped")
+    found["connect_again"] = connect(contract)  # the harness accepts one connection, the SDK's, and no other
     found["exec_tmp"] = run_from_tmp()
     found["shadow"] = read("/etc/shadow")
     for name, path in (("work", "/work"), ("docker_sock", "/var/run/docker.sock"), ("host_docker", "/var/lib/docker"),

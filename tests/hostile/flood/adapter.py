@@ -4,17 +4,17 @@ import json
 import os
 import struct
 
-from _hostile import PROTOCOL, Honest, serve
+from _hostile import Honest, protocol_fd, serve
 
 
 class Flood(Honest):
     def embed(self, images):
         header = json.dumps({"ok": True, "arrays": [{"name": "features", "dtype": "float32",
                                                       "shape": [len(images), (1 << 32) // len(images)]}]}).encode()
-        os.write(PROTOCOL, b"VRB1" + struct.pack("<I", len(header)) + header)
+        os.write(protocol_fd(), b"VRB1" + struct.pack("<I", len(header)) + header)
         zeros = bytes(1 << 20)
         while True:
-            os.write(PROTOCOL, zeros)
+            os.write(protocol_fd(), zeros)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ weighted: its 4th feature is the first byte of its $BENCH_WEIGHTS file.
 crasher: exits abruptly on the first batch.  dies_at_start: exits before the handshake, saying why on stderr.  hanger: never answers.  nan_out: NaN features.
 wrong_count: one row too few.  raiser: raises inside embed.  chatty: prints to stdout (must still work).
 fitter: learns the mean training image in `fit` and returns it (plus the label sum) as every embedding.
+no_connect: says it moves to the contract socket and stays on stdio.  exits_instead: says so and exits.
+pigeon: asks for a transport nobody offers.  unreachable: cannot reach the harness's socket (stays on stdio).
+loud: writes megabytes to its real stdout after moving to the socket.
 """
 
 import os
@@ -13,9 +16,25 @@ from pathlib import Path
 
 import numpy as np
 
+import benchsdk
 from benchsdk import Method, serve
 
 BEHAVIOUR = Path.cwd().name
+
+FAKE_TRANSPORT = {"no_connect": "socket", "exits_instead": "socket", "pigeon": "pigeon"}.get(BEHAVIOUR)
+if FAKE_TRANSPORT:  # announce a transport without connecting to anything
+    benchsdk._Server.connect = lambda self: FAKE_TRANSPORT
+STDOUT = os.dup(1)  # the real stdout, before serve() points fd 1 at stderr
+if BEHAVIOUR == "unreachable":  # as where a bind mount does not carry sockets (Docker Desktop's VM)
+    os.environ["BENCH_CONTRACT_SOCKET"] = "/nonexistent/contract.sock"
+if BEHAVIOUR == "exits_instead":
+    _send = benchsdk._Server.send
+
+    def _send_then_exit(self, header, arrays=None):
+        _send(self, header, arrays)
+        if "info" in header:
+            os._exit(0)
+    benchsdk._Server.send = _send_then_exit
 
 
 class Misbehave(Method):
@@ -48,6 +67,8 @@ class Misbehave(Method):
             time.sleep(3600)
         if BEHAVIOUR == "raiser":
             raise ValueError("boom from the method")
+        if BEHAVIOUR == "loud":
+            os.write(STDOUT, b"stray stdout\n" * 200_000)
         if BEHAVIOUR == "chatty":
             print("hello on stdout", flush=True)
             os.write(1, b"raw bytes on fd 1\n")
