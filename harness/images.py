@@ -8,6 +8,7 @@ without `image:` has its Dockerfile built with the repository root as context. E
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -185,8 +186,16 @@ def prepare_wheelhouse(method: MethodSpec, runtime_image: str) -> Path:
     requirements = (method.folder / "requirements.txt").read_text()
     dest = WHEELHOUSE / method.name
     stamp = hashlib.sha256(json.dumps([requirements, major, minor, platforms]).encode()).hexdigest()
-    if (dest / ".stamp").is_file() and (dest / ".stamp").read_text() == stamp:
-        return dest
+    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    with open(WHEELHOUSE / f".{method.name}.lock", "w") as lock:  # two harnesses building one method take turns
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ((dest / ".stamp").is_file() and (dest / ".stamp").read_text() == stamp):
+            _download_wheels(method, dest, major, minor, platforms)
+            (dest / ".stamp").write_text(stamp)
+    return dest
+
+
+def _download_wheels(method: MethodSpec, dest: Path, major: str, minor: str, platforms: list[str]) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.iterdir():
         old.unlink()
@@ -197,9 +206,7 @@ def prepare_wheelhouse(method: MethodSpec, runtime_image: str) -> Path:
     if proc.returncode != 0:
         raise UserError(f"{method.folder / 'requirements.txt'}: pip download for Python {major}.{minor} failed: "
                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1][:400]}")
-    (dest / "requirements.txt").write_text(requirements)
-    (dest / ".stamp").write_text(stamp)
-    return dest
+    (dest / "requirements.txt").write_text((method.folder / "requirements.txt").read_text())
 
 
 # --- conformance: `bench validate` and `bench submit` ---------------------------------------------------------

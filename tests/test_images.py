@@ -103,6 +103,26 @@ def test_pypi_dependencies_come_from_a_host_wheelhouse_not_the_network(built, do
     assert out.decode().startswith("/opt/deps/tabulate")
 
 
+def test_harnesses_preparing_one_wheelhouse_at_once_take_turns_and_download_it_once(built, monkeypatch):
+    import threading
+
+    from harness import images
+
+    downloads, real = [], images._download_wheels
+    monkeypatch.setattr(images, "_download_wheels", lambda *a: (downloads.append(a), real(*a)))
+    (REPO / ".cache" / "wheelhouse" / "needs_pypi" / ".stamp").unlink(missing_ok=True)  # as if requirements changed
+    done = []
+    threads = [threading.Thread(target=lambda: done.append(images.prepare_wheelhouse(spec("needs_pypi"),
+                                                                                      built["needs_pypi"].id)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(done) == 3 and len(downloads) == 1
+    assert any(p.name.startswith("tabulate-0.9.0") for p in done[0].glob("*.whl"))
+
+
 def test_build_errors_are_one_line_naming_the_dockerfile_or_the_base(docker_ready, tmp_path):
     from harness.images import build
 
