@@ -56,19 +56,14 @@ class Runner(ABC):
     @contextmanager
     def start(self, method: MethodSpec, seed: int, task: dict, timeout_s: float) -> Iterator["RunningMethod"]:
         """Start, handshake, yield the running method; stop it on every path (errors, timeouts, Ctrl-C)."""
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ContractSocket(Path(tmp) / "contract") as contract:
             running = RunningMethod(Path(tmp) / "method.log")
-            contract_socket = ContractSocket(Path(tmp) / "contract")
-            try:
-                handle = self.launch(method, running.log, contract_socket.path)
-            except BaseException:
-                contract_socket.close()
-                raise
+            handle = self.launch(method, running.log, contract.path)
             try:
                 running.session = MethodSession(Channel(handle.read_fd, handle.write_fd,
                                                         time.monotonic() + timeout_s))
-                info = running.session.handshake(seed, task, contract_socket)
-                if running.session.channel.rfd != handle.read_fd:  # moved to the socket: stdout is only log now
+                info = running.session.handshake(seed, task, contract)
+                if contract.conn is not None:  # moved to the socket: stdout is only log now
                     _copy_to_log(handle.read_fd, running.log)
                 missing = set(method.outputs) - set(info.get("outputs") or [])
                 if missing:
@@ -78,7 +73,6 @@ class Runner(ABC):
                 running.session.shutdown()
             finally:
                 handle.stop(grace_s=5)  # before the socket closes: a method reading EOF there would exit "by itself"
-                contract_socket.close()
                 running.capture_log_tail()
                 if isinstance(failure := sys.exc_info()[1], MethodFailure):  # also when it died before the handshake
                     failure.log_tail = running.log_tail

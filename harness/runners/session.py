@@ -114,6 +114,12 @@ class ContractSocket:
             self.conn.setsockopt(socket.SOL_SOCKET, opt, self.BUFFER_BYTES)
         return Channel(self.conn.fileno(), self.conn.fileno(), stdio.deadline)
 
+    def __enter__(self) -> "ContractSocket":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         _OPEN_SOCKETS.discard(self)
         for s in (self.listener, self.conn):
@@ -153,7 +159,7 @@ class MethodSession:
             raise MethodFailure(f"method failed in {op!r}: {str(header.get('error', 'no error message'))[:2000]}")
         return header, out
 
-    def handshake(self, seed: int, task: dict, contract_socket: ContractSocket | None = None) -> dict:
+    def handshake(self, seed: int, task: dict, contract_socket: ContractSocket) -> dict:
         """info (over stdio), then the move to the contract socket if the method asks for it, then setup."""
         header, _ = self.request("info", {"protocol": PROTOCOL_VERSION})
         info = header.get("info")
@@ -162,7 +168,7 @@ class MethodSession:
                                 f"harness {PROTOCOL_VERSION}")
         self.info = info
         if info.get("transport", "stdio") != "stdio":
-            if info["transport"] != "socket" or contract_socket is None or contract_socket.listener is None:
+            if info["transport"] != "socket" or contract_socket.listener is None:  # none offered
                 raise MethodFailure(f"handshake: method asks for transport {info['transport']!r}; the harness "
                                     "offers 'stdio' and, where $BENCH_CONTRACT_SOCKET is set, 'socket'")
             self.channel = contract_socket.accept(self.channel)
