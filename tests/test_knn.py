@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from harness.data.base import ClassificationSplit, InMemoryDataset
+from harness.data.base import InMemoryDataset
 from harness.errors import MethodFailure, UserError
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
 from harness.protocols.knn import KnnParams, weighted_knn
+from colour_coded import ColourClassSplit
 
 
 def direct_knn(train_feats, train_labels, test_feats, test_labels, k, temperature, num_classes):
@@ -48,26 +49,9 @@ def test_random_features_score_near_chance():
     assert 6 < top1 < 14 and 42 < top5 < 58
 
 
-class ColourLabels(ClassificationSplit):
-    """Image i is a flat colour that encodes its class (with a little noise); sizes vary."""
-
-    num_classes = 3
-
-    def __init__(self, name, n, seed):
-        rng = np.random.default_rng(seed)
-        self.name, self.ids = name, [f"{name}_{i}" for i in range(n)]
-        self.labels = rng.integers(0, 3, n)
-        self.shapes = [(int(rng.integers(40, 90)), int(rng.integers(40, 90))) for _ in range(n)]
-
-    def image(self, i):
-        colour = np.full(3, 30, dtype=np.uint8)
-        colour[self.labels[i]] = 220
-        return np.broadcast_to(colour, (*self.shapes[i], 3)).copy()
-
-
 class ColourLabelData(InMemoryDataset):
     def __init__(self):
-        super().__init__({"train": ColourLabels("train", 30, 0), "val": ColourLabels("val", 12, 1)})
+        super().__init__({"train": ColourClassSplit("train", 30, 0), "val": ColourClassSplit("val", 12, 1)})
 
 
 class MeanColourSession:

@@ -3,11 +3,12 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
-from harness.data.base import ClassificationSplit, InMemoryDataset
+from harness.data.base import InMemoryDataset
 from harness.errors import DataError, MethodFailure
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
 from harness.protocols.linear_probe import LinearProbeParams, fit_probe, l2_rows, probe_accuracy
+from colour_coded import ColourClassSplit
 
 
 def clusters(n, num_classes, dim, spread, seed):
@@ -75,24 +76,10 @@ def test_non_convergence_is_reported():
 # --- the protocol end to end -----------------------------------------------------------------------------------------
 
 
-class Colours(ClassificationSplit):
-    num_classes = 3
-
-    def __init__(self, name, n, seed):
-        rng = np.random.default_rng(seed)
-        self.name, self.ids = name, [f"{name}_{i}" for i in range(n)]
-        self.labels = rng.integers(0, 3, n)
-        self.shapes = [(int(rng.integers(40, 300)), int(rng.integers(40, 300))) for _ in range(n)]
-
-    def image(self, i):
-        colour = np.full(3, 30, dtype=np.uint8)
-        colour[self.labels[i]] = 220
-        return np.broadcast_to(colour, (*self.shapes[i], 3)).copy()
-
-
 class ColourData(InMemoryDataset):
     def __init__(self, one_class=False):
-        super().__init__({"train": Colours("train", 30, 0), "val": Colours("val", 12, 1)})
+        super().__init__({"train": ColourClassSplit("train", 30, 0, max_side=300),
+                          "val": ColourClassSplit("val", 12, 1, max_side=300)})
         if one_class:
             self.splits["train"].labels[:] = 0
 

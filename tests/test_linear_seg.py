@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from harness.data.base import InMemoryDataset, SegmentationSplit
+from harness.data.base import InMemoryDataset
 from harness.errors import DataError, MethodFailure, UserError
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
@@ -16,9 +16,7 @@ from harness.protocols.linear_seg import (
     neco_train_sample,
     train_epoch,
 )
-
-PATCH, C = 16, 4
-PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
+from colour_coded import PALETTE, PATCH, C, PaletteSplit, palette_features
 
 
 # --- the head ------------------------------------------------------------------------------------------------------
@@ -88,25 +86,11 @@ def stripe_masks(n, seed, size=64):
     return masks
 
 
-class FakeSplit(SegmentationSplit):
-    ignore_index = 255
-
-    def __init__(self, name, masks, num_classes=C):
-        self.name, self.ids, self.masks = name, [str(i) for i in range(len(masks))], masks
-        self.num_classes = num_classes
-
-    def image(self, i):
-        return PALETTE[np.where(self.masks[i] == 255, 0, self.masks[i])]
-
-    def mask(self, i):
-        return self.masks[i]
-
-
 class FakeData(InMemoryDataset):
     def __init__(self, n_train=8, n_val=5, val_classes=C):
         super().__init__({
-            "trainaug": FakeSplit("trainaug", stripe_masks(n_train, 1)),
-            "val": FakeSplit("val", stripe_masks(n_val, 2), val_classes),
+            "trainaug": PaletteSplit("trainaug", stripe_masks(n_train, 1)),
+            "val": PaletteSplit("val", stripe_masks(n_val, 2), val_classes),
         })
 
 
@@ -120,8 +104,7 @@ class FakeSession:
 
     def embed_dense(self, images):
         self.calls += len(images)
-        centre = images[:, PATCH // 2 :: PATCH, PATCH // 2 :: PATCH].astype(int)
-        features = np.eye(C, dtype=np.float32)[((centre[..., None, :] - PALETTE.astype(int)) ** 2).sum(-1).argmin(-1)]
+        features = palette_features(images)
         if self.mode == "random":
             features = np.random.default_rng(int(images.sum()) % 2**32).normal(size=features.shape).astype(np.float32)
         if self.mode == "huge":

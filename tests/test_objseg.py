@@ -13,7 +13,7 @@ from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 from torchvision.transforms import InterpolationMode
 
-from harness.data.base import DatasetReader, SegmentationSplit
+from harness.data.base import InMemoryDataset, SegmentationSplit
 from harness.data.clevrtex import ObjectSplit
 from harness.data.transforms import center_crop_resize
 from harness.errors import MethodFailure, UserError
@@ -206,23 +206,6 @@ class PlainSplit(SegmentationSplit):
         return np.zeros((8, 8), np.uint8)
 
 
-class BlobData(DatasetReader):
-    name, subdir, how_to_get = "blobs", "blobs", "synthetic"
-
-    def __init__(self, split):
-        self.test = split
-
-    def check_layout(self):
-        pass
-
-    def split(self, name):
-        return self.test
-
-    @classmethod
-    def synthesize(cls, root, scale="tiny", seed=0):
-        raise NotImplementedError
-
-
 class PaletteSession:
     """Oracle: slot = nearest palette colour. `mode` changes what it declares or returns."""
 
@@ -247,7 +230,7 @@ def run_objseg(session, split=None, **params):
     params = {"crop_fraction": 1.0, "input_size": 32, **params}  # no resampling: the oracle stays exact
     protocol = PROTOCOLS["objseg"](ObjsegParams(**params))
     ctx = RunContext(session=session, seed=0, batch_size=3, num_workers=0, progress=False)
-    return protocol.run(BlobData(split or BlobSplit(7, 32, 6, seed=6)), ctx), ctx
+    return protocol.run(InMemoryDataset({"test": split or BlobSplit(7, 32, 6, seed=6)}), ctx), ctx
 
 
 @pytest.mark.parametrize("mode", ["oracle", "foreground_slots"])

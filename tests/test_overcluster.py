@@ -8,7 +8,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, jaccard_score
 from sklearn.preprocessing import StandardScaler
 
-from harness.data.base import DatasetReader, SegmentationSplit
+from harness.data.base import InMemoryDataset
 from harness.errors import MethodFailure, UserError
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
@@ -30,8 +30,7 @@ from harness.protocols.overcluster import (
     upsample_clusters,
 )
 
-PATCH, C = 16, 4
-PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
+from colour_coded import PATCH, C, PaletteSplit, palette_features
 
 
 def sklearn_miou(gt, pred, num_classes, ignore=255):
@@ -130,7 +129,7 @@ def test_eval_sample_matches_torchvision_pipeline():
     rng = np.random.default_rng(4)
     mask = rng.integers(0, 21, size=(37, 53)).astype(np.uint8)
     mask[:3] = 255
-    split = FakeSplit([mask], [np.zeros((37, 53, 3), np.uint8)])
+    split = PaletteSplit("val", [mask], images=[np.zeros((37, 53, 3), np.uint8)])
     _, ours = neco_eval_sample(split, 448, 100, 0)
     to_448 = T.Compose([T.Resize((448, 448), interpolation=T.InterpolationMode.NEAREST), T.ToTensor()])
     ref = to_448(Image.fromarray(mask))
@@ -141,21 +140,6 @@ def test_eval_sample_matches_torchvision_pipeline():
 # --- the protocol end to end ---------------------------------------------------------------------------------------
 
 
-class FakeSplit(SegmentationSplit):
-    num_classes, ignore_index = C, 255
-
-    def __init__(self, masks, images=None):
-        self.masks = masks
-        self.images = images if images is not None else [PALETTE[np.where(m == 255, 0, m)] for m in masks]
-        self.name, self.ids = "val", [str(i) for i in range(len(masks))]
-
-    def image(self, i):
-        return self.images[i]
-
-    def mask(self, i):
-        return self.masks[i]
-
-
 def grid_masks(n, size=64, seed=5):
     """Masks constant on each 16-px patch, every class present in every image, a few ignored pixels."""
     rng = np.random.default_rng(seed)
@@ -164,23 +148,6 @@ def grid_masks(n, size=64, seed=5):
     masks = np.kron(coarse, np.ones((PATCH, PATCH), dtype=np.int64)).astype(np.uint8)
     masks[:, -2:, -3:] = 255
     return list(masks)
-
-
-class FakeData(DatasetReader):
-    name, subdir, how_to_get = "fake", "fake", "memory"
-
-    def __init__(self, n=6):
-        self.val = FakeSplit(grid_masks(n))
-
-    def check_layout(self):
-        pass
-
-    def split(self, name):
-        return self.val
-
-    @classmethod
-    def synthesize(cls, root, scale="tiny", seed=0):
-        raise NotImplementedError
 
 
 class FakeSession:
@@ -197,16 +164,14 @@ class FakeSession:
         noise = rng.normal(scale=0.01, size=(n, h // PATCH, w // PATCH, C)).astype(np.float32)
         if self.mode == "random":
             return noise * 100
-        centre = images[:, PATCH // 2 :: PATCH, PATCH // 2 :: PATCH].astype(int)
-        classes = ((centre[..., None, :] - PALETTE.astype(int)) ** 2).sum(-1).argmin(-1)
-        features = np.eye(C, dtype=np.float32)[classes] + noise
+        features = palette_features(images) + noise
         return features[:, :-1] if self.mode == "wrong_shape" else features
 
 
 def run(session, seed=0, n=6, **params):
     params = {"input_size": 64, "k": 4, "num_seeds": 2, "kmeans_iters": 20, **params}
     ctx = RunContext(session=session, seed=seed, batch_size=4, num_workers=0, progress=False)
-    return PROTOCOLS["overcluster"](OverclusterParams(**params)).run(FakeData(n), ctx)
+    return PROTOCOLS["overcluster"](OverclusterParams(**params)).run(InMemoryDataset({"val": PaletteSplit("val", grid_masks(n))}), ctx)
 
 
 @pytest.mark.parametrize("k", [4, 12])  # Hungarian, many-to-one
