@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness import specs
 from harness.errors import MethodFailure, UserError
+from harness.provenance import hash_files
 from harness.results import DataKind, DatasetInfo, ResultKey, ResultStore, RunResult
 from harness.run import RunOptions, evaluate, prepare
 from harness.runners.base import RunningMethod
@@ -250,16 +251,11 @@ def load_manifest(folder: Path) -> Manifest:
 
 def outputs_ref(folder: Path, manifest: Manifest) -> str:
     """What identifies the outputs scored: a sha256 of the manifest and every reply file, in order."""
-    h = hashlib.sha256((Path(folder) / MANIFEST).read_bytes())
-    for i in range(len(manifest.requests)):
-        path = request_file(folder, "replies", i)
+    replies = [request_file(folder, "replies", i) for i in range(len(manifest.requests))]
+    for path in replies:
         if not path.is_file():
             load_reply(path)  # the one-line error naming the missing file
-        with open(path, "rb") as f:
-            h.update(f"\0{path.name}\0".encode())
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-    return "outputs-sha256:" + h.hexdigest()
+    return "outputs-sha256:" + hash_files([(Path(folder) / MANIFEST, MANIFEST), *((p, p.name) for p in replies)])
 
 
 def score_outputs(task_name: str, folder: Path, name: str | None, seed: int | None, data: str | None,

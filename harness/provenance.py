@@ -21,9 +21,14 @@ LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "torchvision", "timm", "
 def hash_path(path: Path) -> str:
     """sha256 of a file's bytes, or of a folder's relative paths and file contents (caches ignored), streamed.
     Remembered while no file's size or modification time changes: weights are read once per matrix, not per cell."""
-    files = [(path, "")] if path.is_file() else [
-        (p, str(p.relative_to(path))) for p in sorted(path.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
-    return _hash_files(tuple((file, name, file.stat().st_size, file.stat().st_mtime_ns) for file, name in files))
+    return hash_files([(path, "")] if path.is_file() else [
+        (p, str(p.relative_to(path))) for p in sorted(path.rglob("*")) if p.is_file() and "__pycache__" not in p.parts])
+
+
+def hash_files(files: list[tuple[Path, str]]) -> str:
+    """sha256 of (file, name) pairs in order: each name, then the file's bytes, streamed; remembered as above."""
+    stats = [(file, name, file.stat()) for file, name in files]
+    return _hash_files(tuple((file, name, st.st_size, st.st_mtime_ns) for file, name, st in stats))
 
 
 @lru_cache(maxsize=256)
