@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -314,10 +313,6 @@ def cmd_data(args) -> int:
     return DATA_COMMANDS[args.data_command](args)
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "inputs": cmd_inputs, "score": cmd_score,
-            "leaderboard": cmd_leaderboard, "schema": cmd_schema, "data": cmd_data}
-
-
 def _add_image_parsers(sub) -> None:
     """`bench validate IMAGE` and `bench submit IMAGE --name NAME`: the conformance kit for method images."""
     for name, help_ in (("validate", "check a method image against the contract, in the docker sandbox"),
@@ -352,12 +347,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from harness.errors import UserError
     from harness.images import candidate_yaml, resolve
 
     target = args.images_dir / args.name / "method.yaml"
-    if not re.fullmatch(specs.NAME_PATTERN.strip("^$"), args.name):
-        raise UserError(f"--name {args.name!r}: use lower-case letters, digits and _ (starting with a letter or digit)")
+    specs.check_method_name(args.name, "--name")
     if target.exists() and not args.force:
         raise UserError(f"{target} already exists (--force to overwrite)")
     if "@sha256:" not in resolve(args.image).ref:
@@ -375,7 +368,9 @@ def cmd_submit(args) -> int:
     return 0
 
 
-COMMANDS.update(validate=cmd_validate, submit=cmd_submit)
+COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "inputs": cmd_inputs, "score": cmd_score,
+            "leaderboard": cmd_leaderboard, "schema": cmd_schema, "data": cmd_data, "validate": cmd_validate,
+            "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:

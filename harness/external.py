@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -271,10 +270,7 @@ def score_outputs(task_name: str, folder: Path, name: str | None, seed: int | No
         if recorded != now:
             raise UserError(f"inputs were exported for {what} {recorded}, not {now} (export them again with "
                             "`bench inputs`)", where=where)
-    name = name or folder.resolve().name
-    if not re.fullmatch(specs.NAME_PATTERN, name):
-        raise UserError(f"method name {name!r} (--name, default the folder's name): use lower-case letters, digits "
-                        "and _ (starting with a letter or digit)")
+    name = specs.check_method_name(name or folder.resolve().name, "method name (--name, default the folder's name)")
     key = ResultKey(method=name, method_ref=outputs_ref(folder, manifest), task=task.name,
                     task_version=task.version, data=manifest.data, seed=manifest.seed)
     opts = dataclasses.replace(opts, synthetic=manifest.data == "procedural")

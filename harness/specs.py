@@ -13,13 +13,20 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.errors import SpecError
+from harness.errors import SpecError, UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 OutputKind = Literal["global", "dense", "masks"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?$"  # a variant's name carries its task's
+
+
+def check_method_name(name: str, what: str) -> str:
+    """`name` if it can name a method (a results path, a folder under images/); else one line naming `what`."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"{what} {name!r}: use lower-case letters, digits and _ (starting with a letter or digit)")
+    return name
 
 
 class _Spec(BaseModel):

@@ -145,6 +145,9 @@ def test_a_different_seed_or_task_is_refused_against_the_manifest(env, exported,
                     "(export them again with `bench inputs`)")
     line = one_line_error(*bench(capsys, "score", "--task", "cub_knn", *base))
     assert "manifest.json: inputs were exported for task flowers102_knn, not cub_knn" in line
+    line = one_line_error(*bench(capsys, "score", "--task", "flowers102_knn", "--name", "My-Method", *base))
+    assert line == ("bench: error: method name (--name, default the folder's name) 'My-Method': use lower-case "
+                    "letters, digits and _ (starting with a letter or digit)")
     assert not results(tmp_path)
 
 
