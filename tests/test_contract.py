@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchsdk.wire import MAGIC, WireError, encode, read_frame
-from harness.errors import MethodFailure, MethodTimeout, SpecError
+from harness.errors import MethodFailure, MethodTimeout, SpecError, UserError
 from harness.runners.local import LocalRunner
 from harness.specs import MethodSpec, load_spec
 
@@ -145,6 +145,13 @@ def test_sdk_methods_move_to_the_contract_socket_after_info_or_keep_stdio_when_n
         assert running.session.info["transport"] == transport
     for a, b in zip(outputs["socket"], outputs["stdio"]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_unknown_transport_setting_is_a_user_error_before_anything_starts(monkeypatch):
+    monkeypatch.setenv("BENCH_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(UserError, match="BENCH_TRANSPORT='carrier-pigeon': use socket"):
+        with start("pixels"):
+            pass
 
 
 def adhoc(tmp_path: Path, behaviour: str, outputs: str = "[global]", more_yaml: str = "") -> MethodSpec:

@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from benchsdk.wire import PROTOCOL_VERSION, WireError, encode, read_frame
-from harness.errors import MethodFailure, MethodTimeout
+from harness.errors import MethodFailure, MethodTimeout, UserError
 
 MIN_REPLY_LIMIT = 256 << 20  # bytes; replies may be larger than requests (dense features), but not unboundedly
 
@@ -81,7 +81,10 @@ class ContractSocket:
         self.listener: socket.socket | None = None
         self.conn: socket.socket | None = None
         self.path: Path | None = None
-        if os.environ.get("BENCH_TRANSPORT") == "stdio":
+        transport = os.environ.get("BENCH_TRANSPORT") or "socket"
+        if transport not in ("socket", "stdio"):
+            raise UserError(f"BENCH_TRANSPORT={transport!r}: use socket (the default) or stdio")
+        if transport == "stdio":
             return
         _OPEN_SOCKETS.add(self)
         folder.mkdir(mode=0o755)
