@@ -331,7 +331,7 @@ def _add_image_parsers(sub) -> None:
 
 
 def _validated(args):
-    from harness.images import validate
+    from harness.validate import validate
 
     resolved, info, checks = validate(args.image, args.data_root, args.timeout, args.tasks)
     rows = [(c.name, {True: "pass", False: "FAIL", None: "-"}[c.ok], c.detail) for c in checks]
@@ -347,7 +347,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from harness.images import candidate_yaml, resolve
+    from harness.runners.images import resolve
+    from harness.validate import candidate_yaml
 
     target = args.images_dir / args.name / "method.yaml"
     specs.check_method_name(args.name, "--name")

@@ -29,7 +29,7 @@ from tabulate import tabulate  # noqa: E402
 
 from harness import specs  # noqa: E402
 from harness.data import DATASETS, synthetic_root  # noqa: E402
-from harness.images import BASE_ENV, resolve_method  # noqa: E402
+from harness.runners.images import BASE_ENV, resolve_method  # noqa: E402
 from harness.results import ResultStore  # noqa: E402
 from harness.run import RunOptions, run_cell  # noqa: E402
 

@@ -38,7 +38,7 @@ def _bring_up() -> str | None:
         if proc.returncode:
             return f"scripts/{script} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
     try:
-        from harness.images import client
+        from harness.runners.images import client
 
         client()
     except (UserError, ImportError) as e:
@@ -54,7 +54,7 @@ def docker_ready():
         if os.environ.get("CI") == "true":
             pytest.fail(f"docker services unavailable under CI: {problem}")
         pytest.skip(f"docker services unavailable: {problem}")
-    from harness.images import client
+    from harness.runners.images import client
 
     return client()
 
@@ -67,7 +67,7 @@ def spec(name: str) -> MethodSpec:
 @pytest.fixture(scope="session")
 def built(docker_ready):
     """Every hostile image and pixels, built once per session FROM the local base (with no network)."""
-    from harness.images import build
+    from harness.runners.images import build
 
     names = ["pixels"] + sorted(p.parent.name for p in HOSTILE.glob("*/method.yaml"))
     return {name: build(spec(name), base=BASE, quiet=True) for name in names}

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from harness.errors import UserError
-from harness.images import IMAGE_ID, REFERENCE, resolve
+from harness.runners.images import IMAGE_ID, REFERENCE, resolve
 from harness.results import RunResult
 from test_docker import (BASE, REGISTRY, REPO, bench, built, cli, data_root, docker_ready,  # noqa: F401
                          no_container_left, spec)
@@ -79,7 +79,7 @@ def test_malformed_references_are_one_line_user_errors(ref):
 # --- building ----------------------------------------------------------------------------------------------------
 
 def test_builds_are_offline_keyed_by_source_and_reused(built, docker_ready):
-    from harness.images import build
+    from harness.runners.images import build
 
     image = docker_ready.images.get(built["pixels"].id)
     assert image.labels["vrbench.method"] == "pixels" and len(image.labels["vrbench.code_sha256"]) == 64
@@ -91,7 +91,7 @@ def test_builds_are_offline_keyed_by_source_and_reused(built, docker_ready):
 
 
 def test_pypi_dependencies_come_from_a_host_wheelhouse_not_the_network(built, docker_ready):
-    from harness.images import prepare_wheelhouse
+    from harness.runners.images import prepare_wheelhouse
 
     # the wheelhouse the build installed from (made again here: the daemon may hold that build from another checkout)
     wheels = prepare_wheelhouse(spec("needs_pypi"), built["needs_pypi"].id)
@@ -106,7 +106,7 @@ def test_pypi_dependencies_come_from_a_host_wheelhouse_not_the_network(built, do
 def test_harnesses_preparing_one_wheelhouse_at_once_take_turns_and_download_it_once(built, monkeypatch):
     import threading
 
-    from harness import images
+    from harness.runners import images
 
     downloads, real = [], images._download_wheels
     monkeypatch.setattr(images, "_download_wheels", lambda *a: (downloads.append(a), real(*a)))
@@ -124,7 +124,7 @@ def test_harnesses_preparing_one_wheelhouse_at_once_take_turns_and_download_it_o
 
 
 def test_build_errors_are_one_line_naming_the_dockerfile_or_the_base(docker_ready, tmp_path):
-    from harness.images import build
+    from harness.runners.images import build
 
     with pytest.raises(UserError, match="is not on this machine; make it with `make base-image`"):
         build(spec("pixels"), base="vrbench/no-such-base:1", quiet=True)

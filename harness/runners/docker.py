@@ -25,7 +25,7 @@ import weakref
 from pathlib import Path
 
 from harness.errors import MethodFailure
-from harness.images import ResolvedImage, client, resolve_method
+from harness.runners.images import ResolvedImage, client, resolve_method
 from harness.runners.base import EXIT_WAIT_S, CappedLog, Runner
 from harness.specs import MethodSpec
 
