@@ -26,7 +26,10 @@ def _add_run_options(p: argparse.ArgumentParser, runner: bool = True, results: b
                      data_help: str = "default: real; suites may say",
                      force_help: str = "re-run cells that already have a result") -> None:
     if runner:
-        p.add_argument("--backend", default="local", help="where the method runs (default: local)")
+        p.add_argument("--backend", default="local", help="where the method runs: local (default), docker "
+                                                          "(sandboxed images) or inprocess (unsandboxed, no time limit)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                       help="override a task parameter (repeatable); results are kept apart as task+NAME=VALUE")
     else:
         p.set_defaults(backend="external", timeout=None)
     p.add_argument("--data", choices=["real", "synthetic"], default=None,
@@ -150,20 +153,34 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    """--set NAME=VALUE pairs; a malformed one is one line naming it."""
+    out = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name.strip():
+            raise UserError(f"--set {pair!r}: expected NAME=VALUE, e.g. --set k=5")
+        out[name.strip()] = value.strip()
+    return out
+
+
 def cmd_run(args) -> int:
     from harness.run import run_cell
 
     opts = _options(args)
-    result = run_cell(args.method, args.task, args.seed, opts, ResultStore(args.results))
+    task = specs.get("task", args.task).with_overrides(_overrides(args.overrides))
+    result = run_cell(specs.get("method", args.method), task, args.seed, opts, ResultStore(args.results))
     return 0 if result.status == "ok" else 1
 
 
 def cmd_matrix(args) -> int:
     from harness.run import run_matrix
 
+    suite = specs.get("suite", args.suite)
     if args.data is None:
-        args.data = specs.get("suite", args.suite).data
-    results = run_matrix(args.suite, _options(args), ResultStore(args.results), args.methods, args.seeds)
+        args.data = suite.data
+    results = run_matrix(suite, _options(args), ResultStore(args.results), args.methods, args.seeds,
+                         _overrides(args.overrides))
     bad = [r for r in results if r.status != "ok"]
     print(f"bench: {len(results)} cells, {len(results) - len(bad)} ok, {len(bad)} failed or timed out",
           file=sys.stderr)

@@ -1,4 +1,5 @@
-"""User-facing errors: each one becomes a single clear line and a non-zero exit (never a traceback)."""
+"""Errors by whose fault they are: the user's (one clear line, exit 2), the method's (a failed result), the harness's
+(a traceback)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ class SpecError(UserError):
 
 class DataError(UserError):
     """A dataset that is missing, malformed, or does not match its official layout."""
+
+
+class HarnessBug(RuntimeError):
+    """A condition that only a bug in the harness can cause. Never caught as a user error: it keeps its traceback
+    (and Python's exit code 1), so it gets reported and fixed rather than mistaken for bad input."""
 
 
 class MethodFailure(Exception):

@@ -30,28 +30,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness import specs
-from harness.errors import MethodFailure, UserError
+from harness.contract import OPS, OUTPUTS, MethodInfo
+from harness.errors import HarnessBug, MethodFailure, UserError
 from harness.provenance import hash_files
 from harness.results import DataKind, DatasetInfo, ResultKey, ResultStore, RunResult
-from harness.run import RunOptions, evaluate, prepare
+from harness.run import RunOptions, prepare, score_cell
 from harness.runners.base import RunningMethod
 from harness.runners.session import MethodSession
 
 MANIFEST = "manifest.json"
 BACKEND = "external"
-IMAGE_OPS = ("embed", "embed_dense", "segment")
-
-
-class MethodInfo(BaseModel):
-    """The contract's `info` reply, as far as protocols read it (other fields are kept as given)."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str = "external"
-    version: str = "0"
-    outputs: list[specs.OutputKind] = []
-    patch_size: int | None = Field(default=None, gt=0)
-    embed_dim: int | None = Field(default=None, gt=0)
-    masks_have_background: bool = True
 
 
 class RequestRecord(BaseModel):
@@ -99,9 +87,9 @@ class FileSession(MethodSession):
     """A MethodSession whose transport is files instead of a process: subclasses answer `request`, and the
     inherited embed / embed_dense / segment check every answer exactly as they check a live method's."""
 
-    def __init__(self, folder: Path, info: dict):
-        super().__init__(channel=None)
-        self.folder, self.info = folder, info
+    def __init__(self, folder: Path, info: MethodInfo):
+        super().__init__(channel=None, info=info)
+        self.folder = folder
         self.requests: list[RequestRecord] = []
 
     def fit(self, batches: Iterable, with_labels: bool) -> None:
@@ -113,30 +101,28 @@ class RecordingSession(FileSession):
     expects: seeded noise rather than zeros, which some evaluators reject as degenerate (e.g. R² of constant
     features)."""
 
-    def __init__(self, folder: Path, info: dict):
+    def __init__(self, folder: Path, info: MethodInfo):
         super().__init__(folder, info)
         self.rng = np.random.default_rng(0)
 
     def request(self, op: str, fields: dict | None = None, arrays: dict | None = None) -> tuple[dict, dict]:
-        if op not in IMAGE_OPS:
-            raise UserError(f"harness bug: cannot export request {op!r}")
+        if op not in OPS:
+            raise HarnessBug(f"cannot export request {op!r}")
         images = arrays["images"]
         path = request_file(self.folder, "requests", len(self.requests))
         path.parent.mkdir(exist_ok=True)
         np.savez(path, op=np.array(op), images=images)
         self.requests.append(record(op, images))
         self.bytes_sent += images.nbytes
-        n, h, w, _ = images.shape
-        p, dim = self.info["patch_size"], self.info["embed_dim"]
-        shape = {"embed": (n, dim), "embed_dense": (n, h // (p or 1), w // (p or 1), dim), "segment": (n, 2, h, w)}
-        return {"ok": True}, {"masks" if op == "segment" else "features": self.rng.random(shape[op], np.float32)}
+        output = OPS[op]
+        return {"ok": True}, {output.reply: self.rng.random(output.reply_shape(self.info, images.shape), np.float32)}
 
 
 class ReplaySession(FileSession):
     """Checks each request against the manifest and answers it with DIR/replies/NNNNNN.npz."""
 
     def __init__(self, folder: Path, manifest: Manifest):
-        super().__init__(folder, manifest.method_info)
+        super().__init__(folder, MethodInfo.model_validate(manifest.method_info))
         self.manifest = manifest
         self.reply: Path | None = None  # the reply file being checked, named by any error
 
@@ -178,21 +164,19 @@ def load_reply(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"not a readable .npz file of arrays ({e})", where=path) from None
 
 
-def method_info(task: specs.TaskSpec, info: dict, where: str | None = None) -> dict:
-    """The info the protocols read, validated, with what `task` needs present."""
+def method_info(task: specs.TaskSpec, info: dict, where: str | None = None) -> MethodInfo:
+    """The info the protocols read, validated, with what `task` needs present (outputs default to the task's)."""
     try:
-        model = MethodInfo.model_validate(info)
+        model = MethodInfo.model_validate({"name": "external", "version": "0", "outputs": [task.output], **info})
     except ValidationError as e:
         raise UserError(_first_error(e), where=where) from None
-    model.outputs = model.outputs or [task.output]
-    needed = {"global": ["embed_dim"], "dense": ["patch_size", "embed_dim"], "masks": []}[task.output]
     if task.output not in model.outputs:
         raise UserError(f"outputs {model.outputs} lack {task.output!r}, which task {task.name} needs", where=where)
-    for name in needed:
+    for name in OUTPUTS[task.output].needs:
         if getattr(model, name) is None:
             raise UserError(f"task {task.name} needs {task.output} outputs: give {name} "
                             f"(--{name.replace('_', '-')} N, or in --info FILE)", where=where)
-    return model.model_dump(mode="json")
+    return model
 
 
 def export_inputs(task_name: str, out: Path, seed: int, info: dict, opts: RunOptions, force: bool = False,
@@ -213,9 +197,9 @@ def export_inputs(task_name: str, out: Path, seed: int, info: dict, opts: RunOpt
         try:
             run.protocol.run(run.dataset, run.ctx)  # placeholder outputs: the outcome means nothing
         except MethodFailure as e:
-            raise UserError(f"harness bug: the task rejected placeholder outputs: {e}") from None
+            raise HarnessBug(f"the task rejected placeholder outputs: {e}") from e
         manifest = Manifest(task=task.name, task_version=task.version, task_spec_hash=task.spec_hash, seed=seed,
-                            data=run.dataset_info.kind, dataset=run.dataset_info, method_info=info,
+                            data=run.dataset_info.kind, dataset=run.dataset_info, method_info=info.model_dump(mode="json"),
                             requests=session.requests)
         (staging / MANIFEST).write_text(_manifest_json(manifest))
         staging.chmod(0o755)  # mkdtemp makes it private
@@ -275,4 +259,4 @@ def score_outputs(task_name: str, folder: Path, name: str | None, seed: int | No
                     task_version=task.version, data=manifest.data, seed=manifest.seed)
     opts = dataclasses.replace(opts, synthetic=manifest.data == "procedural")
     session = ReplaySession(folder, manifest)
-    return evaluate(task, key, opts, store, BACKEND, session.replaying, external=True)
+    return score_cell(task, key, opts, store, BACKEND, session.replaying, external=True)

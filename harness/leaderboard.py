@@ -35,7 +35,7 @@ def _frame(results: list[RunResult]) -> pd.DataFrame:
         k = r.key
         rows.append({"task": k.task, "version": k.task_version, "data": k.data,
                      "method": k.method + (f" {EXTERNAL_MARK}" if r.external else ""),
-                     "ref": k.method_ref.rsplit(":", 1)[-1][:12], "seed": k.seed, "status": r.status,
+                     "ref": k.short_ref, "seed": k.seed, "status": r.status,
                      "error": r.error, **{f"m:{name}": v for name, v in r.metrics.items()}})
     return pd.DataFrame(rows)
 

@@ -34,11 +34,16 @@ class ResultKey(_Model):
     data: DataKind
     seed: int
 
-    def relpath(self) -> Path:
-        ref = self.method_ref.rsplit(":", 1)[-1][:12]  # the digest or code hash; with weights, a hash of both
+    @property
+    def short_ref(self) -> str:
+        """12 hex digits naming what ran: the image digest or code hash; with weights, a hash of code and weights
+        together (never the weights' alone, which two code versions can share). Results path and leaderboard row."""
         if "+" in self.method_ref:
-            ref = hashlib.sha256(self.method_ref.encode()).hexdigest()[:12]
-        return Path(self.task, f"v{self.task_version}", self.data, self.method, ref, f"seed{self.seed}.json")
+            return hashlib.sha256(self.method_ref.encode()).hexdigest()[:12]
+        return self.method_ref.rsplit(":", 1)[-1][:12]
+
+    def relpath(self) -> Path:
+        return Path(self.task, f"v{self.task_version}", self.data, self.method, self.short_ref, f"seed{self.seed}.json")
 
 
 class DatasetInfo(_Model):
@@ -55,7 +60,9 @@ class Provenance(_Model):
     git_dirty: bool | None
     task_spec_hash: str
     task_params: dict[str, Any]
+    task_overrides: dict[str, Any] = Field(default={}, description="parameters set with --set (in the task's name too)")
     backend: str
+    sandboxed: bool | None = Field(default=None, description="the method ran in a sandbox (docker); None: not recorded")
     host: str
     platform: str
     python: str

@@ -17,7 +17,7 @@ from harness.protocols.base import Protocol, RunContext
 from harness.provenance import gpu_name, machine, now
 from harness.results import DatasetInfo, Provenance, ResultKey, ResultStore, RunResult, Timings
 from harness.runners import get_runner
-from harness.runners.base import RunningMethod
+from harness.runners.base import Runner, RunningMethod
 
 
 @dataclass
@@ -41,18 +41,20 @@ def incompatibility(method: specs.MethodSpec, task: specs.TaskSpec) -> str | Non
     return None
 
 
-def run_cell(method_name: str, task_name: str, seed: int, opts: RunOptions, store: ResultStore) -> RunResult:
+def run_cell(method: specs.MethodSpec, task: specs.TaskSpec, seed: int, opts: RunOptions, store: ResultStore,
+             runner: Runner | None = None) -> RunResult:
     """Run one cell, or return its stored result. Method misbehaviour becomes a failed/timeout result;
-    bad specs or data raise UserError before anything is written."""
-    method, task = specs.get("method", method_name), specs.get("task", task_name)
+    bad specs or data raise UserError before anything is written. `runner`: default, a new one of opts.backend
+    (a matrix passes one, so each method is prepared once)."""
     if reason := incompatibility(method, task):
         raise UserError(reason)
-    runner = get_runner(opts.backend)
+    runner = runner or get_runner(opts.backend)
     key = ResultKey(method=method.name, method_ref=runner.result_ref(method), task=task.name,
                     task_version=task.version, data="procedural" if opts.synthetic else "real", seed=seed)
     task_info = {"name": task.name, "version": task.version, "output": task.output, "seed": seed}
-    return evaluate(task, key, opts, store, opts.backend,
-                    lambda: runner.start(method, seed, task_info, opts.timeout_s or task.timeout_s))
+    return score_cell(task, key, opts, store, runner.name,
+                      lambda: runner.start(method, seed, task_info, opts.timeout_s or task.timeout_s),
+                      sandboxed=runner.sandboxed)
 
 
 @dataclass
@@ -75,8 +77,9 @@ def prepare(task: specs.TaskSpec, seed: int, opts: RunOptions) -> Prepared:
     return Prepared(dataset, dataset_info, task.make_protocol(), ctx)
 
 
-def evaluate(task: specs.TaskSpec, key: ResultKey, opts: RunOptions, store: ResultStore, backend: str,
-             start: Callable[[], ContextManager[RunningMethod]], external: bool = False) -> RunResult:
+def score_cell(task: specs.TaskSpec, key: ResultKey, opts: RunOptions, store: ResultStore, backend: str,
+               start: Callable[[], ContextManager[RunningMethod]], external: bool = False,
+               sandboxed: bool = False) -> RunResult:
     """Score one cell with the session that `start()` provides and store the result, or return the stored
     result of an equal key. The session comes from a runner (a started method) or, for external outputs,
     from replayed files."""
@@ -107,8 +110,10 @@ def evaluate(task: specs.TaskSpec, key: ResultKey, opts: RunOptions, store: Resu
         notes=(outcome.notes if outcome else []) + (
             ["procedural stand-in data: not comparable to published numbers"] if opts.synthetic else []),
         provenance=Provenance(**machine(), task_spec_hash=task.spec_hash,
-                              task_params=task.protocol_params.model_dump(mode="json"), backend=backend,
-                              dataset=run.dataset_info, method_info=session.info if session else {},
+                              task_params=task.protocol_params.model_dump(mode="json"),
+                              task_overrides=task.overrides, backend=backend, sandboxed=sandboxed,
+                              dataset=run.dataset_info,
+                              method_info=session.info.model_dump(mode="json") if session and session.info else {},
                               started_at=started, finished_at=now()),
         timings=Timings(total_s=total, method_s=method_s, data_s=data_s, evaluator_s=evaluator_s,
                         harness_s=max(0.0, total - method_s - data_s - evaluator_s),
@@ -122,19 +127,38 @@ def evaluate(task: specs.TaskSpec, key: ResultKey, opts: RunOptions, store: Resu
     return result
 
 
-def run_matrix(suite_name: str, opts: RunOptions, store: ResultStore, methods: list[str] | None = None,
-               seeds: list[int] | None = None) -> list[RunResult]:
+def run_matrix(suite: specs.SuiteSpec, opts: RunOptions, store: ResultStore, methods: list[str] | None = None,
+               seeds: list[int] | None = None, overrides: dict[str, str] | None = None) -> list[RunResult]:
     """Every compatible (method, task, seed) cell of a suite; a failing cell never stops the others."""
-    suite = specs.get("suite", suite_name)
-    methods = methods or suite.methods or specs.baseline_methods()
-    tasks = [specs.get("task", t) for t in suite.tasks]
-    method_specs = [specs.get("method", m) for m in methods]
+    tasks = [specs.get("task", t).with_overrides(overrides or {}) for t in suite.tasks]
+    method_specs = [specs.get("method", m) for m in dict.fromkeys(methods or suite.methods or specs.baseline_methods())]
+    runner = get_runner(opts.backend)
     results = []
     for task in tasks:
         for method in method_specs:
             if reason := incompatibility(method, task):
                 _log(f"skipped: {reason}")
                 continue
-            for seed in seeds or suite.seeds:
-                results.append(run_cell(method.name, task.name, seed, opts, store))
+            for seed in dict.fromkeys(seeds or suite.seeds):
+                results.append(run_cell(method, task, seed, opts, store, runner))
     return results
+
+
+def evaluate(method, task: str | specs.TaskSpec, seed: int = 0, data: str = "synthetic",
+             data_root: Path | str | None = None, results: Path | str | None = None, force: bool = False,
+             overrides: dict | None = None, progress: bool = False, num_workers: int = 0) -> RunResult:
+    """Score a benchsdk `Method` instance on a task from Python (a notebook, a test), in this process.
+
+    The same protocols, reply validation and result JSON as `bench run` (results under `results`, default
+    $BENCH_RESULTS or leaderboard/results), with the in-process backend: unsandboxed, no time limit. `data`:
+    "synthetic" (procedural stand-ins, made if absent) or "real" (under `data_root`, default $BENCH_DATA or ./data).
+    `overrides`: task parameters, as `bench run --set`."""
+    from harness.runners.inprocess import InProcessRunner, spec_for
+
+    if data not in ("synthetic", "real"):
+        raise UserError(f"data={data!r}: use 'synthetic' or 'real'")
+    task = specs.get("task", task) if isinstance(task, str) else task
+    opts = RunOptions(backend="inprocess", synthetic=data == "synthetic", force=force, progress=progress,
+                      num_workers=num_workers, **({"data_root": Path(data_root)} if data_root else {}))
+    return run_cell(spec_for(method), task.with_overrides(overrides or {}), seed, opts, ResultStore(results),
+                    InProcessRunner(method))

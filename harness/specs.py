@@ -13,13 +13,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness.contract import OutputKind
 from harness.errors import SpecError, UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-OutputKind = Literal["global", "dense", "masks"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
-TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?$"  # a variant's name carries its task's
+# a variant's name carries its task's; --set overrides follow as +name=value
+TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?(\+[a-z0-9_]+=[^+/\s]+)*$"
 
 
 def check_method_name(name: str, what: str) -> str:
@@ -59,6 +60,7 @@ class TaskSpec(_Spec):
     batch_size: int = Field(default=16, ge=1)
     fit_labels: bool = False  # may a method's fit stage see the training split's labels?
     variants: dict[str, TaskVariant] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)  # set with --set, never in a YAML file
 
     @field_validator("variants")
     @classmethod
@@ -97,11 +99,40 @@ class TaskSpec(_Spec):
                         params={**self.params, **v.params},
                         description=v.description or f"{self.description} [{name}]")
 
-    @cached_property
-    def protocol_params(self):
+    def with_overrides(self, overrides: dict[str, Any]) -> "TaskSpec":
+        """This task with some protocol parameters replaced (`bench run --set k=5`), as a task of its own named
+        `<task>+k=5`, so its results never mix with the stock task's. Values given as text are read as YAML
+        scalars (5 -> int, 0.07 -> float, true -> bool); a bad name or value is one line naming it."""
+        if not overrides:
+            return self
+        values = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in overrides.items()}
+        merged = {**self.overrides, **values}
+        try:
+            self._params_class()(**{**self.params, **values})
+        except ValidationError as e:
+            first = e.errors()[0]
+            name = ".".join(map(str, first["loc"]))
+            given = f"={overrides[name]}" if name in overrides else ""
+            raise UserError(f"--set {name}{given}: {first['msg']} (task {self.name}, protocol {self.protocol})") \
+                from None
+        base = self.name.split("+", 1)[0]
+        name = base + "".join(f"+{k}={json.dumps(v, separators=(',', ':')).strip(chr(34))}"
+                              for k, v in sorted(merged.items()))
+        body = self.model_dump(exclude={"name", "params", "overrides"})
+        try:
+            return TaskSpec(**body, name=name, path=self.path, params={**self.params, **values}, overrides=merged)
+        except ValidationError:
+            raise UserError(f"--set: {name!r} cannot name a task: values may not contain '+', '/' or spaces") \
+                from None
+
+    def _params_class(self):
         from harness.protocols import PROTOCOLS
 
-        return PROTOCOLS[self.protocol].Params(**self.params)
+        return PROTOCOLS[self.protocol].Params
+
+    @cached_property
+    def protocol_params(self):
+        return self._params_class()(**self.params)
 
     def make_protocol(self):
         from harness.protocols import PROTOCOLS
@@ -229,6 +260,9 @@ def load_spec(cls: type[_Spec], path: Path) -> Any:
         raise SpecError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
     if not isinstance(data, dict):
         raise SpecError("expected a mapping of fields at the top level", where=path)
+    if cls is TaskSpec and "overrides" in data:
+        raise SpecError("overrides: set with `bench run --set`, not in a task file; use params or a variant",
+                        where=f"{path}:{_line_of(root, ('overrides',))}")
     try:
         spec = cls(**data, path=path)
         if isinstance(spec, TaskSpec):

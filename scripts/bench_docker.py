@@ -66,7 +66,7 @@ def main() -> int:
                 os.environ["BENCH_TRANSPORT"] = transport
             opts = RunOptions(backend=backend, data_root=home, force=True, progress=False)
             t0 = time.perf_counter()
-            result = run_cell(method.name, task.name, 0, opts, ResultStore(tmp))
+            result = run_cell(method, task, 0, opts, ResultStore(tmp))
             wall = time.perf_counter() - t0
             if result.status != "ok":
                 print(f"{arm}: {result.status}: {result.error}", file=sys.stderr)

@@ -86,7 +86,7 @@ def test_handshake_and_outputs_of_the_pixels_baseline():
     x = images(2, 64, 32)
     with start("pixels") as running:
         s = running.session
-        assert s.info["protocol"] == 1 and s.info["name"] == "pixels" and set(s.info["outputs"]) == {"global", "dense", "masks"}
+        assert s.info.protocol == 1 and s.info.name == "pixels" and set(s.info.outputs) == {"global", "dense", "masks"}
         g, d = s.embed(x), s.embed_dense(x)
     assert g.shape == (2, 48) and g.dtype == np.float32
     assert d.shape == (2, 4, 2, 48)
@@ -142,7 +142,7 @@ def test_sdk_methods_move_to_the_contract_socket_after_info_or_keep_stdio_when_n
             monkeypatch.setenv("BENCH_TRANSPORT", "stdio")  # the harness offers no socket
         with start("pixels") as running:
             outputs[transport] = running.session.embed_dense(x), running.session.embed(x)
-        assert running.session.info["transport"] == transport
+        assert running.session.info.transport == transport
     for a, b in zip(outputs["socket"], outputs["stdio"]):
         np.testing.assert_array_equal(a, b)
 
@@ -167,13 +167,13 @@ def adhoc(tmp_path: Path, behaviour: str, outputs: str = "[global]", more_yaml: 
 def test_stdout_after_the_move_to_the_socket_goes_to_the_log_and_never_blocks_the_method(tmp_path):
     with LocalRunner().start(adhoc(tmp_path, "loud"), 0, {}, 20) as running:
         assert running.session.embed(images()).shape == (3, 4)  # 2.6 MB on stdout: far beyond a pipe's buffer
-    assert running.session.info["transport"] == "socket" and "stray stdout" in running.log_tail
+    assert running.session.info.transport == "socket" and "stray stdout" in running.log_tail
 
 
 def test_a_method_that_cannot_reach_the_socket_stays_on_stdio(tmp_path):
     with LocalRunner().start(adhoc(tmp_path, "unreachable"), 0, {}, 60) as running:
         assert running.session.embed(images()).shape == (3, 4)
-    assert running.session.info["transport"] == "stdio"
+    assert running.session.info.transport == "stdio"
     assert "cannot connect to /nonexistent/contract.sock" in running.log_tail and "staying on stdin/stdout" in \
         running.log_tail
 
@@ -235,4 +235,4 @@ def test_weights_reach_the_method_and_are_part_of_the_result_key(tmp_path):
         with LocalRunner().start(spec, 0, {}, 60) as running:
             assert (running.session.embed(images())[:, 3] == first).all()
         refs.append(LocalRunner().result_ref(spec))
-    assert refs[0] != refs[1] and all(r.startswith(LocalRunner().method_ref(spec) + "+weights-sha256:") for r in refs)
+    assert refs[0] != refs[1] and all(r.startswith(LocalRunner().prepare(spec) + "+weights-sha256:") for r in refs)

@@ -136,7 +136,7 @@ def test_every_container_runs_locked_down_with_only_the_contract_socket_mounted(
     [bind] = host["Binds"]  # no data, no labels, no host path: only the folder holding the contract socket
     assert bind.endswith(":/run/vrbench:ro") and Path(bind.split(":")[0]).name == "contract"
     assert config["Env"].count("BENCH_CONTRACT_SOCKET=/run/vrbench/contract.sock") == 1
-    assert running.session.info["transport"] == "socket"
+    assert running.session.info.transport == "socket"
     assert list(host["Tmpfs"]) == ["/tmp"] and "size=" in host["Tmpfs"]["/tmp"]
     assert config["User"] not in ("", "0", "root", "0:0")
     assert not host.get("DeviceRequests")  # no GPU on this host, none asked for
@@ -183,7 +183,7 @@ def test_transport_is_byte_exact_for_large_batches_and_detach_key_bytes(built, t
     with start("pixels") as running:
         docker_out = running.session.embed_dense(x)
         sent = running.session.bytes_sent
-    assert running.session.info["transport"] == transport
+    assert running.session.info.transport == transport
     assert docker_out.shape == (48, 32, 32, 48) and sent > x.nbytes
     np.testing.assert_array_equal(docker_out, local_out)
 
@@ -218,10 +218,11 @@ def test_ctrl_c_stops_the_run_and_removes_the_container(built, docker_ready, dat
 
 
 def test_containers_of_a_killed_harness_are_reaped_by_the_next_launch(built, docker_ready):
+    from harness.runners.base import sandbox_for
     from harness.runners.docker import container_config
 
     dead = 1 << 23  # above the kernel's largest pid_max: no such process can exist
-    config = container_config(spec("sleeper"))
+    config = container_config(sandbox_for(spec("sleeper")), "sleeper")
     config["labels"][f"{LABEL}.owner"] = f"{socket.gethostname()}:{dead}"
     orphan = docker_ready.containers.create(built["sleeper"].id, **config)
     orphan.start()

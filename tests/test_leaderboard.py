@@ -6,11 +6,12 @@ from harness.leaderboard import render
 from harness.results import Provenance, ResultKey, RunResult, Timings
 
 
-def result(method, seed, miou, data="procedural", status="ok", task="voc_hummingbird"):
+def result(method, seed, miou, data="procedural", status="ok", task="voc_hummingbird",
+           ref="code-sha256:0123456789abcdef"):
     prov = Provenance(harness_version="0.1.0", git_commit="abc", git_dirty=False, task_spec_hash="h", task_params={},
                       backend="local", host="h", platform="p", python="3", cpu="c", gpu=None, libraries={},
                       dataset=None, started_at="t", finished_at="t")
-    return RunResult(key=ResultKey(method=method, method_ref="code-sha256:0123456789abcdef", task=task,
+    return RunResult(key=ResultKey(method=method, method_ref=ref, task=task,
                                    task_version=1, data=data, seed=seed),
                      status=status, error=None if status == "ok" else "method crashed",
                      metrics={"miou": miou, "miou_identity": miou - 1} if status == "ok" else {},
@@ -36,3 +37,13 @@ def test_real_and_procedural_results_are_in_separate_sections():
 
 def test_empty_results_say_how_to_get_some():
     assert "make bench" in render([])
+
+
+def test_two_code_versions_with_the_same_weights_are_two_rows_and_two_result_paths():
+    weights = "+weights-sha256:" + "ab" * 32
+    old, new = (result("m", 0, v, ref=f"code-sha256:{c * 64}{weights}") for c, v in (("1", 40.0), ("2", 60.0)))
+    assert old.key.relpath() != new.key.relpath()
+    text = render([old, new])
+    rows = [line for line in text.splitlines() if line.startswith("| m ")]
+    assert len(rows) == 2 and old.key.short_ref in text and new.key.short_ref in text
+    assert "50.00" not in text  # the two versions' numbers are never averaged together

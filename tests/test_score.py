@@ -222,3 +222,22 @@ def test_inputs_needs_the_method_info_the_task_reads_and_never_leaves_a_partial_
     assert line == f"bench: error: {out}: already exists (--force to replace it)"
     line = one_line_error(*bench(capsys, "score", "--task", "flowers102_knn", "--outputs", str(tmp_path)))
     assert line.startswith(f"bench: error: {tmp_path}/manifest.json: missing: make it with `bench inputs")
+
+
+def test_a_harness_bug_keeps_its_traceback_instead_of_looking_like_a_user_error(env, capsys, tmp_path, monkeypatch):
+    from harness.errors import HarnessBug, MethodFailure, UserError
+    from harness.external import RecordingSession
+    from harness.protocols.knn import KnnProtocol
+
+    assert not issubclass(HarnessBug, UserError)
+    with pytest.raises(HarnessBug, match="cannot export request 'fit_batch'"):
+        RecordingSession(tmp_path, None).request("fit_batch", arrays={"images": np.zeros((1, 8, 8, 3), np.uint8)})
+
+    def reject(self, data, ctx):
+        raise MethodFailure("placeholder outputs rejected")
+
+    monkeypatch.setattr(KnnProtocol, "run", reject)
+    with pytest.raises(HarnessBug, match="the task rejected placeholder outputs"):  # not caught: exit 1, traceback
+        main(["inputs", "--task", "flowers102_knn", "--out", str(tmp_path / "out"), "--embed-dim", "48",
+              *data_args(env), "--no-progress"])
+    assert not (tmp_path / "out").exists()

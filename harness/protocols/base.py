@@ -12,15 +12,14 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from harness.contract import MethodInfo, OutputKind
 from harness.data.base import DatasetReader
 from harness.errors import MethodFailure, UserError
-
-OutputKind = Literal["global", "dense", "masks"]
 
 
 class ProtocolParams(BaseModel):
@@ -69,10 +68,10 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def dense_geometry(info: dict, input_size: int) -> tuple[int, int, int]:
+def dense_geometry(info: MethodInfo, input_size: int) -> tuple[int, int, int]:
     """(patch, embed_dim, size) for a dense protocol: the method's patch size and feature width, and the input
     size rounded down to a multiple of the patch (512 -> 504 for patch 14), as the reference evaluators do."""
-    patch, dim = int(info["patch_size"]), int(info["embed_dim"])
+    patch, dim = info.patch_size, info.embed_dim
     size = input_size // patch * patch
     if size == 0:
         raise UserError(f"input_size={input_size} is smaller than the patch size {patch}")

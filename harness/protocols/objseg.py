@@ -94,13 +94,6 @@ def reconstruction_mse(reconstructions: np.ndarray, images: np.ndarray) -> np.nd
     return ((reconstructions.astype(np.float64) - target) ** 2).sum((1, 2, 3))
 
 
-def masks_have_background(info: dict) -> bool:
-    value = info.get("masks_have_background", True)
-    if not isinstance(value, bool):
-        raise MethodFailure(f"info field masks_have_background must be true or false, got {value!r}")
-    return value
-
-
 def summarise(per_image: dict[str, np.ndarray], notes: list[str]) -> tuple[dict[str, float], dict]:
     """Means over images (×100 for the ratio metrics), leaving out and counting images where a metric is undefined."""
     metrics, left_out = {}, {}
@@ -135,7 +128,7 @@ class ObjsegProtocol(Protocol):
             raise UserError(f"objseg needs a dataset with object masks; {data.name} has none")
         if len(split) == 0:
             raise DataError(f"split {p.eval_split!r} of {data.name} is empty")
-        have_background = masks_have_background(ctx.session.info)
+        have_background = ctx.session.info.masks_have_background
         load = partial(load_objseg_sample, split, p.crop_fraction, p.input_size, p.resample)
         batches = iter_batches(len(split), load, ctx.batch_size, ctx.num_workers, "objseg eval", ctx.progress)
         chunks, mses, slot_counts = [], [], set()

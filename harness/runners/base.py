@@ -1,21 +1,26 @@
-"""The runner interface: start a method, hand its session to a protocol, always clean up.
+"""The runner interface: prepare a method, start it, hand its session to a protocol, always clean up.
 
-Backends differ only in how a method is started and identified (`launch`, `method_ref`); everything
+Backends differ only in how a method is made ready and identified (`prepare`) and started (`launch`); everything
 else, the handshake, the contract socket, deadlines, stopping with escalation and log capture, lives here once.
+What a sandboxing backend must enforce is described once, neutrally, by `Sandbox` (built by `sandbox_for`): a
+container backend translates it into its own runtime's options (docker.py: `container_config`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Iterator, Protocol
 
+from harness.contract import MethodInfo
 from harness.errors import MethodFailure
 from harness.provenance import hash_path
 from harness.runners.session import Channel, ContractSocket, MethodSession
@@ -36,26 +41,96 @@ class Launched(Protocol):
     def stop(self, grace_s: float) -> None: ...
 
 
+PIDS_LIMIT = 512
+CONTRACT_DIR = "/run/vrbench"  # where a container sees the folder holding the contract socket
+WEIGHTS_DIR = "/weights"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """What an untrusted method may use, independent of the container runtime that enforces it."""
+
+    user: str  # uid:gid; never root
+    memory_bytes: int  # swap included: none beyond it
+    shm_bytes: int
+    tmpfs_bytes: int  # a writable, exec-able /tmp (JIT compilers load code they write there), counted in memory
+    pids: int = PIDS_LIMIT
+    cpus: float | None = None
+    gpus: int = 0  # requested only where the host has GPUs
+    network: bool = False
+    read_only_root: bool = True
+    capabilities: tuple[str, ...] = ()  # every other capability dropped; no new privileges either
+    mounts: tuple[Mount, ...] = ()  # the only host paths visible: the weights and the contract socket's folder
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def sandbox_user() -> str:
+    """The invoking user's uid:gid, or nobody's when the harness runs as root: a method never runs as root."""
+    uid, gid = os.getuid(), os.getgid()
+    return "65534:65534" if uid == 0 else f"{uid}:{gid}"
+
+
+def host_has_gpus() -> bool:
+    return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
+
+
+def sandbox_for(method: MethodSpec, contract_socket: Path | None = None) -> Sandbox:
+    """The sandbox every method image runs in: limits from method.yaml's `resources`, the weights and the contract
+    socket's folder mounted read-only (connecting to a socket needs no write access), nothing else."""
+    r = method.resources
+    memory = int(r.memory_gb * (1 << 30))
+    env = {"HOME": "/tmp", "XDG_CACHE_HOME": "/tmp/.cache", "PYTHONDONTWRITEBYTECODE": "1"}
+    mounts = []
+    if weights := method.weights_path:  # a file keeps its name under /weights
+        target = WEIGHTS_DIR if weights.is_dir() else f"{WEIGHTS_DIR}/{weights.name}"
+        mounts.append(Mount(weights, target))
+        env["BENCH_WEIGHTS"] = target
+    if contract_socket:
+        mounts.append(Mount(contract_socket.parent, CONTRACT_DIR))
+        env["BENCH_CONTRACT_SOCKET"] = f"{CONTRACT_DIR}/{contract_socket.name}"
+    return Sandbox(user=sandbox_user(), memory_bytes=memory, shm_bytes=int(r.shm_gb * (1 << 30)),
+                   tmpfs_bytes=max(64 << 20, min(1 << 30, memory // 4)), cpus=r.cpus,
+                   gpus=r.gpus if host_has_gpus() else 0, mounts=tuple(mounts), env=env)
+
+
+def check_outputs(method: MethodSpec, info: MethodInfo) -> None:
+    """The method must produce what its method.yaml promises."""
+    missing = set(method.outputs) - set(info.outputs)
+    if missing:
+        raise MethodFailure(f"method.yaml declares outputs {sorted(missing)} that the method's info lacks")
+
+
 class Runner(ABC):
     name: ClassVar[str]
+    sandboxed: ClassVar[bool]  # recorded in every result: only a sandboxed backend hides data and network
 
     @abstractmethod
-    def method_ref(self, method: MethodSpec) -> str:
-        """What identifies the exact code that runs: an image digest or a hash of the method folder."""
+    def prepare(self, method: MethodSpec) -> str:
+        """Make the method ready to start (resolve, pull or build it; at most once per runner) and return what
+        identifies the exact code that runs: an image digest or a hash of the method folder."""
 
     @abstractmethod
     def launch(self, method: MethodSpec, log: Path, contract_socket: Path | None) -> Launched:
-        """Start the method with its stderr going to `log`, its weights (if any) at $BENCH_WEIGHTS and the
-        contract socket (when there is one) at $BENCH_CONTRACT_SOCKET."""
+        """Start the prepared method with its stderr going to `log`, its weights (if any) at $BENCH_WEIGHTS and
+        the contract socket (when there is one) at $BENCH_CONTRACT_SOCKET."""
 
     def result_ref(self, method: MethodSpec) -> str:
-        """method_ref, plus the sha256 of the weights when method.yaml names some: part of every result's key."""
+        """prepare()'s reference, plus the sha256 of the weights when method.yaml names some: part of every
+        result's key."""
         weights = method.weights_path
-        return self.method_ref(method) + (f"+weights-sha256:{hash_path(weights)}" if weights else "")
+        return self.prepare(method) + (f"+weights-sha256:{hash_path(weights)}" if weights else "")
 
     @contextmanager
     def start(self, method: MethodSpec, seed: int, task: dict, timeout_s: float) -> Iterator["RunningMethod"]:
         """Start, handshake, yield the running method; stop it on every path (errors, timeouts, Ctrl-C)."""
+        self.prepare(method)
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ContractSocket(Path(tmp) / "contract") as contract:
             running = RunningMethod(Path(tmp) / "method.log")
             handle = self.launch(method, running.log, contract.path)
@@ -65,9 +140,7 @@ class Runner(ABC):
                 info = running.session.handshake(seed, task, contract)
                 if contract.conn is not None:  # moved to the socket: stdout is only log now
                     _copy_to_log(handle.read_fd, running.log)
-                missing = set(method.outputs) - set(info.get("outputs") or [])
-                if missing:
-                    raise MethodFailure(f"method.yaml declares outputs {sorted(missing)} that the method's info lacks")
+                check_outputs(method, info)
                 yield running
                 running.session.channel.deadline = time.monotonic() + 10
                 running.session.shutdown()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import socket
 import struct
 import sys
@@ -26,13 +25,11 @@ from pathlib import Path
 
 from harness.errors import MethodFailure
 from harness.runners.images import ResolvedImage, client, resolve_method
-from harness.runners.base import EXIT_WAIT_S, CappedLog, Runner
+from harness.runners.base import EXIT_WAIT_S, CappedLog, Runner, Sandbox, sandbox_for
 from harness.specs import MethodSpec
 
-PIDS_LIMIT = 512
 CHUNK = 1 << 20
 LABEL = "vrbench.harness"
-CONTRACT_DIR = "/run/vrbench"  # where the folder holding the contract socket is mounted
 F_SETPIPE_SZ = 1031
 
 
@@ -53,45 +50,25 @@ def _close(*fds: int) -> None:
             pass
 
 
-def _user() -> str:
-    """The invoking user's uid:gid, or nobody's when the harness runs as root: a method never runs as root."""
-    uid, gid = os.getuid(), os.getgid()
-    return "65534:65534" if uid == 0 else f"{uid}:{gid}"
-
-
-def _host_has_gpus() -> bool:
-    return shutil.which("nvidia-smi") is not None and Path("/dev/nvidia0").exists()
-
-
-def container_config(method: MethodSpec, contract_socket: Path | None = None) -> dict:
-    """Keyword arguments of containers.create: the sandbox every method image runs in."""
+def container_config(sandbox: Sandbox, method_name: str) -> dict:
+    """Keyword arguments of containers.create: `sandbox` in Docker's terms."""
     import docker
 
-    r = method.resources
-    memory = int(r.memory_gb * (1 << 30))
-    tmp_bytes = max(64 << 20, min(1 << 30, memory // 4))  # counts against the memory limit
-    # /tmp is exec-able (Docker's default is noexec): JIT compilers (triton, torch inductor) load code they write there
     config = dict(
-        stdin_open=True, tty=False, network_mode="none", read_only=True, user=_user(), init=True,
-        tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={tmp_bytes},mode=1777"},
-        cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=PIDS_LIMIT,
-        mem_limit=memory, memswap_limit=memory, shm_size=int(r.shm_gb * (1 << 30)),
-        environment={"HOME": "/tmp", "XDG_CACHE_HOME": "/tmp/.cache", "PYTHONDONTWRITEBYTECODE": "1"},
+        stdin_open=True, tty=False, network_mode=None if sandbox.network else "none",
+        read_only=sandbox.read_only_root, user=sandbox.user, init=True,
+        tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={sandbox.tmpfs_bytes},mode=1777"},
+        cap_drop=["ALL"], cap_add=list(sandbox.capabilities) or None, security_opt=["no-new-privileges"],
+        pids_limit=sandbox.pids, mem_limit=sandbox.memory_bytes, memswap_limit=sandbox.memory_bytes,
+        shm_size=sandbox.shm_bytes, environment=dict(sandbox.env),
+        volumes={str(m.source): {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in sandbox.mounts},
         log_config=docker.types.LogConfig(type="none"),  # stderr is read through the attach stream
-        labels={LABEL: "1", f"{LABEL}.method": method.name, f"{LABEL}.owner": f"{socket.gethostname()}:{os.getpid()}"},
+        labels={LABEL: "1", f"{LABEL}.method": method_name, f"{LABEL}.owner": f"{socket.gethostname()}:{os.getpid()}"},
     )
-    if r.cpus:
-        config["nano_cpus"] = int(r.cpus * 1e9)
-    config["volumes"] = {}
-    if weights := method.weights_path:  # read-only; a file keeps its name under /weights
-        target = "/weights" if weights.is_dir() else f"/weights/{weights.name}"
-        config["volumes"][str(weights)] = {"bind": target, "mode": "ro"}
-        config["environment"]["BENCH_WEIGHTS"] = target
-    if contract_socket:  # read-only: connecting to a socket is allowed, creating files is not
-        config["volumes"][str(contract_socket.parent)] = {"bind": CONTRACT_DIR, "mode": "ro"}
-        config["environment"]["BENCH_CONTRACT_SOCKET"] = f"{CONTRACT_DIR}/{contract_socket.name}"
-    if r.gpus and _host_has_gpus():
-        config["device_requests"] = [docker.types.DeviceRequest(count=r.gpus, capabilities=[["gpu"]])]
+    if sandbox.cpus:
+        config["nano_cpus"] = int(sandbox.cpus * 1e9)
+    if sandbox.gpus:
+        config["device_requests"] = [docker.types.DeviceRequest(count=sandbox.gpus, capabilities=[["gpu"]])]
     return config
 
 
@@ -250,17 +227,19 @@ def reap_orphans() -> None:
 
 class DockerRunner(Runner):
     name = "docker"
+    sandboxed = True
 
     def __init__(self):
-        self._images: dict[Path | None, ResolvedImage] = {}
+        self._images: dict[tuple, ResolvedImage] = {}
 
     def image(self, method: MethodSpec) -> ResolvedImage:
-        """Resolve (pull or build) once per runner: method_ref and launch use the very same image."""
-        if method.path not in self._images:
-            self._images[method.path] = resolve_method(method)
-        return self._images[method.path]
+        """Resolve (pull or build) once per runner: the result key and launch use the very same image."""
+        key = (method.path, method.image)
+        if key not in self._images:
+            self._images[key] = resolve_method(method)
+        return self._images[key]
 
-    def method_ref(self, method: MethodSpec) -> str:
+    def prepare(self, method: MethodSpec) -> str:
         return self.image(method).ref
 
     def launch(self, method: MethodSpec, log: Path, contract_socket: Path | None) -> Container:
@@ -269,7 +248,8 @@ class DockerRunner(Runner):
         image = self.image(method)
         reap_orphans()
         try:
-            container = client().containers.create(image.id, **container_config(method, contract_socket))
+            container = client().containers.create(image.id, **container_config(sandbox_for(method, contract_socket),
+                                                                                 method.name))
         except docker.errors.APIError as e:
             raise MethodFailure(f"the method's container could not be created: {e.explanation}") from None
         handle = None

@@ -52,8 +52,9 @@ class LocalProcess:
 
 class LocalRunner(Runner):
     name = "local"
+    sandboxed = False
 
-    def method_ref(self, method: MethodSpec) -> str:
+    def prepare(self, method: MethodSpec) -> str:
         return "code-sha256:" + hash_path(method.folder)
 
     def launch(self, method: MethodSpec, log: Path, contract_socket: Path | None) -> LocalProcess:

@@ -18,7 +18,8 @@ from typing import Iterable
 import numpy as np
 
 from benchsdk.wire import PROTOCOL_VERSION, WireError, encode, read_frame
-from harness.errors import MethodFailure, MethodTimeout, UserError
+from harness.contract import OUTPUTS, MethodInfo
+from harness.errors import HarnessBug, MethodFailure, MethodTimeout, UserError
 
 MIN_REPLY_LIMIT = 256 << 20  # bytes; replies may be larger than requests (dense features), but not unboundedly
 
@@ -139,9 +140,9 @@ os.register_at_fork(after_in_child=lambda: [s.close() for s in list(_OPEN_SOCKET
 class MethodSession:
     """One started method. Protocols call embed / embed_dense / segment / fit; all outputs are validated."""
 
-    def __init__(self, channel: Channel):
+    def __init__(self, channel: Channel | None, info: MethodInfo | None = None):
         self.channel = channel
-        self.info: dict = {}
+        self.info = info  # set by the handshake
         self.method_seconds = 0.0  # wall time spent waiting on the method, transport included
         self.images_sent = 0
         self.bytes_sent = 0
@@ -162,25 +163,29 @@ class MethodSession:
             raise MethodFailure(f"method failed in {op!r}: {str(header.get('error', 'no error message'))[:2000]}")
         return header, out
 
-    def handshake(self, seed: int, task: dict, contract_socket: ContractSocket) -> dict:
+    def handshake(self, seed: int, task: dict, contract_socket: ContractSocket | None) -> MethodInfo:
         """info (over stdio), then the move to the contract socket if the method asks for it, then setup."""
         header, _ = self.request("info", {"protocol": PROTOCOL_VERSION})
-        info = header.get("info")
-        if not isinstance(info, dict) or info.get("protocol") != PROTOCOL_VERSION:
-            raise MethodFailure(f"handshake: method speaks protocol {info and info.get('protocol')}, "
+        raw = header.get("info")
+        if not isinstance(raw, dict) or raw.get("protocol") != PROTOCOL_VERSION:
+            raise MethodFailure(f"handshake: method speaks protocol {isinstance(raw, dict) and raw.get('protocol')}, "
                                 f"harness {PROTOCOL_VERSION}")
+        info, problem = MethodInfo.parse(raw)
+        if problem:
+            raise MethodFailure(f"handshake: the method's info is incomplete: {problem}")
         self.info = info
-        if info.get("transport", "stdio") != "stdio":
-            if info["transport"] != "socket" or contract_socket.listener is None:  # none offered
-                raise MethodFailure(f"handshake: method asks for transport {info['transport']!r}; the harness "
+        if info.transport != "stdio":
+            if info.transport != "socket" or contract_socket is None or contract_socket.listener is None:
+                raise MethodFailure(f"handshake: method asks for transport {info.transport!r}; the harness "
                                     "offers 'stdio' and, where $BENCH_CONTRACT_SOCKET is set, 'socket'")
             self.channel = contract_socket.accept(self.channel)
         self.request("setup", {"seed": seed, "task": task})
         return info
 
-    def _images_request(self, op: str, images: np.ndarray, key: str) -> dict:
+    def _images_request(self, kind: str, images: np.ndarray) -> dict:
+        op, key = OUTPUTS[kind].op, OUTPUTS[kind].reply
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"harness bug: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+            raise HarnessBug(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
         _, out = self.request(op, arrays={"images": images})
         self.images_sent += len(images)
         if key not in out:
@@ -197,20 +202,23 @@ class MethodSession:
             raise MethodFailure(f"{op}: {name} contains NaN or Inf")
         return arr.astype(np.float32, copy=False)
 
+    def _output(self, kind: str, images: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The reply's main array for output `kind`, checked against the contract's table; and the whole reply."""
+        spec = OUTPUTS[kind]
+        out = self._images_request(kind, images)
+        return self._check(spec.op, spec.reply, out[spec.reply], spec.ndim, len(images)), out
+
     def embed(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, D)."""
-        out = self._images_request("embed", images, "features")
-        return self._check("embed", "features", out["features"], 2, len(images))
+        return self._output("global", images)[0]
 
     def embed_dense(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, h, w, D)."""
-        out = self._images_request("embed_dense", images, "features")
-        return self._check("embed_dense", "features", out["features"], 4, len(images))
+        return self._output("dense", images)[0]
 
     def segment(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 (N, H, W, 3) -> masks float32 (N, K, H, W) and optional reconstructions (N, 3, H, W)."""
-        out = self._images_request("segment", images, "masks")
-        masks = self._check("segment", "masks", out["masks"], 4, len(images))
+        masks, out = self._output("masks", images)
         if masks.shape[2:] != images.shape[1:3]:
             raise MethodFailure(f"segment: masks are {masks.shape[2:]}, images {images.shape[1:3]}")
         recon = out.get("reconstructions")

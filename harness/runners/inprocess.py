@@ -1,0 +1,139 @@
+"""In-process backend: a benchsdk `Method` instance answers the contract from inside the harness's own process.
+
+What a researcher uses from a notebook or a test (`harness.evaluate(MyMethod(), "voc_hummingbird")`, as MTEB's
+`evaluate` and lm-eval's `simple_evaluate` are used), and `bench run --backend inprocess` for a method folder's
+adapter. Requests go to the SDK's own dispatcher (the code a served method runs), and every reply gets the same
+validation as a live one, but nothing is isolated: no sandbox, no time limit (a call cannot be pre-empted), and the
+method shares the harness's memory, so images are handed over read-only and replies are copied. Results say
+`sandboxed: false`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+import benchsdk
+from harness.errors import MethodFailure, SpecError
+from harness.provenance import hash_path
+from harness.runners.base import Runner, RunningMethod, check_outputs
+from harness.runners.session import MethodSession
+from harness.specs import MethodSpec
+
+
+class InProcessSession(MethodSession):
+    """A MethodSession whose transport is a function call into benchsdk's dispatcher."""
+
+    def __init__(self, method: benchsdk.Method):
+        super().__init__(channel=None)
+        self.server = benchsdk._Server(method, None, None)
+
+    def request(self, op: str, fields: dict | None = None, arrays: dict | None = None) -> tuple[dict, dict]:
+        t0 = time.monotonic()
+        arrays = {k: _read_only(v) for k, v in (arrays or {}).items()}
+        try:
+            header, out = self.server.dispatch(op, {"op": op, **(fields or {})}, arrays)
+        except Exception as e:  # what a served method would send back as {"ok": false, "error": ...}
+            raise MethodFailure(f"method failed in {op!r}: {type(e).__name__}: {e}") from e
+        finally:
+            self.method_seconds += time.monotonic() - t0
+        self.bytes_sent += sum(a.nbytes for a in arrays.values())
+        return {"ok": True, **header}, {k: np.array(v) for k, v in (out or {}).items()}
+
+    def fit(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], with_labels: bool) -> None:
+        def stream():
+            for images, labels in batches:
+                self.images_sent += len(images)
+                yield _read_only(images), _read_only(labels) if with_labels and labels is not None else None
+
+        try:
+            self.server.method.fit(stream())
+        except Exception as e:
+            raise MethodFailure(f"method failed in 'fit': {type(e).__name__}: {e}") from e
+
+    def shutdown(self) -> None:
+        """Nothing to stop: the method is an object of this process."""
+
+
+def _read_only(a: np.ndarray | None) -> np.ndarray | None:
+    if a is None:
+        return None
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def load_adapter(method: MethodSpec) -> benchsdk.Method:
+    """An instance of the one benchsdk.Method subclass that the method folder's entrypoint defines."""
+    path = method.folder / method.entrypoint
+    if not path.is_file():
+        raise SpecError(f"entrypoint: {path} does not exist", where=method.path)
+    module_name = f"vrbench_adapter_{method.name}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))  # the adapter's own helper modules
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
+               if issubclass(c, benchsdk.Method) and c is not benchsdk.Method and c.__module__ == module_name]
+    if len(classes) != 1:
+        raise SpecError(f"entrypoint: {path} defines {len(classes)} benchsdk.Method subclasses; the in-process "
+                        "backend needs exactly one", where=method.path)
+    return classes[0]()
+
+
+class InProcessRunner(Runner):
+    """Runs a Method instance (given, or loaded from the method folder's adapter) in the harness's process."""
+
+    name = "inprocess"
+    sandboxed = False
+
+    def __init__(self, instance: benchsdk.Method | None = None):
+        self.instance = instance
+
+    def prepare(self, method: MethodSpec) -> str:
+        if self.instance is not None:  # a notebook's object: its class's source file is what identifies it
+            source = inspect.getsourcefile(type(self.instance))
+            return "code-sha256:" + (hash_path(Path(source)) if source else "unknown")
+        return "code-sha256:" + hash_path(method.folder)
+
+    def launch(self, method, log, contract_socket):
+        raise NotImplementedError("the in-process backend starts no process")
+
+    @contextmanager
+    def start(self, method: MethodSpec, seed: int, task: dict, timeout_s: float) -> Iterator[RunningMethod]:
+        instance = self.instance if self.instance is not None else load_adapter(method)
+        weights, saved = method.weights_path, os.environ.get("BENCH_WEIGHTS")
+        if weights:  # as the other backends tell a method where its weights are
+            os.environ["BENCH_WEIGHTS"] = str(weights)
+        try:
+            session = InProcessSession(instance)
+            check_outputs(method, session.handshake(seed, task, None))
+            yield RunningMethod(log=None, session=session)
+        finally:
+            if weights:
+                os.environ.pop("BENCH_WEIGHTS") if saved is None else os.environ.update(BENCH_WEIGHTS=saved)
+
+
+def spec_for(instance: benchsdk.Method) -> MethodSpec:
+    """A method.yaml-equivalent spec for a Method object, from what its info declares."""
+    info = instance.info()
+    return MethodSpec(name=_name(info.get("name")), version=str(info.get("version")),
+                      description=f"{type(instance).__name__} (in-process)", outputs=list(info.get("outputs") or []),
+                      patch_size=info.get("patch_size"), embed_dim=info.get("embed_dim"))
+
+
+def _name(name: object) -> str:
+    """The info's name as a method name (lower-case letters, digits and _)."""
+    return "".join(c if c.isalnum() else "_" for c in str(name or "unnamed").lower()).strip("_") or "unnamed"
+

@@ -1,0 +1,147 @@
+"""What every test module shares: the procedural data root, the `bench` command (as a subprocess or in-process),
+the one-line error check, method specs, in-process sessions, and the Docker fixtures.
+
+Markers: `docker` (set here on every test that uses the `docker_ready` fixture: needs dockerd, the registry and
+the base image) and `slow` (a test of a minute or more). `make test-fast` runs the rest: no root, no services.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import benchsdk
+from harness.errors import UserError
+from harness.specs import MethodSpec, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_METHODS = REPO / "tests" / "methods"
+HOSTILE = REPO / "tests" / "hostile"
+BASE = "vrbench/base:bookworm"  # the local CPU base image (scripts/build_base_image.sh)
+REGISTRY = "127.0.0.1:5000"
+LABEL = "vrbench.harness"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "docker_ready" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
+
+
+# --- running bench ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")  # procedural datasets are generated here once per session
+
+
+def bench(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """`bench ARGS` as a user runs it: a fresh Python process in the repository (local methods' images build FROM
+    the local base)."""
+    full = dict(os.environ, BENCH_BASE_IMAGE=BASE, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=full,
+                          cwd=REPO, timeout=timeout)
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`bench ARGS` in this process (the CLI's own main): exit code, stdout, stderr. Saves a Python start-up."""
+    from harness.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(proc) -> str:
+    """A user error: exit 2, one line on stderr, no traceback. `proc`: a CompletedProcess or cli()'s tuple."""
+    code, err = (proc.returncode, proc.stderr) if isinstance(proc, subprocess.CompletedProcess) else (proc[0], proc[2])
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# --- methods and sessions -----------------------------------------------------------------------------------------
+
+def images(n=3, h=32, w=48, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def method_spec(name: str) -> MethodSpec:
+    """A method folder's spec, from tests/methods, tests/hostile or images/."""
+    folder = next(d / name for d in (TEST_METHODS, HOSTILE, REPO / "images") if (d / name).is_dir())
+    return load_spec(MethodSpec, folder / "method.yaml")
+
+
+def session_of(method: benchsdk.Method, seed: int = 0):
+    """A benchsdk Method as a protocol's session, through the in-process backend: every reply validated as a live
+    method's."""
+    from harness.runners.inprocess import InProcessSession
+
+    session = InProcessSession(method)
+    session.handshake(seed, {"name": "test"}, None)
+    return session
+
+
+# --- docker -------------------------------------------------------------------------------------------------------
+
+def _bring_up() -> str | None:
+    """Start the services and the base image (idempotent scripts); None when ready, else why not."""
+    for script in ("services.sh", "build_base_image.sh"):
+        proc = subprocess.run(["bash", str(REPO / "scripts" / script)], capture_output=True, text=True, timeout=900)
+        if proc.returncode:
+            return f"scripts/{script} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    try:
+        from harness.runners.images import client
+
+        client()
+    except (UserError, ImportError) as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_ready():
+    """Skip (or, with CI=true, fail) every test that needs dockerd, the registry and the base image."""
+    problem = _bring_up()
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"docker services unavailable under CI: {problem}")
+        pytest.skip(f"docker services unavailable: {problem}")
+    from harness.runners.images import client
+
+    return client()
+
+
+@pytest.fixture(scope="session")
+def built(docker_ready):
+    """Every hostile image and pixels, built once per session FROM the local base (with no network)."""
+    from harness.runners.images import build
+
+    names = ["pixels"] + sorted(p.parent.name for p in HOSTILE.glob("*/method.yaml"))
+    return {name: build(method_spec(name), base=BASE, quiet=True) for name in names}
+
+
+def ours_or_orphaned(container) -> bool:
+    """Started by this test process, or by one of its `bench` subprocesses, all gone by now (other harness
+    processes on this machine may be running their own containers meanwhile)."""
+    host, _, pid = container.labels.get(f"{LABEL}.owner", "").partition(":")
+    return host == socket.gethostname() and (pid == str(os.getpid()) or not Path(f"/proc/{pid}").exists())
+
+
+@pytest.fixture(autouse=True)
+def no_container_left(request, monkeypatch):
+    """Method images build FROM the local base; after each test that used docker, no container of ours is left."""
+    monkeypatch.setenv("BENCH_BASE_IMAGE", BASE)
+    yield
+    if "docker_ready" in request.fixturenames:
+        left = [c.name for c in request.getfixturevalue("docker_ready").containers.list(all=True, filters={
+            "label": LABEL}) if ours_or_orphaned(c)]
+        assert not left, f"containers left behind: {left}"

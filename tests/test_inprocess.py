@@ -1,0 +1,134 @@
+"""The in-process backend and `harness.evaluate`: the same metrics as the local backend, the same result files,
+marked unsandboxed; task parameter overrides (`--set`) kept apart from the stock task."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import benchsdk
+import harness
+from harness.cli import main
+from harness.errors import MethodFailure
+from harness.results import ResultStore, RunResult
+
+REPO = Path(__file__).resolve().parent.parent
+TASKS = ["flowers102_knn", "coco_r2", "clevrtex_objseg"]  # one per output kind: global, dense, masks
+
+
+def pixels() -> benchsdk.Method:
+    spec = importlib.util.spec_from_file_location("pixels_for_test", REPO / "images" / "pixels" / "adapter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Pixels()
+
+
+def run(capsys, *args) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main([*args, "--no-progress"])
+    return code, capsys.readouterr().err
+
+
+def only(root: Path) -> RunResult:
+    [result] = ResultStore(root).all()
+    return result
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_inprocess_backend_and_evaluate_score_exactly_as_the_local_backend(task, data_root, tmp_path, capsys):
+    data = ["--data", "synthetic", "--data-root", str(data_root), "--workers", "0"]
+    for backend in ("local", "inprocess"):
+        code, err = run(capsys, "run", "--method", "pixels", "--task", task, "--backend", backend, *data,
+                        "--results", str(tmp_path / backend))
+        assert code == 0, err
+    local, inprocess = only(tmp_path / "local"), only(tmp_path / "inprocess")
+    api = harness.evaluate(pixels(), task, data_root=data_root, results=tmp_path / "api")
+    assert local.metrics and inprocess.metrics == local.metrics and api.metrics == local.metrics
+    assert inprocess.timings.images_sent == local.timings.images_sent == api.timings.images_sent
+    assert local.provenance.sandboxed is False and inprocess.provenance.sandboxed is False
+    assert inprocess.provenance.backend == api.provenance.backend == "inprocess"
+    assert inprocess.key.method_ref == local.key.method_ref  # the same method folder, hashed alike
+    assert api.key.method == "pixels" and api.provenance.method_info["embed_dim"] == 48
+    assert only(tmp_path / "api") == api
+
+
+class Overwrites(benchsdk.Method):
+    name, version, outputs, embed_dim = "overwrites", "0", ("global",), 3
+
+    def embed(self, images):
+        images[:] = 0  # a method must not change the harness's arrays
+        return np.zeros((len(images), 3), np.float32)
+
+
+class Aliases(benchsdk.Method):
+    """Returns the same buffer every time and changes it afterwards: the harness keeps its own copy."""
+
+    name, version, outputs, embed_dim = "aliases", "0", ("global",), 3
+
+    def setup(self, seed, task):
+        self.buffer = np.zeros((0, 3), np.float32)
+
+    def embed(self, images):
+        self.buffer.fill(np.nan)  # spoils what it returned last time
+        self.buffer = np.tile(images.mean(axis=(1, 2)).astype(np.float32), 1)
+        return self.buffer
+
+
+class Liar(benchsdk.Method):
+    name, version, outputs, embed_dim = "liar", "0", ("global",), 3
+
+    def embed(self, images):
+        return np.full((len(images), 3), np.inf, np.float32)
+
+
+def test_inprocess_replies_get_the_live_validation_and_images_are_read_only(data_root, tmp_path):
+    failed = harness.evaluate(Overwrites(), "flowers102_knn", data_root=data_root, results=tmp_path)
+    assert failed.status == "failed" and "read-only" in failed.error
+    assert harness.evaluate(Aliases(), "flowers102_knn", data_root=data_root, results=tmp_path).status == "ok"
+    nan = harness.evaluate(Liar(), "flowers102_knn", data_root=data_root, results=tmp_path)
+    assert nan.status == "failed" and "NaN or Inf" in nan.error
+
+
+def test_an_incomplete_info_fails_the_handshake(data_root, tmp_path):
+    class NoDim(benchsdk.Method):
+        name, version, outputs = "nodim", "0", ("global",)
+
+    from harness.runners.inprocess import InProcessSession
+
+    with pytest.raises(MethodFailure, match="global outputs need an integer embed_dim"):
+        InProcessSession(NoDim()).handshake(0, {}, None)
+
+
+def test_set_overrides_a_parameter_and_keeps_its_results_apart(data_root, tmp_path, capsys):
+    args = ["run", "--method", "pixels", "--task", "flowers102_knn", "--data", "synthetic", "--data-root",
+            str(data_root), "--workers", "0", "--results", str(tmp_path)]
+    assert run(capsys, *args)[0] == 0
+    code, err = run(capsys, *args, "--set", "ks=[5]", "--set", "temperature=0.1")
+    assert code == 0, err
+    results = {r.key.task: r for r in ResultStore(tmp_path).all()}
+    assert set(results) == {"flowers102_knn", "flowers102_knn+ks=[5]+temperature=0.1"}
+    changed = results["flowers102_knn+ks=[5]+temperature=0.1"]
+    assert changed.provenance.task_overrides == {"ks": [5], "temperature": 0.1}
+    assert changed.provenance.task_params["ks"] == [5] and changed.provenance.task_params["temperature"] == 0.1
+    assert set(changed.details["per_k"]) == {"5"}
+    assert changed.provenance.task_spec_hash != results["flowers102_knn"].provenance.task_spec_hash
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("kk=5", "--set kk=5: Extra inputs are not permitted (task flowers102_knn, protocol knn)"),
+    ("temperature=warm", "--set temperature=warm: Input should be a valid number"),
+    ("temperature", "--set 'temperature': expected NAME=VALUE"),
+])
+def test_a_bad_override_is_one_line_and_writes_nothing(pair, message, data_root, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--method", "pixels", "--task", "flowers102_knn",
+                           "--data", "synthetic", "--data-root", str(data_root), "--results", str(tmp_path / "r"),
+                           "--set", pair], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"bench: error: {message}"], proc.stderr
+    assert not (tmp_path / "r").exists()
