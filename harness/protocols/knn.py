@@ -1,8 +1,10 @@
 """Weighted k-NN classification on global features, as DINO's eval_knn.py (PROTOCOLS.md §C).
 
 Features are L2-normalised; each of the k most cosine-similar training images votes exp(sim / T) for its class;
-top-1 and top-5 (over min(5, k) ranked classes) accuracy in percent. As in DINO, top-5 can count a class that got
-no vote when fewer than five classes did; ties between classes are broken by class index.
+top-1 and top-5 accuracy in percent, ties between classes broken by class index. Top-5 counts only classes that
+got a vote: DINO's knn_classifier scores the first min(5, k) columns of its (unstable) descending sort of all
+classes, so when fewer classes than that got votes, zero-vote classes fill the rest in an unspecified order and
+can count as hits; here a class with no vote is never a hit (same as DINO whenever five or more classes vote).
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ def knn_accuracy(
     sims: torch.Tensor, index: torch.Tensor, train_labels: torch.Tensor, test_labels: torch.Tensor,
     k: int, temperature: float, num_classes: int,
 ) -> tuple[float, float]:
-    """(top-1, top-5) in percent from the first k of the sorted neighbours."""
-    weights = (sims[:, :k] / temperature).exp()
+    """(top-1, top-5) in percent from the first k of the sorted neighbours; a class with no vote is never a hit."""
+    neighbour_labels = train_labels[index[:, :k]]
     votes = torch.zeros(len(sims), num_classes, device=sims.device)
-    votes.scatter_add_(1, train_labels[index[:, :k]], weights)
-    ranked = votes.argsort(dim=1, descending=True, stable=True)[:, : min(5, k)]
-    hits = ranked == test_labels[:, None]
+    votes.scatter_add_(1, neighbour_labels, (sims[:, :k] / temperature).exp())
+    voted = torch.zeros_like(votes, dtype=torch.bool).scatter_(1, neighbour_labels, True)
+    ranked = votes.argsort(dim=1, descending=True, stable=True)[:, :5]
+    hits = (ranked == test_labels[:, None]) & voted.gather(1, ranked)
     return 100 * hits[:, 0].float().mean().item(), 100 * hits.any(1).float().mean().item()
 
 
