@@ -82,7 +82,9 @@ class MeanColourSession:
 def run_knn(session, **params):
     protocol = PROTOCOLS["knn"](KnnParams(**params))
     ctx = RunContext(session=session, seed=0, batch_size=5, num_workers=0, progress=False)
-    return protocol.run(ColourLabelData(), ctx), ctx
+    outcome = protocol.run(ColourLabelData(), ctx)
+    assert protocol.main_metric in outcome.metrics
+    return outcome, ctx
 
 
 def test_protocol_end_to_end():

@@ -89,12 +89,23 @@ def expect_shape(features: np.ndarray, shape: tuple[int | None, ...], what: str)
 
 
 class Protocol(ABC):
+    """An evaluation protocol. `main_metric` names the headline key of Outcome.metrics (the one to rank methods
+    by, as MTEB's main_score); `lower_is_better` lists the metrics where lower is better (lm-eval's
+    higher_is_better), all others being higher-is-better."""
+
     name: ClassVar[str]
     Params: ClassVar[type[ProtocolParams]]
     output: ClassVar[OutputKind]  # what the method must produce
+    main_metric: ClassVar[str]
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: ProtocolParams):
         self.params = params
+
+    @classmethod
+    def higher_is_better(cls, metric: str) -> bool:
+        """Whether a larger value of `metric` is a better result."""
+        return metric not in cls.lower_is_better
 
     @abstractmethod
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:

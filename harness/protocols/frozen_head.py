@@ -103,6 +103,7 @@ class FrozenHeadProtocol(Protocol):
     name = "frozen_head"
     Params = FrozenHeadParams
     output = "dense"
+    main_metric = "top1"
     params: FrozenHeadParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:

@@ -173,6 +173,7 @@ class HummingbirdProtocol(Protocol):
     name = "hummingbird"
     Params = HummingbirdParams
     output = "dense"
+    main_metric = "miou"
     params: HummingbirdParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:

@@ -78,6 +78,7 @@ class KnnProtocol(Protocol):
     name = "knn"
     Params = KnnParams
     output = "global"
+    main_metric = "top1_best"
     params: KnnParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:

@@ -65,6 +65,7 @@ class LinearProbeProtocol(Protocol):
     name = "linear_probe"
     Params = LinearProbeParams
     output = "global"
+    main_metric = "top1"
     params: LinearProbeParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:

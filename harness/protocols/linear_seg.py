@@ -133,6 +133,7 @@ class LinearSegProtocol(Protocol):
     name = "linear_seg"
     Params = LinearSegParams
     output = "dense"
+    main_metric = "miou"
     params: LinearSegParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:

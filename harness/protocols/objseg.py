@@ -126,6 +126,8 @@ class ObjsegProtocol(Protocol):
     name = "objseg"
     Params = ObjsegParams
     output = "masks"
+    main_metric = "miou_fg"
+    lower_is_better = frozenset({"mse"})
     params: ObjsegParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:

@@ -129,6 +129,7 @@ class OverclusterProtocol(Protocol):
     name = "overcluster"
     Params = OverclusterParams
     output = "dense"
+    main_metric = "miou"
     params: OverclusterParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:

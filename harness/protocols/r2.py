@@ -96,6 +96,7 @@ class R2Protocol(Protocol):
     name = "coco_r2"
     Params = R2Params
     output = "dense"
+    main_metric = "r2"
     params: R2Params
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
