@@ -12,6 +12,7 @@ from harness.data.base import InMemoryDataset
 from harness.errors import MethodFailure, UserError
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
+from harness.protocols.common import neco_eval_sample
 from harness.protocols.metrics import (
     contingency,
     hungarian_mapping,
@@ -24,7 +25,6 @@ from harness.protocols.overcluster import (
     OverclusterParams,
     kmeans,
     kmeans_model,
-    neco_eval_sample,
     score_clusters,
     standardize_and_project,
     upsample_clusters,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -18,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from harness.data.base import DatasetReader
+from harness.data.loader import iter_batches, timed
 from harness.errors import MethodFailure, UserError
 
 OutputKind = Literal["global", "dense", "masks"]
@@ -58,6 +60,29 @@ class RunContext:
     num_workers: int = 2
     stopwatch: Stopwatch = field(default_factory=Stopwatch)
     progress: bool = True
+
+    def batches(self, n: int, load: Callable[[int], tuple], desc: str) -> Iterator[tuple[np.ndarray, ...]]:
+        """Stacked batches of load(0..n-1) in index order, with this run's batch size, workers and progress bar;
+        the wait for each counts as the "data" phase."""
+        batches = iter_batches(n, load, self.batch_size, self.num_workers, desc, self.progress)
+        return timed(batches, self.stopwatch, "data")
+
+    def embed(self, images: np.ndarray, dim: int | None = None) -> np.ndarray:
+        """The method's global features of a batch, checked to be (N, dim) (any D when dim is None)."""
+        return expect_shape(self.session.embed(images), (len(images), dim), "embed")
+
+    def embed_dense(self, images: np.ndarray, grid: int, dim: int) -> np.ndarray:
+        """The method's patch features of a batch, checked to be (N, grid, grid, dim)."""
+        return expect_shape(self.session.embed_dense(images), (len(images), grid, grid, dim), "embed_dense")
+
+    def segment(self, images: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The method's masks of a batch, checked to be (N, K, size, size), and its reconstructions or None."""
+        masks, reconstructions = self.session.segment(images)
+        return expect_shape(masks, (len(images), None, size, size), "segment"), reconstructions
+
+    def evaluating(self) -> AbstractContextManager[None]:
+        """`with ctx.evaluating():` times the block as the protocol's own work, the "evaluator" phase."""
+        return self.stopwatch.phase("evaluator")
 
 
 @dataclass

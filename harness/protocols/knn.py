@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from harness.data.base import ClassificationSplit, DatasetReader
-from harness.data.loader import iter_batches, timed
-from harness.data.transforms import dino_eval_transform
+from harness.data.base import DatasetReader
 from harness.errors import DataError, UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext
+from harness.protocols.common import embed_split, load_knn_image
 from harness.protocols.search import ExactSearch, l2_normalize
 
 
@@ -59,21 +58,6 @@ def weighted_knn(
     return knn_accuracy(sims, index, train_labels, test_labels, k, temperature, num_classes)
 
 
-def load_knn_image(split: ClassificationSplit, i: int) -> tuple[np.ndarray]:
-    return (dino_eval_transform(split.image(i)),)
-
-
-def embed_split(split: ClassificationSplit, load, ctx: RunContext, desc: str, dim: int | None = None) -> np.ndarray:
-    """(N, D) global features of a split, its images loaded by `load(split, i)`; every batch must have the same D
-    (`dim` when given)."""
-    chunks: list[np.ndarray] = []
-    batches = iter_batches(len(split), partial(load, split), ctx.batch_size, ctx.num_workers, desc, ctx.progress)
-    for (images,) in timed(batches, ctx.stopwatch, "data"):
-        chunks.append(expect_shape(ctx.session.embed(images), (len(images), dim), "embed"))
-        dim = chunks[0].shape[1]
-    return np.concatenate(chunks)
-
-
 class KnnProtocol(Protocol):
     name = "knn"
     Params = KnnParams
@@ -93,7 +77,7 @@ class KnnProtocol(Protocol):
         train_feats = embed_split(train, load_knn_image, ctx, "knn train")
         test_feats = embed_split(test, load_knn_image, ctx, "knn eval", dim=train_feats.shape[1])
 
-        with ctx.stopwatch.phase("evaluator"):
+        with ctx.evaluating():
             tensor = partial(torch.as_tensor, device=ctx.device)
             sims, index = knn_neighbours(tensor(train_feats), tensor(test_feats), max(usable))
             train_labels = tensor(train.labels, dtype=torch.int64)
