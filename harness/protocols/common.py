@@ -1,4 +1,4 @@
-"""Preprocessing and feature extraction that more than one protocol uses."""
+"""Split checks, preprocessing and feature extraction that more than one protocol uses."""
 
 from __future__ import annotations
 
@@ -10,9 +10,19 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from harness.data.base import ClassificationSplit, SegmentationSplit
+from harness.data.base import ClassificationSplit, DatasetReader, SegmentationSplit, Split
 from harness.data.transforms import dino_eval_transform, resize_mask_nearest, squash_resize
+from harness.errors import DataError
 from harness.protocols.base import RunContext
+
+
+def train_eval_splits(data: DatasetReader, train_split: str, eval_split: str) -> tuple[Split, Split]:
+    """The training and evaluation splits of a protocol that transfers labels from one to the other: both must
+    have the same classes."""
+    train, val = data.split(train_split), data.split(eval_split)
+    if train.num_classes != val.num_classes:
+        raise DataError(f"{train_split} has {train.num_classes} classes, {eval_split} {val.num_classes}")
+    return train, val
 
 
 def embed_split(

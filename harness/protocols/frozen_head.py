@@ -24,7 +24,7 @@ from torch import nn
 from harness.data.base import ClassificationSplit, DatasetReader
 from harness.errors import DataError
 from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry
-from harness.protocols.common import squashed_image
+from harness.protocols.common import squashed_image, train_eval_splits
 from harness.protocols.search import MEMORY_DTYPES, l2_normalize
 
 
@@ -103,9 +103,7 @@ class FrozenHeadProtocol(Protocol):
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         p = self.params
         patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
-        train, test = data.split(p.train_split), data.split(p.eval_split)
-        if train.num_classes != test.num_classes:
-            raise DataError(f"{p.train_split} has {train.num_classes} classes, {p.eval_split} {test.num_classes}")
+        train, test = train_eval_splits(data, p.train_split, p.eval_split)
         if len(train) == 0 or len(test) == 0:
             raise DataError(f"split {p.train_split if len(train) == 0 else p.eval_split!r} is empty")
         train_x = self._features(train, size, patch, dim, ctx, "frozen_head train")

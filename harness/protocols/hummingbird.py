@@ -27,6 +27,7 @@ from harness.data.base import DatasetReader, SegmentationSplit
 from harness.data.transforms import hbird_train_augment, resize_mask_nearest, squash_resize
 from harness.errors import DataError, UserError
 from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry
+from harness.protocols.common import train_eval_splits
 from harness.protocols.metrics import confusion_matrix, hungarian_mapping, miou_hungarian, miou_identity
 from harness.protocols.search import (
     MEMORY_DTYPES,
@@ -178,9 +179,7 @@ class HummingbirdProtocol(Protocol):
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         p = self.params
         patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
-        train, val = data.split(p.train_split), data.split(p.eval_split)
-        if train.num_classes != val.num_classes:
-            raise DataError(f"{p.train_split} has {train.num_classes} classes, {p.eval_split} {val.num_classes}")
+        train, val = train_eval_splits(data, p.train_split, p.eval_split)
         ids = train_subset(len(train), p.num_train_samples, ctx.seed)
         per_image = patches_per_image(p.memory_size, len(ids), p.aug_epochs, (size // patch) ** 2)
         rows = per_image * len(ids) * p.aug_epochs

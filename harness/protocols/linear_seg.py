@@ -35,7 +35,7 @@ from harness.data.base import DatasetReader, SegmentationSplit
 from harness.data.transforms import random_resized_crop_params, resize_mask_nearest
 from harness.errors import DataError, UserError
 from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry
-from harness.protocols.common import neco_eval_sample
+from harness.protocols.common import neco_eval_sample, train_eval_splits
 from harness.protocols.metrics import confusion_matrix, miou_identity
 
 CROP_SCALE = (0.8, 1.0)
@@ -139,9 +139,7 @@ class LinearSegProtocol(Protocol):
         p = self.params
         patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
         grid = size // patch
-        train, val = data.split(p.train_split), data.split(p.eval_split)
-        if train.num_classes != val.num_classes:
-            raise DataError(f"{p.train_split} has {train.num_classes} classes, {p.eval_split} {val.num_classes}")
+        train, val = train_eval_splits(data, p.train_split, p.eval_split)
         if len(train) == 0 or len(val) == 0:
             raise DataError(f"split {p.train_split if len(train) == 0 else p.eval_split!r} is empty")
 
