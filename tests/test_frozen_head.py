@@ -131,7 +131,10 @@ class PatchMeanSession:
 def run_head(session, data=None, **params):
     params = {"input_size": 64, **FAST, **params}
     ctx = RunContext(session=session, seed=0, batch_size=5, num_workers=0, progress=False)
-    return PROTOCOLS["frozen_head"](FrozenHeadParams(**params)).run(data or StripeData(), ctx), ctx
+    protocol = PROTOCOLS["frozen_head"](FrozenHeadParams(**params))
+    outcome = protocol.run(data or StripeData(), ctx)
+    assert protocol.main_metric in outcome.metrics
+    return outcome, ctx
 
 
 def test_protocol_end_to_end():

@@ -231,7 +231,9 @@ def run_protocol(session, **params):
     params = {"input_size": 70, "k": 5, "memory_size": None, **params}
     protocol = PROTOCOLS["hummingbird"](HummingbirdParams(**params))
     ctx = RunContext(session=session, seed=0, batch_size=3, num_workers=0, progress=False)
-    return protocol.run(ColourData(), ctx), ctx
+    outcome = protocol.run(ColourData(), ctx)
+    assert protocol.main_metric in outcome.metrics
+    return outcome, ctx
 
 
 def test_protocol_scores_oracle_method_100():

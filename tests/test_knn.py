@@ -10,7 +10,7 @@ from colour_coded import ColourClassSplit
 
 
 def direct_knn(train_feats, train_labels, test_feats, test_labels, k, temperature, num_classes):
-    """DINO's rule written out one query at a time."""
+    """DINO's rule written out one query at a time, except that a class no neighbour voted for is never a top-5 hit."""
     train = train_feats / np.linalg.norm(train_feats, axis=1, keepdims=True)
     top1 = top5 = 0
     for feat, label in zip(test_feats, test_labels):
@@ -21,7 +21,7 @@ def direct_knn(train_feats, train_labels, test_feats, test_labels, k, temperatur
             votes[train_labels[n]] += np.exp(sims[n] / temperature)
         ranked = sorted(range(num_classes), key=lambda c: (-votes[c], c))
         top1 += ranked[0] == label
-        top5 += label in ranked[: min(5, k)]
+        top5 += label in ranked[:5] and label in train_labels[neighbours]
     return 100 * top1 / len(test_labels), 100 * top5 / len(test_labels)
 
 
@@ -34,6 +34,16 @@ def test_weighted_knn_equals_direct_implementation(k):
     test = (centres[test_labels] + 1.5 * rng.normal(size=(80, 16))).astype(np.float32)
     ours = weighted_knn(train, train_labels, test, test_labels, k, 0.07, 7)
     assert ours == pytest.approx(direct_knn(train, train_labels, test, test_labels, k, 0.07, 7), abs=1e-4)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_top5_never_counts_a_class_without_votes(k):
+    """All k neighbours are class 1; class 0 (the truth, with no vote) would come next in index order."""
+    train = np.array([[1, 0], [1, 0.1], [1, -0.1], [-1, 0], [0, -1]], dtype=np.float32)
+    train_labels = np.array([1, 1, 1, 0, 2])
+    test, test_labels = np.array([[1, 0.05]], dtype=np.float32), np.array([0])
+    assert weighted_knn(train, train_labels, test, test_labels, k, 0.07, 3) == (0.0, 0.0)
+    assert weighted_knn(train, train_labels, test, np.array([1]), k, 0.07, 3) == (100.0, 100.0)
 
 
 def test_oracle_one_hot_features_score_100():
@@ -72,7 +82,9 @@ class MeanColourSession:
 def run_knn(session, **params):
     protocol = PROTOCOLS["knn"](KnnParams(**params))
     ctx = RunContext(session=session, seed=0, batch_size=5, num_workers=0, progress=False)
-    return protocol.run(ColourLabelData(), ctx), ctx
+    outcome = protocol.run(ColourLabelData(), ctx)
+    assert protocol.main_metric in outcome.metrics
+    return outcome, ctx
 
 
 def test_protocol_end_to_end():

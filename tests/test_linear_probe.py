@@ -98,7 +98,10 @@ class MeanColourSession:
 
 def run_probe(session, data=None, **params):
     ctx = RunContext(session=session, seed=0, batch_size=5, num_workers=0, progress=False)
-    return PROTOCOLS["linear_probe"](LinearProbeParams(**params)).run(data or ColourData(), ctx), ctx
+    protocol = PROTOCOLS["linear_probe"](LinearProbeParams(**params))
+    outcome = protocol.run(data or ColourData(), ctx)
+    assert protocol.main_metric in outcome.metrics
+    return outcome, ctx
 
 
 @pytest.mark.parametrize("preprocess", ["resize_crop", "squash"])

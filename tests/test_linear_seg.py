@@ -117,7 +117,10 @@ FAST = {"input_size": 64, "mask_size": 8, "lr": 0.5, "batch_size": 4, "epochs": 
 
 def run(session=None, seed=0, data=None, **params):
     ctx = RunContext(session=session or FakeSession(), seed=seed, batch_size=3, num_workers=0, progress=False)
-    return PROTOCOLS["linear_seg"](LinearSegParams(**{**FAST, **params})).run(data or FakeData(), ctx)
+    protocol = PROTOCOLS["linear_seg"](LinearSegParams(**{**FAST, **params}))
+    outcome = protocol.run(data or FakeData(), ctx)
+    assert protocol.main_metric in outcome.metrics
+    return outcome
 
 
 def test_linear_head_learns_separable_features_to_100():

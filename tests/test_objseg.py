@@ -230,7 +230,9 @@ def run_objseg(session, split=None, **params):
     params = {"crop_fraction": 1.0, "input_size": 32, **params}  # no resampling: the oracle stays exact
     protocol = PROTOCOLS["objseg"](ObjsegParams(**params))
     ctx = RunContext(session=session, seed=0, batch_size=3, num_workers=0, progress=False)
-    return protocol.run(InMemoryDataset({"test": split or BlobSplit(7, 32, 6, seed=6)}), ctx), ctx
+    outcome = protocol.run(InMemoryDataset({"test": split or BlobSplit(7, 32, 6, seed=6)}), ctx)
+    assert protocol.main_metric in outcome.metrics
+    return outcome, ctx
 
 
 @pytest.mark.parametrize("mode", ["oracle", "foreground_slots"])

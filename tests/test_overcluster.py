@@ -12,6 +12,7 @@ from harness.data.base import InMemoryDataset
 from harness.errors import MethodFailure, UserError
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
+from harness.protocols.common import neco_eval_sample
 from harness.protocols.metrics import (
     contingency,
     hungarian_mapping,
@@ -24,7 +25,6 @@ from harness.protocols.overcluster import (
     OverclusterParams,
     kmeans,
     kmeans_model,
-    neco_eval_sample,
     score_clusters,
     standardize_and_project,
     upsample_clusters,
@@ -171,7 +171,10 @@ class FakeSession:
 def run(session, seed=0, n=6, **params):
     params = {"input_size": 64, "k": 4, "num_seeds": 2, "kmeans_iters": 20, **params}
     ctx = RunContext(session=session, seed=seed, batch_size=4, num_workers=0, progress=False)
-    return PROTOCOLS["overcluster"](OverclusterParams(**params)).run(InMemoryDataset({"val": PaletteSplit("val", grid_masks(n))}), ctx)
+    protocol = PROTOCOLS["overcluster"](OverclusterParams(**params))
+    outcome = protocol.run(InMemoryDataset({"val": PaletteSplit("val", grid_masks(n))}), ctx)
+    assert protocol.main_metric in outcome.metrics
+    return outcome
 
 
 @pytest.mark.parametrize("k", [4, 12])  # Hungarian, many-to-one

@@ -182,7 +182,10 @@ class PatchColourSession:
 def run_r2(session, data=None, **params):
     params = {"input_size": 128, "eval_size": 8, **params}
     ctx = RunContext(session=session, seed=0, batch_size=3, num_workers=0, progress=False)
-    return PROTOCOLS["coco_r2"](R2Params(**params)).run(data or BlockData(), ctx), ctx
+    protocol = PROTOCOLS["coco_r2"](R2Params(**params))
+    outcome = protocol.run(data or BlockData(), ctx)
+    assert protocol.main_metric in outcome.metrics
+    return outcome, ctx
 
 
 def test_protocol_oracle_scores_100():

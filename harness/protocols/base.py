@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from harness.contract import MethodInfo, OutputKind
 from harness.data.base import DatasetReader
+from harness.data.loader import iter_batches, timed
 from harness.errors import MethodFailure, UserError
 
 
@@ -58,6 +60,29 @@ class RunContext:
     stopwatch: Stopwatch = field(default_factory=Stopwatch)
     progress: bool = True
 
+    def batches(self, n: int, load: Callable[[int], tuple], desc: str) -> Iterator[tuple[np.ndarray, ...]]:
+        """Stacked batches of load(0..n-1) in index order, with this run's batch size, workers and progress bar;
+        the wait for each counts as the "data" phase."""
+        batches = iter_batches(n, load, self.batch_size, self.num_workers, desc, self.progress)
+        return timed(batches, self.stopwatch, "data")
+
+    def embed(self, images: np.ndarray, dim: int | None = None) -> np.ndarray:
+        """The method's global features of a batch, checked to be (N, dim) (any D when dim is None)."""
+        return expect_shape(self.session.embed(images), (len(images), dim), "embed")
+
+    def embed_dense(self, images: np.ndarray, grid: int, dim: int) -> np.ndarray:
+        """The method's patch features of a batch, checked to be (N, grid, grid, dim)."""
+        return expect_shape(self.session.embed_dense(images), (len(images), grid, grid, dim), "embed_dense")
+
+    def segment(self, images: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The method's masks of a batch, checked to be (N, K, size, size), and its reconstructions or None."""
+        masks, reconstructions = self.session.segment(images)
+        return expect_shape(masks, (len(images), None, size, size), "segment"), reconstructions
+
+    def evaluating(self) -> AbstractContextManager[None]:
+        """`with ctx.evaluating():` times the block as the protocol's own work, the "evaluator" phase."""
+        return self.stopwatch.phase("evaluator")
+
 
 @dataclass
 class Outcome:
@@ -88,12 +113,23 @@ def expect_shape(features: np.ndarray, shape: tuple[int | None, ...], what: str)
 
 
 class Protocol(ABC):
+    """An evaluation protocol. `main_metric` names the headline key of Outcome.metrics (the one to rank methods
+    by, as MTEB's main_score); `lower_is_better` lists the metrics where lower is better (lm-eval's
+    higher_is_better), all others being higher-is-better."""
+
     name: ClassVar[str]
     Params: ClassVar[type[ProtocolParams]]
     output: ClassVar[OutputKind]  # what the method must produce
+    main_metric: ClassVar[str]
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: ProtocolParams):
         self.params = params
+
+    @classmethod
+    def higher_is_better(cls, metric: str) -> bool:
+        """Whether a larger value of `metric` is a better result."""
+        return metric not in cls.lower_is_better
 
     @abstractmethod
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:

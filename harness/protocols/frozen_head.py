@@ -16,17 +16,15 @@ import math
 from functools import partial
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from harness.data.base import ClassificationSplit, DatasetReader
-from harness.data.loader import iter_batches, timed
-from harness.data.transforms import squash_resize
 from harness.errors import DataError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry
+from harness.protocols.common import squashed_image, train_eval_splits
 from harness.protocols.search import MEMORY_DTYPES, l2_normalize
 
 
@@ -95,27 +93,22 @@ def top1(predicted: torch.Tensor, labels: torch.Tensor) -> float:
     return 100 * (predicted == labels).float().mean().item()
 
 
-def load_image(split: ClassificationSplit, size: int, i: int) -> tuple[np.ndarray]:
-    return (squash_resize(split.image(i), size),)
-
-
 class FrozenHeadProtocol(Protocol):
     name = "frozen_head"
     Params = FrozenHeadParams
     output = "dense"
+    main_metric = "top1"
     params: FrozenHeadParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         p = self.params
         patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
-        train, test = data.split(p.train_split), data.split(p.eval_split)
-        if train.num_classes != test.num_classes:
-            raise DataError(f"{p.train_split} has {train.num_classes} classes, {p.eval_split} {test.num_classes}")
+        train, test = train_eval_splits(data, p.train_split, p.eval_split)
         if len(train) == 0 or len(test) == 0:
             raise DataError(f"split {p.train_split if len(train) == 0 else p.eval_split!r} is empty")
         train_x = self._features(train, size, patch, dim, ctx, "frozen_head train")
         test_x = self._features(test, size, patch, dim, ctx, "frozen_head eval")
-        with ctx.stopwatch.phase("evaluator"):
+        with ctx.evaluating():
             labels = {s: torch.as_tensor(s.labels, dtype=torch.int64, device=ctx.device) for s in (train, test)}
             head, history = train_head(train_x, labels[train], train.num_classes, p, ctx.seed, (test_x, labels[test]))
             accuracy = top1(predict(head, test_x), labels[test])
@@ -138,11 +131,9 @@ class FrozenHeadProtocol(Protocol):
         out = torch.empty((len(split), grid * grid * dim), dtype=MEMORY_DTYPES[self.params.feature_dtype],
                           device=ctx.device)
         filled = 0
-        batches = iter_batches(len(split), partial(load_image, split, size), ctx.batch_size, ctx.num_workers, desc,
-                               ctx.progress)
-        for (images,) in timed(batches, ctx.stopwatch, "data"):
-            features = expect_shape(ctx.session.embed_dense(images), (len(images), grid, grid, dim), "embed_dense")
-            with ctx.stopwatch.phase("evaluator"):
+        for (images,) in ctx.batches(len(split), partial(squashed_image, split, size=size), desc):
+            features = ctx.embed_dense(images, grid, dim)
+            with ctx.evaluating():
                 out[filled : filled + len(images)] = flatten_patch_grid(torch.from_numpy(features).to(ctx.device))
             filled += len(images)
         return out

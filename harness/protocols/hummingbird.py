@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
 from harness.data.base import DatasetReader, SegmentationSplit
-from harness.data.loader import iter_batches, timed
 from harness.data.transforms import hbird_train_augment, resize_mask_nearest, squash_resize
 from harness.errors import DataError, UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry
+from harness.protocols.common import train_eval_splits
 from harness.protocols.metrics import confusion_matrix, hungarian_mapping, miou_hungarian, miou_identity
 from harness.protocols.search import (
     MEMORY_DTYPES,
@@ -173,14 +173,13 @@ class HummingbirdProtocol(Protocol):
     name = "hummingbird"
     Params = HummingbirdParams
     output = "dense"
+    main_metric = "miou"
     params: HummingbirdParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         p = self.params
         patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
-        train, val = data.split(p.train_split), data.split(p.eval_split)
-        if train.num_classes != val.num_classes:
-            raise DataError(f"{p.train_split} has {train.num_classes} classes, {p.eval_split} {val.num_classes}")
+        train, val = train_eval_splits(data, p.train_split, p.eval_split)
         ids = train_subset(len(train), p.num_train_samples, ctx.seed)
         per_image = patches_per_image(p.memory_size, len(ids), p.aug_epochs, (size // patch) ** 2)
         rows = per_image * len(ids) * p.aug_epochs
@@ -188,7 +187,7 @@ class HummingbirdProtocol(Protocol):
             raise UserError(f"k={p.k} neighbours exceeds the {rows} patches of the memory")
 
         bank, label_bank = self._build_memory(train, ids, size, patch, dim, per_image, rows, ctx)
-        with ctx.stopwatch.phase("evaluator"):  # building an index (faiss, ScaNN) is the evaluator's work
+        with ctx.evaluating():  # building an index (faiss, ScaNN) is the evaluator's work
             search = make_search(p.search, bank, dtype=p.memory_dtype, **p.search_options)
         del bank  # what the backend needs, it holds
         conf = self._confusion(val, search, label_bank, size, patch, dim, ctx)
@@ -221,10 +220,9 @@ class HummingbirdProtocol(Protocol):
         for epoch in range(p.aug_epochs):
             load = partial(load_train_sample, train, ids, size, ctx.seed, epoch, grid * grid)
             desc = f"hummingbird memory {epoch + 1}/{p.aug_epochs}"
-            batches = iter_batches(len(ids), load, ctx.batch_size, ctx.num_workers, desc, ctx.progress)
-            for images, masks, noise in timed(batches, ctx.stopwatch, "data"):
-                features = self._embed_dense(ctx, images, grid, dim)
-                with ctx.stopwatch.phase("evaluator"):
+            for images, masks, noise in ctx.batches(len(ids), load, desc):
+                features = ctx.embed_dense(images, grid, dim)
+                with ctx.evaluating():
                     counts = patch_class_counts(masks, patch, train.num_classes)
                     keep = None if p.memory_size is None else select_patches(counts, per_image, noise)
                     entries, labels = memory_entries(features, counts, keep, ctx.device)
@@ -241,18 +239,13 @@ class HummingbirdProtocol(Protocol):
         p = self.params
         conf = np.zeros((val.num_classes, val.num_classes), dtype=np.int64)
         load = partial(load_eval_sample, val, size)
-        batches = iter_batches(len(val), load, ctx.batch_size, ctx.num_workers, "hummingbird eval", ctx.progress)
-        for images, masks in timed(batches, ctx.stopwatch, "data"):
-            features = self._embed_dense(ctx, images, size // patch, dim)
-            with ctx.stopwatch.phase("evaluator"):
+        for images, masks in ctx.batches(len(val), load, "hummingbird eval"):
+            features = ctx.embed_dense(images, size // patch, dim)
+            with ctx.evaluating():
                 query = torch.from_numpy(features).to(ctx.device)
                 predicted = predict_masks(query, search, label_bank, p.k, p.temperature, size)
                 conf += confusion_matrix(masks, predicted, val.num_classes, val.ignore_index)
         return conf
-
-    @staticmethod
-    def _embed_dense(ctx: RunContext, images: np.ndarray, grid: int, dim: int) -> np.ndarray:
-        return expect_shape(ctx.session.embed_dense(images), (len(images), grid, grid, dim), "embed_dense")
 
 
 def segmentation_outcome(conf: np.ndarray, details: dict, notes: list[str]) -> Outcome:

@@ -1,8 +1,10 @@
 """Weighted k-NN classification on global features, as DINO's eval_knn.py (PROTOCOLS.md §C).
 
 Features are L2-normalised; each of the k most cosine-similar training images votes exp(sim / T) for its class;
-top-1 and top-5 (over min(5, k) ranked classes) accuracy in percent. As in DINO, top-5 can count a class that got
-no vote when fewer than five classes did; ties between classes are broken by class index.
+top-1 and top-5 accuracy in percent, ties between classes broken by class index. Top-5 counts only classes that
+got a vote: DINO's knn_classifier scores the first min(5, k) columns of its (unstable) descending sort of all
+classes, so when fewer classes than that got votes, zero-vote classes fill the rest in an unspecified order and
+can count as hits; here a class with no vote is never a hit (same as DINO whenever five or more classes vote).
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import numpy as np
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from harness.data.base import ClassificationSplit, DatasetReader
-from harness.data.loader import iter_batches, timed
-from harness.data.transforms import dino_eval_transform
+from harness.data.base import DatasetReader
 from harness.errors import DataError, UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext
+from harness.protocols.common import embed_split, load_knn_image
 from harness.protocols.search import ExactSearch, l2_normalize
 
 
@@ -37,12 +38,13 @@ def knn_accuracy(
     sims: torch.Tensor, index: torch.Tensor, train_labels: torch.Tensor, test_labels: torch.Tensor,
     k: int, temperature: float, num_classes: int,
 ) -> tuple[float, float]:
-    """(top-1, top-5) in percent from the first k of the sorted neighbours."""
-    weights = (sims[:, :k] / temperature).exp()
+    """(top-1, top-5) in percent from the first k of the sorted neighbours; a class with no vote is never a hit."""
+    neighbour_labels = train_labels[index[:, :k]]
     votes = torch.zeros(len(sims), num_classes, device=sims.device)
-    votes.scatter_add_(1, train_labels[index[:, :k]], weights)
-    ranked = votes.argsort(dim=1, descending=True, stable=True)[:, : min(5, k)]
-    hits = ranked == test_labels[:, None]
+    votes.scatter_add_(1, neighbour_labels, (sims[:, :k] / temperature).exp())
+    voted = torch.zeros_like(votes, dtype=torch.bool).scatter_(1, neighbour_labels, True)
+    ranked = votes.argsort(dim=1, descending=True, stable=True)[:, :5]
+    hits = (ranked == test_labels[:, None]) & voted.gather(1, ranked)
     return 100 * hits[:, 0].float().mean().item(), 100 * hits.any(1).float().mean().item()
 
 
@@ -56,25 +58,11 @@ def weighted_knn(
     return knn_accuracy(sims, index, train_labels, test_labels, k, temperature, num_classes)
 
 
-def load_knn_image(split: ClassificationSplit, i: int) -> tuple[np.ndarray]:
-    return (dino_eval_transform(split.image(i)),)
-
-
-def embed_split(split: ClassificationSplit, load, ctx: RunContext, desc: str, dim: int | None = None) -> np.ndarray:
-    """(N, D) global features of a split, its images loaded by `load(split, i)`; every batch must have the same D
-    (`dim` when given)."""
-    chunks: list[np.ndarray] = []
-    batches = iter_batches(len(split), partial(load, split), ctx.batch_size, ctx.num_workers, desc, ctx.progress)
-    for (images,) in timed(batches, ctx.stopwatch, "data"):
-        chunks.append(expect_shape(ctx.session.embed(images), (len(images), dim), "embed"))
-        dim = chunks[0].shape[1]
-    return np.concatenate(chunks)
-
-
 class KnnProtocol(Protocol):
     name = "knn"
     Params = KnnParams
     output = "global"
+    main_metric = "top1_best"
     params: KnnParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
@@ -89,7 +77,7 @@ class KnnProtocol(Protocol):
         train_feats = embed_split(train, load_knn_image, ctx, "knn train")
         test_feats = embed_split(test, load_knn_image, ctx, "knn eval", dim=train_feats.shape[1])
 
-        with ctx.stopwatch.phase("evaluator"):
+        with ctx.evaluating():
             tensor = partial(torch.as_tensor, device=ctx.device)
             sims, index = knn_neighbours(tensor(train_feats), tensor(test_feats), max(usable))
             train_labels = tensor(train.labels, dtype=torch.int64)

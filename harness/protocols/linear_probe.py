@@ -9,6 +9,7 @@ are squashed to 224×224 (`preprocess: squash`, as PROTOCOLS.md §F for Imagenet
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -16,11 +17,10 @@ from pydantic import PositiveFloat, PositiveInt
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from harness.data.base import ClassificationSplit, DatasetReader
-from harness.data.transforms import squash_resize
+from harness.data.base import DatasetReader
 from harness.errors import DataError
 from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext
-from harness.protocols.knn import embed_split, load_knn_image
+from harness.protocols.common import embed_split, load_knn_image, squashed_image
 
 SQUASH_SIZE = 224
 
@@ -57,14 +57,11 @@ def probe_accuracy(model: LogisticRegression, features: np.ndarray, labels: np.n
     return 100 * float(hits[:, 0].mean()), 100 * float(hits.any(1).mean())
 
 
-def load_squashed(split: ClassificationSplit, i: int) -> tuple[np.ndarray]:
-    return (squash_resize(split.image(i), SQUASH_SIZE),)
-
-
 class LinearProbeProtocol(Protocol):
     name = "linear_probe"
     Params = LinearProbeParams
     output = "global"
+    main_metric = "top1"
     params: LinearProbeParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
@@ -74,10 +71,10 @@ class LinearProbeProtocol(Protocol):
             raise DataError(f"split {p.eval_split!r} is empty")
         if len(np.unique(train.labels)) < 2:
             raise DataError(f"split {p.train_split!r} needs images of at least two classes")
-        load = load_knn_image if p.preprocess == "resize_crop" else load_squashed
+        load = load_knn_image if p.preprocess == "resize_crop" else partial(squashed_image, size=SQUASH_SIZE)
         train_feats = embed_split(train, load, ctx, "linear_probe train")
         test_feats = embed_split(test, load, ctx, "linear_probe eval", dim=train_feats.shape[1])
-        with ctx.stopwatch.phase("evaluator"):
+        with ctx.evaluating():
             model, converged = fit_probe(train_feats, train.labels, p.C, p.max_iter)
             top1, top5 = probe_accuracy(model, test_feats, test.labels)
         details = {"top5": top5, "iterations": int(np.max(model.n_iter_)), "converged": converged,

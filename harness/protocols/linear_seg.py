@@ -32,12 +32,11 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from harness.data.base import DatasetReader, SegmentationSplit
-from harness.data.loader import iter_batches, timed
 from harness.data.transforms import random_resized_crop_params, resize_mask_nearest
 from harness.errors import DataError, UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry
+from harness.protocols.common import neco_eval_sample, train_eval_splits
 from harness.protocols.metrics import confusion_matrix, miou_identity
-from harness.protocols.overcluster import neco_eval_sample
 
 CROP_SCALE = (0.8, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -133,15 +132,14 @@ class LinearSegProtocol(Protocol):
     name = "linear_seg"
     Params = LinearSegParams
     output = "dense"
+    main_metric = "miou"
     params: LinearSegParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         p = self.params
         patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
         grid = size // patch
-        train, val = data.split(p.train_split), data.split(p.eval_split)
-        if train.num_classes != val.num_classes:
-            raise DataError(f"{p.train_split} has {train.num_classes} classes, {p.eval_split} {val.num_classes}")
+        train, val = train_eval_splits(data, p.train_split, p.eval_split)
         if len(train) == 0 or len(val) == 0:
             raise DataError(f"split {p.train_split if len(train) == 0 else p.eval_split!r} is empty")
 
@@ -163,7 +161,7 @@ class LinearSegProtocol(Protocol):
                 )
                 desc = f"linear_seg train {epoch + 1}" if p.augment else "linear_seg train"
                 train_data = self._encode(load, len(train), grid, dim, ctx, desc, out=train_data)
-            with ctx.stopwatch.phase("evaluator"):
+            with ctx.evaluating():
                 loss = train_epoch(head, optimizer, *train_data, p.batch_size, val.ignore_index, ctx.device)
                 history["loss"].append(loss)
                 scheduler.step()
@@ -184,10 +182,8 @@ class LinearSegProtocol(Protocol):
             features = np.empty((n, grid, grid, dim), dtype=CACHE_DTYPES[self.params.cache_dtype])
             masks = np.empty((n, ms, ms), dtype=np.uint8)
         filled = 0
-        batches = iter_batches(n, load, ctx.batch_size, ctx.num_workers, desc, ctx.progress)
-        for images, batch_masks in timed(batches, ctx.stopwatch, "data"):
-            shape = (len(images), grid, grid, dim)
-            out = expect_shape(ctx.session.embed_dense(images), shape, "embed_dense")
+        for images, batch_masks in ctx.batches(n, load, desc):
+            out = ctx.embed_dense(images, grid, dim)
             if np.abs(out).max(initial=0) > np.finfo(features.dtype).max:
                 raise UserError(f"dense features overflow cache_dtype {features.dtype}; set cache_dtype: float32")
             features[filled : filled + len(images)] = out

@@ -37,10 +37,9 @@ from pydantic import Field, PositiveInt
 
 from harness.data.base import DatasetReader
 from harness.data.clevrtex import ObjectSplit
-from harness.data.loader import iter_batches, timed
 from harness.data.transforms import center_crop_resize
 from harness.errors import DataError, MethodFailure, UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext
 from harness.protocols.metrics import adjusted_rand_index, contingency_tables, matched_ious
 
 PERCENT_METRICS = ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari")
@@ -119,6 +118,8 @@ class ObjsegProtocol(Protocol):
     name = "objseg"
     Params = ObjsegParams
     output = "masks"
+    main_metric = "miou_fg"
+    lower_is_better = frozenset({"mse"})
     params: ObjsegParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
@@ -130,14 +131,12 @@ class ObjsegProtocol(Protocol):
             raise DataError(f"split {p.eval_split!r} of {data.name} is empty")
         have_background = ctx.session.info.masks_have_background
         load = partial(load_objseg_sample, split, p.crop_fraction, p.input_size, p.resample)
-        batches = iter_batches(len(split), load, ctx.batch_size, ctx.num_workers, "objseg eval", ctx.progress)
         chunks, mses, slot_counts = [], [], set()
-        for images, gt in timed(batches, ctx.stopwatch, "data"):
-            masks, reconstructions = ctx.session.segment(images)
-            expect_shape(masks, (len(images), None, p.input_size, p.input_size), "segment")
+        for images, gt in ctx.batches(len(split), load, "objseg eval"):
+            masks, reconstructions = ctx.segment(images, p.input_size)
             if mses and (reconstructions is None) != (mses[-1] is None):
                 raise MethodFailure("segment returned reconstructions for some batches but not for others")
-            with ctx.stopwatch.phase("evaluator"):
+            with ctx.evaluating():
                 labels, k = hard_assign(masks, have_background)
                 slot_counts.add(masks.shape[1])
                 chunks.append(object_scores(gt, labels, max(k, split.max_objects + 1, int(gt.max()) + 1)))

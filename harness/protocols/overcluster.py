@@ -26,17 +26,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
-from PIL import Image
 from pydantic import PositiveInt
 from sklearn.preprocessing import StandardScaler
-from torchvision.transforms import InterpolationMode
 
 from harness.data.base import DatasetReader, SegmentationSplit
-from harness.data.loader import iter_batches, timed
-from harness.data.transforms import resize_mask_nearest, squash_resize
 from harness.errors import UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry
+from harness.protocols.common import neco_eval_sample
 from harness.protocols.metrics import (
     contingency,
     hungarian_mapping,
@@ -61,13 +57,6 @@ class OverclusterParams(ProtocolParams):
     num_seeds: PositiveInt = 5
     kmeans_iters: PositiveInt = 100
     kmeans_restarts: PositiveInt = 5
-
-
-def neco_eval_sample(split: SegmentationSplit, size: int, mask_size: int, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """NeCo's evaluation preprocessing: image squashed to size×size (PIL bilinear); mask PIL-nearest to
-    size×size (torchvision Resize on the PIL mask), then torch-nearest to mask_size×mask_size."""
-    mask = TF.resize(Image.fromarray(split.mask(i)), [size, size], InterpolationMode.NEAREST)
-    return squash_resize(split.image(i), size), resize_mask_nearest(np.array(mask), mask_size)
 
 
 def standardize_and_project(features: np.ndarray, pca_dim: int) -> np.ndarray:
@@ -129,6 +118,7 @@ class OverclusterProtocol(Protocol):
     name = "overcluster"
     Params = OverclusterParams
     output = "dense"
+    main_metric = "miou"
     params: OverclusterParams
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
@@ -144,7 +134,7 @@ class OverclusterProtocol(Protocol):
             )
         features, masks = self._collect(val, size, grid, dim, ctx)
         seeds = [ctx.seed * p.num_seeds + i for i in range(p.num_seeds)]  # ctx.seed 0: the reference's 0..4
-        with ctx.stopwatch.phase("evaluator"):
+        with ctx.evaluating():
             points = standardize_and_project(features, p.pca_dim)
             del features
             runs = []
@@ -163,10 +153,9 @@ class OverclusterProtocol(Protocol):
         features = np.empty((len(val) * grid * grid, dim), dtype=np.float32)
         masks = np.empty((len(val), ms, ms), dtype=np.uint8)
         load = partial(neco_eval_sample, val, size, ms)
-        batches = iter_batches(len(val), load, ctx.batch_size, ctx.num_workers, "overcluster", ctx.progress)
         filled = 0
-        for images, batch_masks in timed(batches, ctx.stopwatch, "data"):
-            out = expect_shape(ctx.session.embed_dense(images), (len(images), grid, grid, dim), "embed_dense")
+        for images, batch_masks in ctx.batches(len(val), load, "overcluster"):
+            out = ctx.embed_dense(images, grid, dim)
             features[filled * grid * grid : (filled + len(images)) * grid * grid] = out.reshape(-1, dim)
             masks[filled : filled + len(images)] = batch_masks
             filled += len(images)

@@ -29,10 +29,9 @@ from pydantic import PositiveInt
 from sklearn.decomposition import PCA
 
 from harness.data.base import DatasetReader, SegmentationSplit
-from harness.data.loader import iter_batches, timed
 from harness.data.transforms import resize_mask_nearest, squash_resize_linear
 from harness.errors import DataError, MethodFailure, UserError
-from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry, expect_shape
+from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext, dense_geometry
 
 
 class R2Params(ProtocolParams):
@@ -96,6 +95,7 @@ class R2Protocol(Protocol):
     name = "coco_r2"
     Params = R2Params
     output = "dense"
+    main_metric = "r2"
     params: R2Params
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
@@ -108,11 +108,9 @@ class R2Protocol(Protocol):
             raise DataError(f"split {p.eval_split!r} is empty")
         reference, corrected, no_foreground = [], [], 0
         load = partial(load_sample, split, size, p.eval_size)
-        batches = iter_batches(len(split), load, ctx.batch_size, ctx.num_workers, "coco_r2", ctx.progress)
-        for images, masks in timed(batches, ctx.stopwatch, "data"):
-            grid = size // patch
-            features = expect_shape(ctx.session.embed_dense(images), (len(images), grid, grid, dim), "embed_dense")
-            with ctx.stopwatch.phase("evaluator"):
+        for images, masks in ctx.batches(len(split), load, "coco_r2"):
+            features = ctx.embed_dense(images, size // patch, dim)
+            with ctx.evaluating():
                 upsampled = upsample_features(torch.from_numpy(features).to(ctx.device), p.eval_size).cpu().numpy()
                 for image_features, mask in zip(upsampled, masks):
                     no_foreground += not mask.any()
