@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 OutputKind = Literal["global", "dense", "masks"]
 
@@ -50,7 +50,7 @@ class MethodInfo(BaseModel):
     outputs: list[OutputKind] = Field(min_length=1)
     patch_size: int | None = Field(default=None, gt=0)
     embed_dim: int | None = Field(default=None, gt=0)
-    masks_have_background: bool = True  # masks: is slot 0 the background?
+    masks_have_background: StrictBool = True  # masks: is slot 0 the background? (true or false, nothing else)
     protocol: int | None = None
     sdk: str | None = None
     transport: str = "stdio"

@@ -3,6 +3,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+import benchsdk
+from conftest import session_of
 from harness.data.base import ClassificationSplit, InMemoryDataset
 from harness.errors import DataError, MethodFailure
 from harness.protocols import PROTOCOLS
@@ -115,8 +117,9 @@ class StripeData(InMemoryDataset):
         self.splits["val"].num_classes = val_classes
 
 
-class PatchMeanSession:
-    info = {"patch_size": 16, "embed_dim": 3}
+class PatchMean(benchsdk.Method):
+    name, version, outputs = "patchmean", "0", ("dense",)
+    patch_size, embed_dim = 16, 3
 
     def __init__(self, broken=False):
         self.broken, self.seen_shapes = broken, set()
@@ -130,7 +133,7 @@ class PatchMeanSession:
 
 def run_head(session, data=None, **params):
     params = {"input_size": 64, **FAST, **params}
-    ctx = RunContext(session=session, seed=0, batch_size=5, num_workers=0, progress=False)
+    ctx = RunContext(session=session_of(session), seed=0, batch_size=5, num_workers=0, progress=False)
     protocol = PROTOCOLS["frozen_head"](FrozenHeadParams(**params))
     outcome = protocol.run(data or StripeData(), ctx)
     assert protocol.main_metric in outcome.metrics
@@ -138,18 +141,18 @@ def run_head(session, data=None, **params):
 
 
 def test_protocol_end_to_end():
-    session = PatchMeanSession()
+    session = PatchMean()
     outcome, ctx = run_head(session)
     assert session.seen_shapes == {(64, 64, 3)}  # squashed, no crop
     assert outcome.metrics == {"top1": 100.0}
     assert outcome.details["head_inputs"] == 4 * 4 * 3 and len(outcome.details["epochs"]) == FAST["epochs"]
     assert set(ctx.stopwatch.totals) >= {"data", "evaluator"}
-    half, _ = run_head(PatchMeanSession(), feature_dtype="float16")
+    half, _ = run_head(PatchMean(), feature_dtype="float16")
     assert half.metrics == {"top1": 100.0}
 
 
 def test_protocol_errors():
     with pytest.raises(MethodFailure, match="shape"):
-        run_head(PatchMeanSession(broken=True))
+        run_head(PatchMean(broken=True))
     with pytest.raises(DataError, match="classes"):
-        run_head(PatchMeanSession(), data=StripeData(val_classes=4))
+        run_head(PatchMean(), data=StripeData(val_classes=4))

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+import benchsdk
+from conftest import session_of
 from harness.data.base import InMemoryDataset, SegmentationSplit
 from harness.data.loader import iter_batches
 from harness.errors import MethodFailure, UserError
@@ -211,10 +213,11 @@ class ColourData(InMemoryDataset):
         super().__init__({"trainaug": ColourSplit("trainaug", 8, 96, 32, 9), "val": ColourSplit("val", 5, 96, 48, 10)})
 
 
-class ColourSession:
+class Colour(benchsdk.Method):
     """Dense features = per-patch histogram of the nearest palette colour; `mode` breaks it on purpose."""
 
-    info = {"patch_size": PATCH, "embed_dim": 4}
+    name, version, outputs = "colour", "0", ("dense",)
+    patch_size, embed_dim = PATCH, 4
 
     def __init__(self, mode="oracle"):
         self.mode = mode
@@ -230,14 +233,14 @@ class ColourSession:
 def run_protocol(session, **params):
     params = {"input_size": 70, "k": 5, "memory_size": None, **params}
     protocol = PROTOCOLS["hummingbird"](HummingbirdParams(**params))
-    ctx = RunContext(session=session, seed=0, batch_size=3, num_workers=0, progress=False)
+    ctx = RunContext(session=session_of(session), seed=0, batch_size=3, num_workers=0, progress=False)
     outcome = protocol.run(ColourData(), ctx)
     assert protocol.main_metric in outcome.metrics
     return outcome, ctx
 
 
 def test_protocol_scores_oracle_method_100():
-    outcome, ctx = run_protocol(ColourSession(), memory_size=96)
+    outcome, ctx = run_protocol(Colour(), memory_size=96)
     assert outcome.metrics["miou"] == pytest.approx(100)
     assert outcome.metrics["miou_identity"] == pytest.approx(100)
     assert outcome.details["input_size"] == 64 and outcome.details["patches_per_image"] == 6
@@ -248,15 +251,15 @@ def test_protocol_scores_oracle_method_100():
 
 
 def test_protocol_data_efficient_subset():
-    outcome, _ = run_protocol(ColourSession(), num_train_samples=3, aug_epochs=1)
+    outcome, _ = run_protocol(Colour(), num_train_samples=3, aug_epochs=1)
     assert len(outcome.details["train_ids"]) == 3 and outcome.details["memory_rows"] == 3 * 16
 
 
 def test_protocol_errors():
     with pytest.raises(UserError, match="patches per image"):
-        run_protocol(ColourSession(), memory_size=102_400)
+        run_protocol(Colour(), memory_size=102_400)
     with pytest.raises(MethodFailure, match="shape"):
-        run_protocol(ColourSession("wrong_shape"))
+        run_protocol(Colour("wrong_shape"))
 
 
 def test_memory_samples_do_not_depend_on_workers_or_batch_size():

@@ -26,7 +26,7 @@ def pixels() -> benchsdk.Method:
     spec = importlib.util.spec_from_file_location("pixels_for_test", REPO / "images" / "pixels" / "adapter.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.Pixels()
+    return module.Pixels()  # a module Python has not registered: its class's source identifies it
 
 
 def run(capsys, *args) -> tuple[int, str]:
@@ -122,6 +122,7 @@ def test_set_overrides_a_parameter_and_keeps_its_results_apart(data_root, tmp_pa
 
 @pytest.mark.parametrize("pair, message", [
     ("kk=5", "--set kk=5: Extra inputs are not permitted (task flowers102_knn, protocol knn)"),
+    ("ks=[0]", "--set ks=[0]"),
     ("temperature=warm", "--set temperature=warm: Input should be a valid number"),
     ("temperature", "--set 'temperature': expected NAME=VALUE"),
 ])
@@ -130,5 +131,6 @@ def test_a_bad_override_is_one_line_and_writes_nothing(pair, message, data_root,
                            "--data", "synthetic", "--data-root", str(data_root), "--results", str(tmp_path / "r"),
                            "--set", pair], capture_output=True, text=True, cwd=REPO,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"bench: error: {message}"], proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"bench: error: {message}"), proc.stderr
     assert not (tmp_path / "r").exists()

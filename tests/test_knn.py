@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+import benchsdk
+from conftest import session_of
 from harness.data.base import InMemoryDataset
 from harness.errors import MethodFailure, UserError
 from harness.protocols import PROTOCOLS
@@ -64,8 +66,9 @@ class ColourLabelData(InMemoryDataset):
         super().__init__({"train": ColourClassSplit("train", 30, 0), "val": ColourClassSplit("val", 12, 1)})
 
 
-class MeanColourSession:
-    info = {"patch_size": 16, "embed_dim": 3}
+class MeanColour(benchsdk.Method):
+    name, version, outputs = "meancolour", "0", ("global",)
+    patch_size, embed_dim = 16, 3
 
     def __init__(self, broken=None):
         self.broken = broken
@@ -81,14 +84,14 @@ class MeanColourSession:
 
 def run_knn(session, **params):
     protocol = PROTOCOLS["knn"](KnnParams(**params))
-    ctx = RunContext(session=session, seed=0, batch_size=5, num_workers=0, progress=False)
+    ctx = RunContext(session=session_of(session), seed=0, batch_size=5, num_workers=0, progress=False)
     outcome = protocol.run(ColourLabelData(), ctx)
     assert protocol.main_metric in outcome.metrics
     return outcome, ctx
 
 
 def test_protocol_end_to_end():
-    session = MeanColourSession()
+    session = MeanColour()
     outcome, ctx = run_knn(session)
     assert session.seen_shapes == {(224, 224, 3)}
     assert outcome.metrics == {"top1_best": 100.0, "top1_k20": 100.0}
@@ -99,6 +102,6 @@ def test_protocol_end_to_end():
 
 def test_protocol_errors():
     with pytest.raises(UserError, match="exceeds"):
-        run_knn(MeanColourSession(), ks=[100])
+        run_knn(MeanColour(), ks=[100])
     with pytest.raises(MethodFailure, match="shape"):
-        run_knn(MeanColourSession(broken="rows"))
+        run_knn(MeanColour(broken="rows"))

@@ -47,3 +47,31 @@ def test_two_code_versions_with_the_same_weights_are_two_rows_and_two_result_pat
     rows = [line for line in text.splitlines() if line.startswith("| m ")]
     assert len(rows) == 2 and old.key.short_ref in text and new.key.short_ref in text
     assert "50.00" not in text  # the two versions' numbers are never averaged together
+
+
+def test_each_task_is_ranked_by_its_protocols_main_metric_in_its_direction():
+    def objseg(method, miou_fg, mse):
+        r = result(method, 0, 0.0, task="clevrtex_objseg")
+        r.metrics = {"ari_fg": 99.0 - miou_fg, "miou_fg": miou_fg, "mse": mse}
+        return r
+
+    text = render([objseg("low", 20.0, 0.01), objseg("high", 80.0, 0.05)])
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert header.split("|")[3].strip() == "miou_fg ↑"  # the main metric first, whatever order the results give
+    assert text.index("| high") < text.index("| low")  # not ranked by ari_fg, which comes first in the results
+
+    from harness.protocols.objseg import ObjsegProtocol
+    from harness.leaderboard import main_metric
+
+    assert main_metric("clevrtex_objseg") == ("miou_fg", True) and not ObjsegProtocol.higher_is_better("mse")
+    assert main_metric("no_such_task") == (None, True)
+
+
+def test_a_lower_is_better_main_metric_ranks_the_smallest_first(monkeypatch):
+    from harness.protocols.objseg import ObjsegProtocol
+
+    monkeypatch.setattr(ObjsegProtocol, "main_metric", "mse")
+    rows = [result(m, 0, 0.0, task="clevrtex_objseg") for m in ("worse", "better")]
+    rows[0].metrics, rows[1].metrics = {"mse": 0.5}, {"mse": 0.1}
+    text = render(rows)
+    assert "mse ↓" in text and text.index("| better") < text.index("| worse")

@@ -3,6 +3,8 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
+import benchsdk
+from conftest import session_of
 from harness.data.base import InMemoryDataset
 from harness.errors import DataError, MethodFailure
 from harness.protocols import PROTOCOLS
@@ -84,8 +86,9 @@ class ColourData(InMemoryDataset):
             self.splits["train"].labels[:] = 0
 
 
-class MeanColourSession:
-    info = {"patch_size": 16, "embed_dim": 3}
+class MeanColour(benchsdk.Method):
+    name, version, outputs = "meancolour", "0", ("global",)
+    patch_size, embed_dim = 16, 3
 
     def __init__(self, broken=False):
         self.broken, self.seen_shapes = broken, set()
@@ -97,7 +100,7 @@ class MeanColourSession:
 
 
 def run_probe(session, data=None, **params):
-    ctx = RunContext(session=session, seed=0, batch_size=5, num_workers=0, progress=False)
+    ctx = RunContext(session=session_of(session), seed=0, batch_size=5, num_workers=0, progress=False)
     protocol = PROTOCOLS["linear_probe"](LinearProbeParams(**params))
     outcome = protocol.run(data or ColourData(), ctx)
     assert protocol.main_metric in outcome.metrics
@@ -106,7 +109,7 @@ def run_probe(session, data=None, **params):
 
 @pytest.mark.parametrize("preprocess", ["resize_crop", "squash"])
 def test_protocol_end_to_end(preprocess):
-    session = MeanColourSession()
+    session = MeanColour()
     outcome, ctx = run_probe(session, preprocess=preprocess, C=10.0)
     assert session.seen_shapes == {(224, 224, 3)}
     assert outcome.metrics == {"top1": 100.0}
@@ -116,6 +119,6 @@ def test_protocol_end_to_end(preprocess):
 
 def test_protocol_errors():
     with pytest.raises(MethodFailure, match="shape"):
-        run_probe(MeanColourSession(broken=True))
+        run_probe(MeanColour(broken=True))
     with pytest.raises(DataError, match="two classes"):
-        run_probe(MeanColourSession(), data=ColourData(one_class=True))
+        run_probe(MeanColour(), data=ColourData(one_class=True))

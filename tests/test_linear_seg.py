@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+import benchsdk
+from conftest import session_of
 from harness.data.base import InMemoryDataset
 from harness.errors import DataError, MethodFailure, UserError
 from harness.protocols import PROTOCOLS
@@ -94,10 +96,11 @@ class FakeData(InMemoryDataset):
         })
 
 
-class FakeSession:
+class Palette(benchsdk.Method):
     """oracle: one-hot class of each patch's centre colour; random: noise; huge: beyond fp16; wrong_shape: breaks."""
 
-    info = {"patch_size": PATCH, "embed_dim": C}
+    name, version, outputs = "palette", "0", ("dense",)
+    patch_size, embed_dim = PATCH, C
 
     def __init__(self, mode="oracle"):
         self.mode, self.calls = mode, 0
@@ -116,7 +119,7 @@ FAST = {"input_size": 64, "mask_size": 8, "lr": 0.5, "batch_size": 4, "epochs": 
 
 
 def run(session=None, seed=0, data=None, **params):
-    ctx = RunContext(session=session or FakeSession(), seed=seed, batch_size=3, num_workers=0, progress=False)
+    ctx = RunContext(session=session_of(session or Palette()), seed=seed, batch_size=3, num_workers=0, progress=False)
     protocol = PROTOCOLS["linear_seg"](LinearSegParams(**{**FAST, **params}))
     outcome = protocol.run(data or FakeData(), ctx)
     assert protocol.main_metric in outcome.metrics
@@ -134,7 +137,7 @@ def test_linear_head_learns_separable_features_to_100():
 
 
 def test_random_features_score_low():
-    assert run(FakeSession("random")).metrics["miou"] < 40
+    assert run(Palette("random")).metrics["miou"] < 40
 
 
 def test_deterministic_given_the_seed():
@@ -161,7 +164,7 @@ def test_augmented_views_are_paired_and_reencoded_every_epoch():
             interior &= np.roll(mask, (dy, dx), (0, 1)) == mask
     interior &= mask != 255
     np.testing.assert_array_equal(image[interior], PALETTE[mask[interior]])
-    session = FakeSession()
+    session = Palette()
     outcome = run(session, augment=True, epochs=6, drop_at=5)
     assert session.calls == 5 + 6 * 8
     assert outcome.metrics["miou"] == pytest.approx(100)
@@ -169,9 +172,9 @@ def test_augmented_views_are_paired_and_reencoded_every_epoch():
 
 def test_errors():
     with pytest.raises(MethodFailure, match="shape"):
-        run(FakeSession("wrong_shape"))
+        run(Palette("wrong_shape"))
     with pytest.raises(DataError, match="classes"):
         run(data=FakeData(val_classes=5))
     with pytest.raises(UserError, match="cache_dtype: float32"):
-        run(FakeSession("huge"))
-    assert run(FakeSession("huge"), cache_dtype="float32").metrics["miou"] == pytest.approx(100)
+        run(Palette("huge"))
+    assert run(Palette("huge"), cache_dtype="float32").metrics["miou"] == pytest.approx(100)

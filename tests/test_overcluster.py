@@ -8,6 +8,8 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, jaccard_score
 from sklearn.preprocessing import StandardScaler
 
+import benchsdk
+from conftest import session_of
 from harness.data.base import InMemoryDataset
 from harness.errors import MethodFailure, UserError
 from harness.protocols import PROTOCOLS
@@ -150,10 +152,11 @@ def grid_masks(n, size=64, seed=5):
     return list(masks)
 
 
-class FakeSession:
+class Palette(benchsdk.Method):
     """oracle: one-hot class of each patch's colour (+ a little noise); random: noise; wrong_shape: breaks."""
 
-    info = {"patch_size": PATCH, "embed_dim": C}
+    name, version, outputs = "palette", "0", ("dense",)
+    patch_size, embed_dim = PATCH, C
 
     def __init__(self, mode="oracle"):
         self.mode = mode
@@ -170,7 +173,7 @@ class FakeSession:
 
 def run(session, seed=0, n=6, **params):
     params = {"input_size": 64, "k": 4, "num_seeds": 2, "kmeans_iters": 20, **params}
-    ctx = RunContext(session=session, seed=seed, batch_size=4, num_workers=0, progress=False)
+    ctx = RunContext(session=session_of(session), seed=seed, batch_size=4, num_workers=0, progress=False)
     protocol = PROTOCOLS["overcluster"](OverclusterParams(**params))
     outcome = protocol.run(InMemoryDataset({"val": PaletteSplit("val", grid_masks(n))}), ctx)
     assert protocol.main_metric in outcome.metrics
@@ -179,7 +182,7 @@ def run(session, seed=0, n=6, **params):
 
 @pytest.mark.parametrize("k", [4, 12])  # Hungarian, many-to-one
 def test_oracle_features_score_100(k):
-    outcome = run(FakeSession(), k=k, n=20)  # enough images for every sub-cluster to appear in both halves
+    outcome = run(Palette(), k=k, n=20)  # enough images for every sub-cluster to appear in both halves
     assert outcome.metrics["miou"] == pytest.approx(100)
     assert outcome.metrics["miou_heldout"] == pytest.approx(100)
     assert outcome.details["matching"] == ("Hungarian" if k == C else "many-to-one (majority class)")
@@ -189,16 +192,16 @@ def test_oracle_features_score_100(k):
 
 
 def test_random_features_score_low():
-    outcome = run(FakeSession("random"), k=8, n=12)
+    outcome = run(Palette("random"), k=8, n=12)
     assert outcome.metrics["miou"] < 30 and outcome.metrics["miou_heldout"] < 30  # oracle: 100
 
 
 def test_seeds_come_from_the_run_seed():
-    assert run(FakeSession(), seed=3, num_seeds=2).details["seeds"] == [6, 7]
+    assert run(Palette(), seed=3, num_seeds=2).details["seeds"] == [6, 7]
 
 
 def test_errors():
     with pytest.raises(UserError, match=r"params.k=97 clusters exceeds the 96 patch features"):
-        run(FakeSession(), k=97)
+        run(Palette(), k=97)
     with pytest.raises(MethodFailure, match="shape"):
-        run(FakeSession("wrong_shape"))
+        run(Palette("wrong_shape"))

@@ -3,6 +3,8 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
+import benchsdk
+from conftest import session_of
 from harness.data.base import InMemoryDataset, SegmentationSplit
 from harness.data.transforms import squash_resize_linear
 from harness.errors import DataError, MethodFailure, UserError
@@ -159,10 +161,11 @@ class BlockData(InMemoryDataset):
         super().__init__({"val2017": BlockSplit(n)})
 
 
-class PatchColourSession:
+class PatchColour(benchsdk.Method):
     """Dense features: each 16-px patch's mean colour plus a fixed random lift to 8 dims; `mode` spoils them."""
 
-    info = {"patch_size": 16, "embed_dim": 8}
+    name, version, outputs = "patchcolour", "0", ("dense",)
+    patch_size, embed_dim = 16, 8
     lift = np.random.default_rng(0).normal(size=(3, 8))
 
     def __init__(self, mode="oracle"):
@@ -181,7 +184,7 @@ class PatchColourSession:
 
 def run_r2(session, data=None, **params):
     params = {"input_size": 128, "eval_size": 8, **params}
-    ctx = RunContext(session=session, seed=0, batch_size=3, num_workers=0, progress=False)
+    ctx = RunContext(session=session_of(session), seed=0, batch_size=3, num_workers=0, progress=False)
     protocol = PROTOCOLS["coco_r2"](R2Params(**params))
     outcome = protocol.run(data or BlockData(), ctx)
     assert protocol.main_metric in outcome.metrics
@@ -189,7 +192,7 @@ def run_r2(session, data=None, **params):
 
 
 def test_protocol_oracle_scores_100():
-    outcome, ctx = run_r2(PatchColourSession())
+    outcome, ctx = run_r2(PatchColour())
     assert outcome.metrics == pytest.approx({"r2": 100, "r2_vector_mean": 100})
     assert outcome.details["skipped_no_foreground"] == 1 and outcome.details["r2_vector_mean_images_scored"] == 6
     assert set(ctx.stopwatch.totals) >= {"data", "evaluator"}
@@ -197,7 +200,7 @@ def test_protocol_oracle_scores_100():
 
 def test_protocol_equals_direct_per_image_computation():
     """Noise features upsampled 8 → 32: the protocol's means equal the direct per-image references."""
-    session = PatchColourSession("noise")
+    session = PatchColour("noise")
     outcome, _ = run_r2(session, eval_size=32)
     session.rng = np.random.default_rng(1)  # replay the same noise
     split, values = BlockData().split("val2017"), []
@@ -213,9 +216,9 @@ def test_protocol_equals_direct_per_image_computation():
 
 def test_protocol_errors():
     with pytest.raises(MethodFailure, match="shape"):
-        run_r2(PatchColourSession("wrong_shape"))
+        run_r2(PatchColour("wrong_shape"))
     with pytest.raises(UserError, match="n_components"):
-        run_r2(PatchColourSession(), n_components=9)
+        run_r2(PatchColour(), n_components=9)
     empty = BlockData(1)
     with pytest.raises(DataError, match="foreground"):
-        run_r2(PatchColourSession(), data=empty)
+        run_r2(PatchColour(), data=empty)

@@ -8,9 +8,10 @@ Evaluation labels stay here; only images (and, where a task allows, training lab
 from __future__ import annotations
 
 import time
+import typing
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -48,11 +49,26 @@ class Stopwatch:
         self.totals[name] += seconds
 
 
+class Session(typing.Protocol):
+    """What a protocol may ask of a method (harness.runners.session.MethodSession and its in-process, recording
+    and replaying forms): every reply already checked against the contract's table."""
+
+    info: MethodInfo
+
+    def embed(self, images: np.ndarray) -> np.ndarray: ...
+
+    def embed_dense(self, images: np.ndarray) -> np.ndarray: ...
+
+    def segment(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    def fit(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], with_labels: bool) -> None: ...
+
+
 @dataclass
 class RunContext:
     """What a protocol gets besides its dataset: the method session and the run's settings."""
 
-    session: Any  # harness.runners.session.MethodSession
+    session: Session | None
     seed: int
     device: str = "cpu"  # "cuda" when a GPU is present; evaluators may use it
     batch_size: int = 16

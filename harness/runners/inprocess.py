@@ -10,11 +10,13 @@ method shares the harness's memory, so images are handed over read-only and repl
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import os
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -64,9 +66,11 @@ class InProcessSession(MethodSession):
 
 
 def _read_only(a: np.ndarray | None) -> np.ndarray | None:
+    """The array as the wire would deliver it (C order: numpy's reductions depend on the layout, so outputs match
+    the other backends' bit for bit), read-only."""
     if a is None:
         return None
-    view = a.view()
+    view = np.ascontiguousarray(a).view()
     view.flags.writeable = False
     return view
 
@@ -102,9 +106,8 @@ class InProcessRunner(Runner):
         self.instance = instance
 
     def prepare(self, method: MethodSpec) -> str:
-        if self.instance is not None:  # a notebook's object: its class's source file is what identifies it
-            source = inspect.getsourcefile(type(self.instance))
-            return "code-sha256:" + (hash_path(Path(source)) if source else "unknown")
+        if self.instance is not None:
+            return instance_ref(self.instance)
         return "code-sha256:" + hash_path(method.folder)
 
     def launch(self, method, log, contract_socket):
@@ -123,6 +126,20 @@ class InProcessRunner(Runner):
         finally:
             if weights:
                 os.environ.pop("BENCH_WEIGHTS") if saved is None else os.environ.update(BENCH_WEIGHTS=saved)
+
+
+def instance_ref(instance: benchsdk.Method) -> str:
+    """What identifies a Method object's code: the sha256 of the file its class was loaded from, else of the class's
+    source (a notebook cell), else a fresh random reference, so that a result is never reused for code we cannot
+    see."""
+    cls = type(instance)
+    module = sys.modules.get(cls.__module__)
+    if module is not None and getattr(module, "__file__", None) and Path(module.__file__).is_file():
+        return "code-sha256:" + hash_path(Path(module.__file__))
+    try:
+        return "code-sha256:" + hashlib.sha256(inspect.getsource(cls).encode()).hexdigest()
+    except (OSError, TypeError):
+        return f"unhashed:{uuid.uuid4().hex}"
 
 
 def spec_for(instance: benchsdk.Method) -> MethodSpec:
