@@ -34,7 +34,8 @@ from harness.protocols.objseg import ObjsegParams, ObjsegProtocol, load_objseg_s
 
 # ours -> the official evaluator's statistic, and whether it is reported in percent
 METRICS = {"miou_fg": ("mIoU_fg", True), "ari_fg": ("ARI_FG", True), "miou": ("mIoU", True),
-           "miou_corrected": ("mIoU_gt", True), "ari": ("ARI", True), "mse": ("MSE", False)}
+           "miou_corrected": ("mIoU_gt", True), "ari": ("ARI", True), "dice": ("DICE", True),
+           "dice_fg": ("DICE_FG", True), "acc": ("acc", True), "msc": ("mSC", True), "mse": ("MSE", False)}
 SLOTS = 11
 
 

@@ -90,7 +90,8 @@ def test_matched_ious_equal_brute_force_hungarian():
 def test_oracle_scores_100_and_one_mask_scores_0():
     gt = blob_masks(4, 32, 5, seed=3)
     oracle = object_scores(gt, gt, 11)
-    for name in ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari"):
+    for name in ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari", "dice", "dice_fg", "acc",
+                 "msc", "msc_corrected"):
         np.testing.assert_allclose(oracle[name], 1.0)
     permuted = object_scores(gt, (gt * 3) % 11, 11)  # other slot ids, same segments
     np.testing.assert_allclose(permuted["miou_fg"], 1.0)
@@ -124,12 +125,32 @@ def test_denominator_quirk_appears_exactly_with_an_extra_nonempty_slot():
     assert scores["unmatched_slots"][0] == 0
 
 
+def test_dice_acc_and_covering_by_hand():
+    gt = np.array([[[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 2, 2]]])  # 8 background, 4 + 4 object pixels
+    pred = np.array([[[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 3, 2, 2]]])  # slot 1 takes 2 pixels of object 2
+    scores = object_scores(gt, pred, 4)  # matching 0-0 (IoU 7/8), 1-1 (4/6), 2-2 (2/4), empty 3-3: 4 pairs
+    assert scores["dice"][0] == pytest.approx((14 / 15 + 8 / 10 + 4 / 6 + 0) / 4)
+    assert scores["dice_fg"][0] == pytest.approx((8 / 10 + 4 / 6 + 0) / 3)
+    assert scores["acc"][0] == 0  # 4 non-empty slots, 3 GT segments
+    assert scores["msc_corrected"][0] == pytest.approx((8 * 7 / 8 + 4 * 4 / 6 + 4 * 2 / 4) / 16)
+    assert scores["msc"][0] == pytest.approx((8 * 7 / 8 + 4 * 4 / 6) / 12)  # the reference skips GT 2 and slot 3
+
+    merged = np.where(gt == 2, 1, gt)  # objects 1 and 2 in one slot, matched to one of them (a tie)
+    scores = object_scores(gt, merged, 4)
+    assert scores["dice"][0] == pytest.approx((1 + 8 / 12) / 3) and scores["dice_fg"][0] == pytest.approx(4 / 12)
+    assert scores["msc_corrected"][0] == pytest.approx((8 + 4 * 4 / 8 + 4 * 4 / 8) / 16)
+    assert scores["msc"][0] == pytest.approx(8 / 12)  # the merged slot is the reference's last label: no candidate
+    exact = object_scores(gt, gt, 4)
+    assert exact["acc"][0] == exact["msc"][0] == exact["dice_fg"][0] == 1.0
+
+
 def test_scores_without_objects_are_undefined_where_the_reference_divides_by_zero():
     gt = np.zeros((1, 8, 8), np.int64)
     scores = object_scores(gt, gt, 11)
     assert np.isnan(scores["miou_fg"][0]) and np.isnan(scores["miou_fg_corrected"][0])
+    assert np.isnan(scores["dice_fg"][0]) and np.isnan(scores["msc"][0])  # the reference: NaN, ZeroDivisionError
     assert scores["ari_fg"][0] == 1.0  # sklearn's value on no pixels, as the reference gets
-    assert scores["miou"][0] == 1.0
+    assert scores["miou"][0] == scores["dice"][0] == scores["msc_corrected"][0] == scores["acc"][0] == 1.0
 
 
 def test_hard_assign_prepends_background_and_breaks_ties_first():
@@ -243,7 +264,8 @@ def run_objseg(session, split=None, **params):
 @pytest.mark.parametrize("mode", ["oracle", "foreground_slots"])
 def test_protocol_scores_oracle_100(mode):
     outcome, ctx = run_objseg(Palette(mode))
-    for name in ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari"):
+    for name in ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari", "dice", "dice_fg", "acc",
+                 "msc", "msc_corrected"):
         assert outcome.metrics[name] == pytest.approx(100)
     assert outcome.metrics["mse"] == pytest.approx(0, abs=1e-9)
     assert outcome.details["eval_images"] == 7 and outcome.details["mask_slots"] == [11 - (mode != "oracle")]
@@ -263,7 +285,7 @@ def test_protocol_leaves_out_images_without_objects():
     split.masks[1] = 0
     outcome, _ = run_objseg(Palette(), split)
     assert outcome.metrics["miou_fg"] == pytest.approx(100)
-    assert outcome.details["images_left_out"] == {"miou_fg": 1, "miou_fg_corrected": 1}
+    assert outcome.details["images_left_out"] == {"miou_fg": 1, "miou_fg_corrected": 1, "dice_fg": 1, "msc": 1}
 
 
 def test_protocol_errors():

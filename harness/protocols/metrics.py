@@ -14,9 +14,9 @@ def confusion_matrix(
 
 
 def iou_matrix(conf: np.ndarray) -> np.ndarray:
-    """IoU of every (gt class, pred class) pair; 0 where both are empty."""
+    """IoU of every (gt class, pred class) pair of a (..., C_gt, C_pred) confusion; 0 where both are empty."""
     conf = conf.astype(np.float64)
-    union = conf.sum(1, keepdims=True) + conf.sum(0, keepdims=True) - conf
+    union = conf.sum(-1, keepdims=True) + conf.sum(-2, keepdims=True) - conf
     return np.divide(conf, union, out=np.zeros_like(conf), where=union > 0)
 
 

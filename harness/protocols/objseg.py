@@ -19,12 +19,22 @@ maximising IoU between ground-truth and predicted slots; all metrics are means o
   the non-empty GT masks (the reference's mIoU_gt).
 - `ari_fg`: adjusted Rand index over pixels whose GT is an object; `ari`: over all pixels (sklearn's definition,
   so an image without object pixels scores ARI-FG 1, as the reference).
+- `dice` (the reference's DICE), `dice_fg` (DICE_FG): as `miou` and `miou_fg` with the Dice coefficient
+  2|G ∩ P| / (|G| + |P|) of each GT slot and its IoU-matched prediction (0 where both are empty) for the IoU.
+- `acc` (the reference's acc): 1 where the number of non-empty predicted slots (background slot included) equals
+  the number of non-empty GT masks (background included), else 0.
+- `msc` (the reference's mSC, mean segmentation covering): Σ_g |G_g| · max_p IoU(G_g, P_p) / Σ_g |G_g| over GT
+  segments incl. the background, as the reference computes it: its loops run to range(largest id), so the GT
+  segment with the largest id is left out, and so is the prediction matched to the largest GT slot among the
+  non-empty ones (predictions are relabelled by their matched GT slot first); `msc_corrected` covers every
+  non-empty GT segment with every prediction.
 - `mse`: per-image sum over 3·H·W of squared error between the reconstruction and the 128×128 input in [0, 1];
   omitted when the method returns no reconstructions.
 Deliberate differences: the reference pads the slots to the largest GT id in its whole batch, which can change
 its choice among tied matchings; we pad per image to at least max_objects + 1, which is what a batch of real
 ClevrTex images almost always has. Images where a reference metric is 0/0 (NaN in the reference, e.g. no objects)
-are left out of that metric's mean and counted in the details.
+are left out of that metric's mean and counted in the details; `msc` is undefined where the image has a single GT
+segment (the reference raises ZeroDivisionError there).
 """
 
 from __future__ import annotations
@@ -40,9 +50,10 @@ from harness.data.clevrtex import ObjectSplit
 from harness.data.transforms import center_crop_resize
 from harness.errors import DataError, MethodFailure, UserError
 from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext
-from harness.protocols.metrics import adjusted_rand_index, contingency_tables, matched_ious
+from harness.protocols.metrics import adjusted_rand_index, contingency_tables, iou_matrix, matched_ious
 
-PERCENT_METRICS = ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari")
+PERCENT_METRICS = ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari", "dice", "dice_fg",
+                   "acc", "msc", "msc_corrected")
 
 
 class ObjsegParams(ProtocolParams):
@@ -71,10 +82,14 @@ def object_scores(gt: np.ndarray, pred: np.ndarray, slots: int) -> dict[str, np.
     NaN where undefined (0/0), inf where the reference divides a positive IoU sum by zero."""
     tables = contingency_tables(gt, pred, slots, slots)
     ious, matches = (np.stack(column) for column in zip(*map(matched_ious, tables)))
-    gt_present, pred_present = tables.sum(2) > 0, tables.sum(1) > 0
+    gt_sizes, pred_sizes = tables.sum(2), tables.sum(1)
+    gt_present, pred_present = gt_sizes > 0, pred_sizes > 0
     num_pairs = (gt_present | np.take_along_axis(pred_present, matches, 1)).sum(1)
     num_gt, num_gt_fg = gt_present.sum(1), gt_present[:, 1:].sum(1)
     fg_sum = ious[:, 1:].sum(1)
+    overlap = np.take_along_axis(tables, matches[..., None], 2)[..., 0]  # |G_g ∩ P_matches[g]|
+    both = gt_sizes + np.take_along_axis(pred_sizes, matches, 1)
+    dice = np.divide(2 * overlap, both, out=np.zeros(both.shape), where=both > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         return {
             "miou_fg": fg_sum / (num_pairs - 1),
@@ -83,7 +98,28 @@ def object_scores(gt: np.ndarray, pred: np.ndarray, slots: int) -> dict[str, np.
             "miou": ious.sum(1) / num_pairs,
             "miou_corrected": ious.sum(1) / num_gt,
             "ari": adjusted_rand_index(tables),
+            "dice": dice.sum(1) / num_pairs,
+            "dice_fg": dice[:, 1:].sum(1) / (num_pairs - 1),
+            "acc": (pred_present.sum(1) == num_gt).astype(np.float64),
+            **segmentation_covering(tables, matches),
             "unmatched_slots": num_pairs - num_gt,  # non-empty predictions matched to empty GT slots
+        }
+
+
+def segmentation_covering(tables: np.ndarray, matches: np.ndarray) -> dict[str, np.ndarray]:
+    """`msc` and `msc_corrected` (N,) from contingency tables (N, K, K) and each GT slot's matched prediction (N, K):
+    Σ_g |G_g| · max_p IoU(G_g, P_p) / Σ_g |G_g|, the reference's over g < its largest GT id and p < the largest
+    matched slot of a non-empty prediction (see the module docstring); NaN where no GT segment is left."""
+    ious, sizes = iou_matrix(tables), tables.sum(2)
+    ids = np.arange(tables.shape[1])
+    last_gt = np.where(sizes > 0, ids, -1).max(1, keepdims=True)
+    last_pred = np.where(np.take_along_axis(tables.sum(1) > 0, matches, 1), ids, -1).max(1)[:, None, None]
+    relabelled = np.take_along_axis(ious, matches[:, None, :], 2)  # [n, g, j] = IoU(G_g, P_matches[j])
+    kept = np.where(ids < last_gt, sizes, 0)
+    with np.errstate(invalid="ignore"):
+        return {
+            "msc": (kept * np.where(ids < last_pred, relabelled, 0).max(2)).sum(1) / kept.sum(1),
+            "msc_corrected": (sizes * ious.max(2)).sum(1) / sizes.sum(1),
         }
 
 
