@@ -5,35 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import REPO, TEST_METHODS, bench, one_line_error
 from harness.results import RunResult, json_schema
-
-REPO = Path(__file__).resolve().parent.parent
-TEST_METHODS = REPO / "tests" / "methods"
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")  # procedural datasets are generated here once per session
-
-
-def bench(*args, env=None, timeout=900):
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True,
-                          env=full_env, cwd=REPO, timeout=timeout)
-
-
-def one_line_error(proc) -> str:
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return lines[0]
-
 
 def result_files(root: Path) -> list[Path]:
     return sorted(root.rglob("seed*.json"))

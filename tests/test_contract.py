@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import images, method_spec
 from benchsdk.wire import MAGIC, WireError, encode, read_frame
 from harness.errors import MethodFailure, MethodTimeout, SpecError, UserError
 from harness.runners.local import LocalRunner
@@ -17,11 +18,6 @@ from harness.specs import MethodSpec, load_spec
 
 TESTS = Path(__file__).parent
 IMAGES = TESTS.parent / "images"
-
-
-def method(name: str) -> MethodSpec:
-    folder = TESTS / "methods" / name if (TESTS / "methods" / name).exists() else IMAGES / name
-    return load_spec(MethodSpec, folder / "method.yaml")
 
 
 def reader(data: bytes):
@@ -33,10 +29,6 @@ def reader(data: bytes):
             raise EOFError
         return buf
     return read_exact
-
-
-def images(n=3, h=32, w=48, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
 # --- wire format -----------------------------------------------------------------------------------------------
@@ -79,7 +71,7 @@ def test_unknown_dtype_and_bad_shape_in_a_header_are_refused():
 # --- a real method over the local runner -------------------------------------------------------------------------
 
 def start(name: str, timeout_s: float = 60, seed: int = 0):
-    return LocalRunner().start(method(name), seed, {"name": "test", "output": "global"}, timeout_s)
+    return LocalRunner().start(method_spec(name), seed, {"name": "test", "output": "global"}, timeout_s)
 
 
 def test_handshake_and_outputs_of_the_pixels_baseline():

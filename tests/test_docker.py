@@ -19,106 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.errors import MethodFailure, MethodTimeout, UserError
+from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, images, method_spec  # noqa: F401
+from harness.errors import MethodFailure, MethodTimeout
 from harness.provenance import hash_path
 from harness.results import RunResult
-from harness.specs import MethodSpec, load_spec
-
-REPO = Path(__file__).resolve().parent.parent
-HOSTILE = REPO / "tests" / "hostile"
-BASE = "vrbench/base:bookworm"
-REGISTRY = "127.0.0.1:5000"
-LABEL = "vrbench.harness"
-
-
-def _bring_up() -> str | None:
-    """Start the services and the base image (idempotent scripts); None when ready, else why not."""
-    for script in ("services.sh", "build_base_image.sh"):
-        proc = subprocess.run(["bash", str(REPO / "scripts" / script)], capture_output=True, text=True, timeout=900)
-        if proc.returncode:
-            return f"scripts/{script} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
-    try:
-        from harness.runners.images import client
-
-        client()
-    except (UserError, ImportError) as e:
-        return str(e)
-    return None
-
-
-@pytest.fixture(scope="session")
-def docker_ready():
-    """Skip (or, with CI=true, fail) every test that needs dockerd, the registry and the base image."""
-    problem = _bring_up()
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"docker services unavailable under CI: {problem}")
-        pytest.skip(f"docker services unavailable: {problem}")
-    from harness.runners.images import client
-
-    return client()
-
-
-def spec(name: str) -> MethodSpec:
-    folder = HOSTILE / name if (HOSTILE / name).is_dir() else REPO / "images" / name
-    return load_spec(MethodSpec, folder / "method.yaml")
-
-
-@pytest.fixture(scope="session")
-def built(docker_ready):
-    """Every hostile image and pixels, built once per session FROM the local base (with no network)."""
-    from harness.runners.images import build
-
-    names = ["pixels"] + sorted(p.parent.name for p in HOSTILE.glob("*/method.yaml"))
-    return {name: build(spec(name), base=BASE, quiet=True) for name in names}
-
-
-@pytest.fixture(autouse=True)
-def no_container_left(request, monkeypatch):
-    """Method images build FROM the local base; after each test that used docker, no container of ours is left."""
-    monkeypatch.setenv("BENCH_BASE_IMAGE", BASE)
-    yield
-    if "docker_ready" in request.fixturenames:
-        left = [c.name for c in request.getfixturevalue("docker_ready").containers.list(all=True, filters={
-            "label": LABEL}) if ours_or_orphaned(c)]
-        assert not left, f"containers left behind: {left}"
-
-
-def ours_or_orphaned(container) -> bool:
-    """Started by this test process, or by one of its `bench` subprocesses, all gone by now (other harness
-    processes on this machine may be running their own containers meanwhile)."""
-    host, _, pid = container.labels.get(f"{LABEL}.owner", "").partition(":")
-    return host == socket.gethostname() and (pid == str(os.getpid()) or not Path(f"/proc/{pid}").exists())
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-def bench(*args, env=None, timeout=600):
-    full = dict(os.environ, BENCH_BASE_IMAGE=BASE, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=full,
-                          cwd=REPO, timeout=timeout)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """`bench ARGS` in this process (the CLI's own main: exit code, stdout, stderr); saves a Python start-up."""
-    from harness.cli import main
-
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def images(n=3, h=32, w=48, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
 def start(name: str, timeout_s: float = 60):
     from harness.runners.docker import DockerRunner
 
-    return DockerRunner().start(spec(name), 0, {"name": "test", "output": "global"}, timeout_s)
+    return DockerRunner().start(method_spec(name), 0, {"name": "test", "output": "global"}, timeout_s)
 
 
 # --- the sandbox -------------------------------------------------------------------------------------------------
@@ -174,7 +84,7 @@ def test_a_method_that_tries_the_network_has_none(built):
 @pytest.mark.parametrize("transport", ["socket", "stdio"])
 def test_transport_is_byte_exact_for_large_batches_and_detach_key_bytes(built, transport, monkeypatch):
     from harness.runners.local import LocalRunner
-    with LocalRunner().start(spec("pixels"), 0, {}, 60) as running:
+    with LocalRunner().start(method_spec("pixels"), 0, {}, 60) as running:
         x = images(48, 512, 512, seed=3)
         x[:, ::2, :, 0], x[:, ::2, :, 1] = 16, 17  # ctrl-p ctrl-q, Docker's detach keys, all over the stream
         local_out = running.session.embed_dense(x)
@@ -222,7 +132,7 @@ def test_containers_of_a_killed_harness_are_reaped_by_the_next_launch(built, doc
     from harness.runners.docker import container_config
 
     dead = 1 << 23  # above the kernel's largest pid_max: no such process can exist
-    config = container_config(sandbox_for(spec("sleeper")), "sleeper")
+    config = container_config(sandbox_for(method_spec("sleeper")), "sleeper")
     config["labels"][f"{LABEL}.owner"] = f"{socket.gethostname()}:{dead}"
     orphan = docker_ready.containers.create(built["sleeper"].id, **config)
     orphan.start()
@@ -287,7 +197,7 @@ def test_a_matrix_of_hostile_images_records_each_failure_and_carries_on(built, d
         assert got[method].status == status, (method, got[method].error)
         if error:
             assert error in got[method].error, (method, got[method].error)
-        weights = spec(method).weights_path  # keyed by the image, and the weights when it has some
+        weights = method_spec(method).weights_path  # keyed by the image, and the weights when it has some
         assert got[method].key.method_ref == built[method].ref + (f"+weights-sha256:{hash_path(weights)}" if weights
                                                                   else "")
     assert "OOM-killed" in got["memhog"].log_tail

@@ -19,19 +19,11 @@ import yaml
 from harness.errors import UserError
 from harness.runners.images import IMAGE_ID, REFERENCE, resolve
 from harness.results import RunResult
-from test_docker import (BASE, REGISTRY, REPO, bench, built, cli, data_root, docker_ready,  # noqa: F401
-                         no_container_left, spec)
+from conftest import BASE, REGISTRY, REPO, bench, cli, one_line_error
+from conftest import method_spec as spec
 
 DOCKERFILES = sorted(p.relative_to(REPO) for p in (REPO / "images").glob("*/Dockerfile")) + sorted(
     p.relative_to(REPO) for p in (REPO / "tests" / "hostile").glob("*/Dockerfile"))
-
-
-def one_line_error(result: tuple[int, str, str]) -> str:
-    code, _, err = result
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # --- Dockerfiles -------------------------------------------------------------------------------------------------
