@@ -278,6 +278,13 @@ def test_mismatched_class_folders(roots, tmp_path):
         Imagenette(root)  # the same folders are not Imagenette's classes
 
 
+def test_expected_classes_may_be_declared_in_any_order(roots):
+    class Shuffled(Imagenette):  # labels stay the sorted folder names, as ImageFolder's
+        expected_classes = tuple(reversed(IMAGENETTE_WNIDS))
+
+    assert Shuffled(roots["imagenette"]).classes == list(IMAGENETTE_WNIDS)
+
+
 def test_empty_class_folder(roots, tmp_path):
     root = copy_of(roots["imagenette"], tmp_path)
     for image in (root / "val" / IMAGENETTE_WNIDS[0]).iterdir():

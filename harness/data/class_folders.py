@@ -31,7 +31,7 @@ class ClassFolders(DatasetReader):
     class folders. Opening a split only lists folders (os.scandir): no image file is opened or stat-ed."""
 
     split_names = ("train", "val")
-    expected_classes: ClassVar[tuple[str, ...] | None] = None  # the exact class folders, when the dataset fixes them
+    expected_classes: ClassVar[tuple[str, ...] | None] = None  # the exact class folders (any order), when fixed
     # scale -> (classes, then images per class of each split in split_names' order), for the stand-in
     SCALES: ClassVar[dict[str, tuple[int, ...]]]
     SYNTH_WNIDS: ClassVar[tuple[str, ...]]  # the stand-in's class folders (at least the largest scale's classes)
@@ -57,7 +57,7 @@ class ClassFolders(DatasetReader):
                     where=self.root / name,
                 )
         self.classes = listed[first]
-        if self.expected_classes is not None and tuple(self.classes) != self.expected_classes:
+        if self.expected_classes is not None and self.classes != sorted(self.expected_classes):  # labels: sorted
             missing = sorted(set(self.expected_classes) - set(self.classes))
             unexpected = sorted(set(self.classes) - set(self.expected_classes))
             raise DataError(
