@@ -127,7 +127,8 @@ class SuiteSpec(_Spec):
 
     `tasks` is a list of task names (`task` or `task@variant`), or `all`: every task's base form, so that a new
     task joins the suite with no edit here. `variants: true` adds each selected task's variants after it;
-    `exclude` drops names from the selection. Once loaded (load_spec), `tasks` is the expanded list."""
+    `exclude` drops exactly the names it lists (a base task's variants stay unless listed too). Once loaded
+    (load_spec), `tasks` is the expanded list."""
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str
@@ -240,7 +241,7 @@ def _expand_suite(spec: SuiteSpec, path: Path, root: yaml.Node) -> SuiteSpec:
         return SpecError(f"{'.'.join(map(str, loc))}: {why}", where=f"{path}:{_line_of(root, loc)}")
 
     def unknown(name: str) -> str:
-        close = difflib.get_close_matches(name, catalog, n=3)
+        close = ", ".join(difflib.get_close_matches(name, catalog, n=3))
         return f"unknown task {name!r}; {f'did you mean {close}? ' if close else ''}`bench list tasks` lists them"
 
     if spec.tasks == "all":

@@ -104,8 +104,8 @@ def test_a_suite_selects_tasks_declaratively(bench_dir, body, expanded, capsys):
 
 
 @pytest.mark.parametrize("body, where", [
-    ("tasks: [cls, seg@huge]\n", "s.yaml:3: tasks.1: unknown task 'seg@huge'; did you mean ['seg@big'"),
-    ("tasks: all\nexclude:\n  - cls\n  - sge\n", "s.yaml:6: exclude.1: unknown task 'sge'; did you mean ['seg'"),
+    ("tasks: [cls, seg@huge]\n", "s.yaml:3: tasks.1: unknown task 'seg@huge'; did you mean seg@big, seg@ade?"),
+    ("tasks: all\nexclude:\n  - cls\n  - sge\n", "s.yaml:6: exclude.1: unknown task 'sge'; did you mean seg?"),
     ("tasks: all\nexclude: [seg@big]\n", "s.yaml:4: exclude.0: 'seg@big' is not among the selected tasks"),
     ("tasks: [cls]\nexclude: [cls]\n", "s.yaml:4: exclude: excludes every selected task"),
     ("tasks: everything\n", "s.yaml:3: tasks: Value error, 'everything' is neither `all` nor a list"),
