@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -153,14 +154,30 @@ class TaskSpec(_Spec):
 
 
 class SuiteSpec(_Spec):
-    """A named list of tasks, the methods to run on them, seeds and data kind."""
+    """A named selection of tasks, the methods to run on them, seeds and data kind.
+
+    `tasks` is a list of task names (`task` or `task@variant`), or `all`: every task's base form, so that a new
+    task joins the suite with no edit here. `variants: true` adds each selected task's variants after it;
+    `exclude` drops exactly the names it lists (a base task's variants stay unless listed too). Once loaded
+    (load_spec), `tasks` is the expanded list."""
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str
-    tasks: list[str] = Field(min_length=1)
+    tasks: list[str] | Literal["all"]
+    variants: bool = False
+    exclude: list[str] = Field(default_factory=list)
     methods: list[str] | None = None  # None: every baseline method
     seeds: list[int] = Field(default=[0], min_length=1)
     data: Literal["real", "synthetic"] = "real"
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _list_or_all(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list selects no task; name tasks, or write `all`")
+        if not isinstance(v, list) and v != "all":
+            raise ValueError(f"{v!r} is neither `all` nor a list of task names")
+        return v
 
 
 class Resources(BaseModel):
@@ -245,6 +262,40 @@ def _check_task(spec: TaskSpec, path: Path, root: yaml.Node) -> None:
             raise SpecError(_format_validation_error(path, e, root, prefix=(*where, "params"))) from None
 
 
+def _expand_suite(spec: SuiteSpec, path: Path, root: yaml.Node) -> SuiteSpec:
+    """The suite with `tasks` resolved against the task catalog (load_all's order for `all`); an unknown or
+    unselected name is one line naming file, line and field."""
+    catalog = {task.name: task for task in load_all("task")}  # base tasks, each followed by its variants
+
+    def fail(field: str, i: int | None, why: str) -> SpecError:
+        loc = (field,) if i is None else (field, i)
+        return SpecError(f"{'.'.join(map(str, loc))}: {why}", where=f"{path}:{_line_of(root, loc)}")
+
+    def unknown(name: str) -> str:
+        close = ", ".join(difflib.get_close_matches(name, catalog, n=3))
+        return f"unknown task {name!r}; {f'did you mean {close}? ' if close else ''}`bench list tasks` lists them"
+
+    if spec.tasks == "all":
+        chosen = [name for name in catalog if "@" not in name]
+    else:
+        for i, name in enumerate(spec.tasks):
+            if name not in catalog:
+                raise fail("tasks", i, unknown(name))
+        chosen = list(spec.tasks)
+    if spec.variants:
+        chosen = list(dict.fromkeys(v for name in chosen for v in (name, *(f"{name}@{x}" for x in
+                                                                         catalog[name].variants))))
+    for i, name in enumerate(spec.exclude):
+        if name not in catalog:
+            raise fail("exclude", i, unknown(name))
+        if name not in chosen:
+            raise fail("exclude", i, f"{name!r} is not among the selected tasks, so excluding it does nothing")
+    tasks = [name for name in chosen if name not in spec.exclude]
+    if not tasks:
+        raise fail("exclude", None, "excludes every selected task")
+    return spec.model_copy(update={"tasks": tasks})
+
+
 def load_spec(cls: type[_Spec], path: Path) -> Any:
     """Parse and validate one YAML spec; any problem raises SpecError with one line naming file, line and field."""
     path = Path(path)
@@ -269,6 +320,8 @@ def load_spec(cls: type[_Spec], path: Path) -> Any:
             _check_task(spec, path, root)
     except ValidationError as e:
         raise SpecError(_format_validation_error(path, e, root)) from None
+    if isinstance(spec, SuiteSpec):
+        spec = _expand_suite(spec, path, root)
     stem = path.parent.name if cls is MethodSpec else path.stem
     if spec.name != stem:
         raise SpecError(f"name: {spec.name!r} must match its {'folder' if cls is MethodSpec else 'file'} name {stem!r}",

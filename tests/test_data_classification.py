@@ -15,14 +15,15 @@ import pytest
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from harness.data import fingerprint, is_procedural
+from harness.data import DATASETS, fingerprint, is_procedural
 from harness.data.class_folders import IMAGENETTE_WNIDS, ImageNet, Imagenette
 from harness.data.cub import CUB200
 from harness.data.food101 import Food101
-from harness.data.medmnist import MEDMNIST_READERS, BreastMNIST, PathMNIST, PneumoniaMNIST
+from harness.data.medmnist import MEDMNIST_READERS
 from harness.errors import DataError
 
 FILE_READERS = (CUB200, Food101, Imagenette, ImageNet)
+PathMNIST, BreastMNIST, PneumoniaMNIST = (DATASETS[f"medmnist_{f}"] for f in ("path", "breast", "pneumonia"))
 GREY_FLAGS = {"octmnist", "pneumoniamnist", "breastmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist"}
 MEDMNIST_CLASSES = {"pathmnist": 9, "dermamnist": 7, "octmnist": 4, "pneumoniamnist": 2, "breastmnist": 2,
                     "bloodmnist": 8, "tissuemnist": 8, "organamnist": 11, "organcmnist": 11, "organsmnist": 11}
@@ -275,6 +276,13 @@ def test_mismatched_class_folders(roots, tmp_path):
     assert ImageNet(root).num_classes == 9
     with pytest.raises(DataError, match=r"imagenette's 10 classes: missing n02102040, .*; unexpected n01484850"):
         Imagenette(root)  # the same folders are not Imagenette's classes
+
+
+def test_expected_classes_may_be_declared_in_any_order(roots):
+    class Shuffled(Imagenette):  # labels stay the sorted folder names, as ImageFolder's
+        expected_classes = tuple(reversed(IMAGENETTE_WNIDS))
+
+    assert Shuffled(roots["imagenette"]).classes == list(IMAGENETTE_WNIDS)
 
 
 def test_empty_class_folder(roots, tmp_path):

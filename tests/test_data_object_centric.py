@@ -15,10 +15,11 @@ from scipy import ndimage
 
 from harness.data import fingerprint, is_procedural
 from harness.data.clevr import ClevrWithMasks, split_ranges as clevr_split_ranges
-from harness.data.clevrtex import CLEVRTEX_READERS, ClevrTexFull, ClevrTexOutd, split_ranges
+from harness.data.clevrtex import CLEVRTEX_READERS, split_ranges
 from harness.errors import DataError
 
 READERS = {reader.variant: reader for reader in CLEVRTEX_READERS}
+ClevrTexFull, ClevrTexOutd = READERS["full"], READERS["outd"]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ from PIL import Image
 from scipy.io import loadmat, savemat
 
 from harness.data import DATASETS, fingerprint, is_procedural, open_dataset
+from harness.data.clevrtex import CLEVRTEX_READERS
 from harness.data.flowers102 import Flowers102
+from harness.data.medmnist import MEDMNIST_READERS
 from harness.data.voc import IGNORE_INDEX, VOCSegmentation, voc_palette
 from harness.errors import DataError
 
@@ -38,6 +40,8 @@ def voc_copy(voc_root, tmp_path) -> Path:
 
 def test_registry_entries_are_complete():
     assert {"voc", "flowers102"} <= set(DATASETS)
+    assert list(DATASETS) == sorted(DATASETS) and "in-memory" not in DATASETS
+    assert set(MEDMNIST_READERS) | set(CLEVRTEX_READERS) <= set(DATASETS.values())  # made from their tables
     for name, reader in DATASETS.items():
         assert reader.name == name and reader.subdir and reader.how_to_get
         assert reader.split_names and set(reader.official_counts) <= set(reader.split_names)

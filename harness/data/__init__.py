@@ -1,33 +1,25 @@
-"""Dataset registry: open a dataset from the data root, or a procedural stand-in generated on first use."""
+"""Dataset registry: open a dataset from the data root, or a procedural stand-in generated on first use.
+
+A reader registers itself: define a DatasetReader subclass with a `name` in a module of this package."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import pkgutil
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from harness.data.ade20k import ADE20K
 from harness.data.base import DatasetReader
-from harness.data.class_folders import ImageNet, Imagenette
-from harness.data.clevr import ClevrWithMasks
-from harness.data.clevrtex import CLEVRTEX_READERS
-from harness.data.coco import COCOInstances
-from harness.data.cub import CUB200
-from harness.data.flowers102 import Flowers102
-from harness.data.food101 import Food101
-from harness.data.medmnist import MEDMNIST_READERS
 from harness.data.synthetic import GENERATOR_VERSION, MARKER_FILE
-from harness.data.voc import VOCSegmentation
 from harness.errors import DataError
 
-DATASETS: dict[str, type[DatasetReader]] = {
-    cls.name: cls
-    for cls in (VOCSegmentation, ADE20K, COCOInstances, Flowers102, CUB200, Food101, Imagenette, ImageNet,
-                *MEDMNIST_READERS, *CLEVRTEX_READERS, ClevrWithMasks)
-}
+# name -> reader: every DatasetReader subclass with a `name` of its own defined in a module of this package,
+# filled once all of them are imported (at the end of this file), sorted by name
+DATASETS: dict[str, type[DatasetReader]] = {}
 SAMPLED_FILES = 256
 EDGE_BYTES = 64 * 1024
 
@@ -121,3 +113,23 @@ def fingerprint(root: Path, full: bool = False) -> str:
                 f.seek(max(0, sizes[rel] - EDGE_BYTES))
                 digest.update(f.read(EDGE_BYTES))
     return f"{'fp1full' if full else 'fp1'}:{digest.hexdigest()[:16]}"
+
+
+def _readers(cls: type[DatasetReader]) -> list[type[DatasetReader]]:
+    """cls's subclasses at any depth that name a dataset of their own (not abstract middle classes, not
+    InMemoryDataset, which has no on-disk form)."""
+    found = []
+    for sub in cls.__subclasses__():
+        if "name" in vars(sub) and sub.on_disk:
+            found.append(sub)
+        found.extend(_readers(sub))
+    return found
+
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+for _reader in sorted(_readers(DatasetReader), key=lambda r: r.name):
+    if _reader.name in DATASETS:
+        raise RuntimeError(f"two dataset readers are named {_reader.name!r}: {DATASETS[_reader.name].__module__}."
+                           f"{DATASETS[_reader.name].__qualname__} and {_reader.__module__}.{_reader.__qualname__}")
+    DATASETS[_reader.name] = _reader

@@ -48,6 +48,7 @@ class DatasetReader(ABC):
     how_to_get: ClassVar[str]  # one line: where to download it / how to lay it out
     split_names: ClassVar[tuple[str, ...]] = ()  # every split `split()` accepts
     official_counts: ClassVar[dict[str, int]] = {}  # split -> item count of the real dataset (checked by `data check`)
+    on_disk: ClassVar[bool] = True  # False: not a dataset of the data root (not registered in harness.data.DATASETS)
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -71,6 +72,7 @@ class InMemoryDataset(DatasetReader):
     """Ready-made splits with no files behind them: protocols fed directly (tests, benchmark scripts)."""
 
     name = subdir = how_to_get = "in-memory"
+    on_disk = False
 
     def __init__(self, splits: dict[str, Split]):
         self.root, self.splits = Path("<in memory>"), splits

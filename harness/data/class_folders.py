@@ -31,10 +31,10 @@ class ClassFolders(DatasetReader):
     class folders. Opening a split only lists folders (os.scandir): no image file is opened or stat-ed."""
 
     split_names = ("train", "val")
-    expected_classes: ClassVar[tuple[str, ...] | None] = None  # the exact class folders, when the dataset fixes them
-    # scale -> (classes, train, val images per class)
-    SCALES: ClassVar[dict[str, tuple[int, int, int]]]
-    SYNTH_WNIDS: ClassVar[tuple[str, ...]]
+    expected_classes: ClassVar[tuple[str, ...] | None] = None  # the exact class folders (any order), when fixed
+    # scale -> (classes, then images per class of each split in split_names' order), for the stand-in
+    SCALES: ClassVar[dict[str, tuple[int, ...]]]
+    SYNTH_WNIDS: ClassVar[tuple[str, ...]]  # the stand-in's class folders (at least the largest scale's classes)
 
     def check_layout(self) -> None:
         listed = {}
@@ -57,7 +57,7 @@ class ClassFolders(DatasetReader):
                     where=self.root / name,
                 )
         self.classes = listed[first]
-        if self.expected_classes is not None and tuple(self.classes) != self.expected_classes:
+        if self.expected_classes is not None and self.classes != sorted(self.expected_classes):  # labels: sorted
             missing = sorted(set(self.expected_classes) - set(self.classes))
             unexpected = sorted(set(self.classes) - set(self.expected_classes))
             raise DataError(
@@ -91,9 +91,14 @@ class ClassFolders(DatasetReader):
             for c, wnid in enumerate(cls.SYNTH_WNIDS[:num_classes]):
                 (root / split / wnid).mkdir(parents=True, exist_ok=True)
                 for number in sorted(rng.choice(50_000, count, replace=False) + 1):
-                    stem = f"{wnid}_{number}" if split == "train" else f"ILSVRC2012_val_{number:08d}"
-                    synthetic.save_jpeg(synthetic.object_image(rng, c), root / split / wnid / f"{stem}.JPEG")
+                    path = root / split / wnid / cls.synth_file(split, wnid, number)
+                    synthetic.save_jpeg(synthetic.object_image(rng, c), path)
         synthetic.write_marker(root, cls.name, scale, seed)
+
+    @classmethod
+    def synth_file(cls, split: str, class_folder: str, number: int) -> str:
+        """The stand-in's name for image `number` of a class folder (a JPEG): ImageNet's, unless overridden."""
+        return f"{class_folder}_{number}.JPEG" if split == "train" else f"ILSVRC2012_val_{number:08d}.JPEG"
 
 
 def _few(names: list[str], shown: int = 3) -> str:
