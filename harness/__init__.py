@@ -4,8 +4,10 @@ The package reads as the pipeline: specs -> data -> runners/contract -> protocol
 """
 
 import os
+from pathlib import Path
 
 __version__ = "0.1.0"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # where images/, benchmarks/ and leaderboard/ are
 
 # OpenMP threads that busy-wait make faiss (and torch) several times slower on a shared 2-core machine;
 # this must be set before either library starts its thread pool.

@@ -12,8 +12,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from harness import __version__
-from harness.specs import REPO_ROOT
+from harness import REPO_ROOT, __version__
 
 LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "torchvision", "timm", "pydantic", "pillow")
 

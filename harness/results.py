@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.specs import REPO_ROOT
+from harness import REPO_ROOT
+
 
 SCHEMA_VERSION = 1
 DEFAULT_RESULTS_DIR = REPO_ROOT / "leaderboard" / "results"

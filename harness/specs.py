@@ -14,10 +14,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness import REPO_ROOT
 from harness.contract import OutputKind
 from harness.errors import SpecError, UserError
+from harness.yamlfile import line_of, validation_error_line
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
 # a variant's name carries its task's; --set overrides follow as +name=value
@@ -223,31 +224,6 @@ class MethodSpec(_Spec):
         return path
 
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    """Line (1-based) of the YAML node at pydantic's error location, or of the closest parent."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == key), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-        else:
-            break
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-    return line
-
-
-def _format_validation_error(path: Path, err: ValidationError, root: yaml.Node | None, prefix: tuple = ()) -> str:
-    first = err.errors()[0]
-    loc = prefix + tuple(first["loc"])
-    line = _line_of(root, loc)
-    field = ".".join(str(p) for p in loc) or "(top level)"
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{path}{f':{line}' if line else ''}: {field}: {first['msg']}{more}"
-
-
 def _check_task(spec: TaskSpec, path: Path, root: yaml.Node) -> None:
     """Validate the protocol's own parameters, and every variant, now rather than mid-run."""
     for name in (None, *spec.variants):
@@ -255,11 +231,11 @@ def _check_task(spec: TaskSpec, path: Path, root: yaml.Node) -> None:
         try:
             task = spec if name is None else spec.variant(name)
         except ValidationError as e:  # a variant's own fields, e.g. an unknown dataset
-            raise SpecError(_format_validation_error(path, e, root, prefix=where)) from None
+            raise SpecError(validation_error_line(path, e, root, prefix=where)) from None
         try:
             task.protocol_params
         except ValidationError as e:
-            raise SpecError(_format_validation_error(path, e, root, prefix=(*where, "params"))) from None
+            raise SpecError(validation_error_line(path, e, root, prefix=(*where, "params"))) from None
 
 
 def _expand_suite(spec: SuiteSpec, path: Path, root: yaml.Node) -> SuiteSpec:
@@ -269,7 +245,7 @@ def _expand_suite(spec: SuiteSpec, path: Path, root: yaml.Node) -> SuiteSpec:
 
     def fail(field: str, i: int | None, why: str) -> SpecError:
         loc = (field,) if i is None else (field, i)
-        return SpecError(f"{'.'.join(map(str, loc))}: {why}", where=f"{path}:{_line_of(root, loc)}")
+        return SpecError(f"{'.'.join(map(str, loc))}: {why}", where=f"{path}:{line_of(root, loc)}")
 
     def unknown(name: str) -> str:
         close = ", ".join(difflib.get_close_matches(name, catalog, n=3))
@@ -313,19 +289,19 @@ def load_spec(cls: type[_Spec], path: Path) -> Any:
         raise SpecError("expected a mapping of fields at the top level", where=path)
     if cls is TaskSpec and "overrides" in data:
         raise SpecError("overrides: set with `bench run --set`, not in a task file; use params or a variant",
-                        where=f"{path}:{_line_of(root, ('overrides',))}")
+                        where=f"{path}:{line_of(root, ('overrides',))}")
     try:
         spec = cls(**data, path=path)
         if isinstance(spec, TaskSpec):
             _check_task(spec, path, root)
     except ValidationError as e:
-        raise SpecError(_format_validation_error(path, e, root)) from None
+        raise SpecError(validation_error_line(path, e, root)) from None
     if isinstance(spec, SuiteSpec):
         spec = _expand_suite(spec, path, root)
     stem = path.parent.name if cls is MethodSpec else path.stem
     if spec.name != stem:
         raise SpecError(f"name: {spec.name!r} must match its {'folder' if cls is MethodSpec else 'file'} name {stem!r}",
-                        where=f"{path}:{_line_of(root, ('name',))}")
+                        where=f"{path}:{line_of(root, ('name',))}")
     return spec
 
 

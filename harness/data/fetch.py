@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from harness.data import DATASETS
 from harness.errors import DataError, SpecError
-from harness.specs import _format_validation_error
+from harness.yamlfile import validation_error_line
 
 SOURCES_FILE = Path(__file__).with_name("sources.yaml")
 BASE_URL_ENV = "BENCH_FETCH_BASE_URL"
@@ -93,7 +93,7 @@ def load_sources(path: Path | None = None) -> dict[str, Source]:
     try:
         return Sources.model_validate(data or {}).root
     except ValidationError as err:
-        raise SpecError(_format_validation_error(path, err, yaml.compose(text))) from None
+        raise SpecError(validation_error_line(path, err, yaml.compose(text))) from None
 
 
 def _log(message: str) -> None:
