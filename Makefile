@@ -18,7 +18,7 @@ BASE ?= vrbench/base:bookworm
 # outside CI a service that cannot start is reported and its tests skip; under CI=true it fails the run
 OR_SKIP = || { [ "$${CI:-}" != true ] && echo "==> $@ unavailable: the tests that need it will skip" >&2; }
 
-.PHONY: setup test bench leaderboard schema clean services base-image
+.PHONY: setup test test-fast lint bench leaderboard schema clean services base-image
 
 setup: $(STAMP)
 
@@ -28,8 +28,18 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-test: setup services base-image
+test: setup lint services base-image
 	$(VENV)/bin/python -m pytest
+
+# the inner loop: lint, then every test that needs no service and takes under a minute (no root needed)
+test-fast: setup lint
+	$(VENV)/bin/python -m pytest -m "not docker and not slow"
+
+# ruff (lint + format check) and import-linter's layer contracts (pyproject.toml)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # dockerd and a local registry on 127.0.0.1:5000 (installs docker.io, docker-registry, debootstrap if missing)
 services:

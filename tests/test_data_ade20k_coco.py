@@ -123,7 +123,7 @@ def test_coco_splits_and_content(coco_root):
 
 
 def _reference_masks(dataset: dict) -> dict[int, np.ndarray]:
-    """PROTOCOLS D computed independently: per annotation in file order, pycocotools' own decoding, painted in turn."""
+    """docs/protocols.md §5 computed independently: per annotation in file order, pycocotools' own decoding, painted in turn."""
     images = {image["id"]: image for image in dataset["images"]}
     masks = {x: np.zeros((image["height"], image["width"]), np.uint8) for x, image in images.items()}
     for ann in dataset["annotations"]:

@@ -95,7 +95,7 @@ def load_instances(path: Path) -> COCO:
 
 
 class COCOSplit(SegmentationSplit):
-    """Images in id order; mask = PROTOCOLS D: zeros, then every annotation (crowds too) in file order paints its
+    """Images in id order; mask = docs/protocols.md §5: zeros, then every annotation (crowds too) in file order paints its
     category id, later ones over earlier ones."""
 
     num_classes = NUM_CLASSES

@@ -1,4 +1,4 @@
-"""The ten 2D multi-class MedMNIST+ datasets at 224 px, read straight from <root>/<flag>_224.npz (PROTOCOLS G).
+"""The ten 2D multi-class MedMNIST+ datasets at 224 px, read straight from <root>/<flag>_224.npz (docs/protocols.md §4).
 
 The `medmnist` package is not used at run time: its dataset class asserts the official sample counts, which small
 fixtures do not have. numpy's np.load ignores mmap_mode for .npz members (it reads them whole), so the image arrays

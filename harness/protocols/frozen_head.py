@@ -1,10 +1,10 @@
-"""Frozen-backbone classification head on the patch grid (seed 001's Imagenette protocol, PROTOCOLS.md §F).
+"""Frozen-backbone classification head on the patch grid (seed 001's Imagenette protocol, docs/protocols.md §7).
 
 Images are squashed to 224×224 (PIL bilinear, no crop, no augmentation) and embedded once. Each patch vector is
 L2-normalised, the grid is flattened row-major to one vector of h·w·D values, and a head LayerNorm(h·w·D) → dropout
 0.5 → linear is trained with cross-entropy; top-1 on the evaluation split after the last epoch. Normalising the
 flattened vector as a whole instead would be a no-op, since LayerNorm is invariant to rescaling its input, so the
-normalisation is read as per patch. PROTOCOLS.md gives no optimiser: AdamW (lr 1e-3, weight decay 0.01, torch's
+normalisation is read as per patch. The reference gives no optimiser: AdamW (lr 1e-3, weight decay 0.01, torch's
 default), batch 64, 20 epochs, cosine decay of the lr per step, all parameters. Initialisation, shuffling and
 dropout draw from the run's seed only. The evaluation-split accuracy is also recorded after every epoch, for the
 curve only: the headline is the last epoch's, never the best one.

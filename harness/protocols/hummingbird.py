@@ -1,4 +1,4 @@
-"""HummingBird in-context semantic segmentation (open-hummingbird-eval HEAD 5e79da2, PROTOCOLS.md §A).
+"""HummingBird in-context semantic segmentation (open-hummingbird-eval HEAD 5e79da2, docs/protocols.md §1).
 
 A memory of L2-normalised patch features with soft labels (class histogram of each patch) is built from augmented
 training images; each query patch of a squashed S×S evaluation image takes the softmax(cos/T)-weighted mean label

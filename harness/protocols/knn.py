@@ -1,4 +1,4 @@
-"""Weighted k-NN classification on global features, as DINO's eval_knn.py (PROTOCOLS.md §C).
+"""Weighted k-NN classification on global features, as DINO's eval_knn.py (docs/protocols.md §4).
 
 Features are L2-normalised; each of the k most cosine-similar training images votes exp(sim / T) for its class;
 top-1 and top-5 accuracy in percent, ties between classes broken by class index. Top-5 counts only classes that

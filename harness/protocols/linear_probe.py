@@ -3,7 +3,7 @@
 Features are L2-normalised; sklearn's LogisticRegression (multinomial, lbfgs, L2 penalty with inverse strength C,
 unpenalised intercept, max_iter 1000) is fitted on the training split; top-1 (and top-5 over min(5, C) classes) on
 the evaluation split, in percent. Images go through DINO's kNN preprocessing (shorter side 256, centre crop 224) or
-are squashed to 224×224 (`preprocess: squash`, as PROTOCOLS.md §F for Imagenette).
+are squashed to 224×224 (`preprocess: squash`, as docs/protocols.md §7 for Imagenette).
 """
 
 from __future__ import annotations

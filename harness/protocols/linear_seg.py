@@ -1,4 +1,4 @@
-"""NeCo's linear segmentation on VOC (vpariza/NeCo experiments/linear_segmentation, PROTOCOLS.md §B).
+"""NeCo's linear segmentation on VOC (vpariza/NeCo experiments/linear_segmentation, docs/protocols.md §3).
 
 A 1×1 convolution on the frozen dense features, bilinearly upsampled (align_corners=False) to 100×100, is trained
 with cross-entropy (ignore 255) on VOC trainaug: SGD lr 0.01, momentum 0.9, weight decay 1e-4, batches of 128

@@ -1,5 +1,5 @@
 """Unsupervised object segmentation, scored as ClevrTex's CLEVRTEX_Evaluator (karazijal/clevrtex fe982ab,
-`ool/clevrtex_eval.py`; PROTOCOLS.md §E).
+`ool/clevrtex_eval.py`; docs/protocols.md §6).
 
 Each evaluation image is centre-cropped to a square of side int(0.8 · min(W, H)) and resized to 128×128 (bilinear
 image, nearest mask): with PIL as the official CLEVRTEX loader (`resample: pil`), or with torch as the repository's

@@ -1,4 +1,4 @@
-"""NeCo's overclustering evaluation on VOC val (vpariza/NeCo experiments/overcluster, PROTOCOLS.md §B).
+"""NeCo's overclustering evaluation on VOC val (vpariza/NeCo experiments/overcluster, docs/protocols.md §2).
 
 Images squashed to S×S (448); the dense patch features of the whole split are standardised per dimension
 (sklearn StandardScaler), reduced by PCA (faiss PCAMatrix) to 50 dimensions and clustered into K groups by faiss

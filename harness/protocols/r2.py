@@ -1,4 +1,4 @@
-"""Zero-shot R² of dense features on COCO (seed 000's figures_segmentation_zeroshot notebook, PROTOCOLS.md §D).
+"""Zero-shot R² of dense features on COCO (seed 000's figures_segmentation_zeroshot notebook, docs/protocols.md §5).
 
 Each val2017 image is squashed to 448×448 (bilinear without antialiasing, as cv2.resize) and its patch features are
 upsampled bilinearly to 112×112. Per image, a 3-component PCA (sklearn, default solver, random_state=0, fitted on the
