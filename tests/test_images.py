@@ -72,14 +72,13 @@ def test_a_method_without_a_dockerfile_gets_one_generated_from_method_yaml_and_w
     assert method_dockerfile(spec("nan_out")) == REPO / "tests" / "hostile" / "nan_out" / "Dockerfile"  # its own
 
 
-def test_an_unknown_runtime_is_one_line_naming_method_yaml(tmp_path):
+def test_an_unknown_runtime_is_one_line_naming_method_yaml():
     from harness.runners.images import build
 
-    folder = REPO / "tests" / "hostile" / "nan_out"
     bad = spec("nan_out").model_copy(update={"runtime": "tensorflow"})
     with pytest.raises(UserError, match=r"runtime: 'tensorflow' is not one of plain, torch") as e:
         build(bad, base=BASE, quiet=True)
-    assert str(folder / "method.yaml") in str(e.value)
+    assert str(REPO / "tests" / "hostile" / "nan_out" / "method.yaml") in str(e.value)
 
 
 def test_the_build_context_leaves_out_environments_data_results_and_every_cache():

@@ -256,7 +256,7 @@ def _layer(kind: str, name: str, base_id: str | None, requirements: Path, offlin
                 return base_id  # everything it asks for is in the runtime already
             raise UserError(f"{requirements}: a runtime needs at least one package")
         say(f"building the {kind} image {name} from {requirements.relative_to(REPO_ROOT)} on {base_name}"
-            + (" (torch: several minutes the first time)" if name == "torch" else ""))
+            + (" (minutes, for a runtime as large as torch)" if kind == "runtime" else ""))
         with _context(dest) as ctx:
             image, _ = client().images.build(fileobj=ctx, tag=tag, labels={
                 "vrbench.build_key": key, f"vrbench.{kind}": name}, **args)
