@@ -200,6 +200,7 @@ class MethodSpec(_Spec):
     embed_dim: int | None = Field(default=None, ge=1)
     entrypoint: str = "adapter.py"  # run with the harness's Python by the local backend
     image: str | None = None  # REPO@sha256:... (or a tag) for the docker backend
+    runtime: str = Field(default="plain", pattern=NAME_PATTERN)  # docker builds: the image under it, images/_base/<runtime>.txt
     weights: str | None = None  # a weights file or folder on the host, relative to this file's folder or absolute
     fit: bool = False  # has a fit stage on the task's training split
     baseline: bool = False  # part of the default method set of suites

