@@ -211,12 +211,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def reap_orphans() -> None:
+def reap_orphans(dc) -> None:
     """Remove containers left by a harness process on this host that no longer exists (one killed with SIGKILL)."""
     import docker
 
     host = socket.gethostname()
-    for c in client().containers.list(all=True, filters={"label": LABEL}):
+    for c in dc.containers.list(all=True, filters={"label": LABEL}):
         owner_host, _, pid = c.labels.get(f"{LABEL}.owner", "").partition(":")
         if owner_host == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():
             try:
@@ -229,14 +229,21 @@ class DockerRunner(Runner):
     name = "docker"
     sandboxed = True
 
-    def __init__(self):
+    def __init__(self, host: str | None = None):
+        """`host`: the Docker-API daemon to use (another runtime speaking the Docker API, e.g. rootless Podman's
+        socket); default DOCKER_HOST, else the local dockerd."""
+        self.host = host
         self._images: dict[tuple, ResolvedImage] = {}
+
+    @property
+    def client(self):
+        return client(self.host)
 
     def image(self, method: MethodSpec) -> ResolvedImage:
         """Resolve (pull or build) once per runner: the result key and launch use the very same image."""
         key = (method.path, method.image)
         if key not in self._images:
-            self._images[key] = resolve_method(method)
+            self._images[key] = resolve_method(method, dc=self.client)
         return self._images[key]
 
     def prepare(self, method: MethodSpec) -> str:
@@ -246,9 +253,9 @@ class DockerRunner(Runner):
         import docker
 
         image = self.image(method)
-        reap_orphans()
+        reap_orphans(self.client)
         try:
-            container = client().containers.create(image.id, **container_config(sandbox_for(method, contract_socket),
+            container = self.client.containers.create(image.id, **container_config(sandbox_for(method, contract_socket),
                                                                                  method.name))
         except docker.errors.APIError as e:
             raise MethodFailure(f"the method's container could not be created: {e.explanation}") from None

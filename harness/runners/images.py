@@ -46,13 +46,14 @@ class ResolvedImage:
     ref: str  # what results are keyed by: REPO@sha256:<registry digest>, or the image ID of a local image
 
 
-@lru_cache(maxsize=1)
-def client():
-    """The Docker daemon (DOCKER_HOST or the default socket); unreachable is one clear line."""
+@lru_cache(maxsize=8)
+def client(host: str | None = None):
+    """The Docker-API daemon at `host` (e.g. unix:///run/user/1000/podman/podman.sock), else at DOCKER_HOST or the
+    default socket; unreachable is one clear line."""
     import docker
 
     try:
-        c = docker.from_env(timeout=120)
+        c = docker.DockerClient(base_url=host, timeout=120) if host else docker.from_env(timeout=120)
         c.ping()
         return c
     except Exception as e:  # docker.errors.DockerException and connection errors of every kind
@@ -65,38 +66,40 @@ def _has_registry_host(repo: str) -> bool:
     return bool(rest) and ("." in first or ":" in first or first == "localhost")
 
 
-def _image_or_none(name: str, what: str | None = None):
+def _image_or_none(dc, name: str, what: str | None = None):
     import docker
 
     try:
-        return client().images.get(name)
+        return dc.images.get(name)
     except docker.errors.ImageNotFound:
         return None
     except docker.errors.APIError as e:
         raise UserError(f"{what or 'image ' + name}: {e.explanation}") from None
 
 
-def _pull(what: str, repo: str, tag_or_digest: str):
+def _pull(dc, what: str, repo: str, tag_or_digest: str):
     """Pull repo:tag or repo@digest; returns (image, the manifest digest the registry served)."""
     import docker
 
     served = None
     try:
-        for event in client().api.pull(repo, tag=tag_or_digest, stream=True, decode=True):
+        for event in dc.api.pull(repo, tag=tag_or_digest, stream=True, decode=True):
             if "error" in event:
                 raise UserError(f"{what}: not found locally and the pull failed: {event['error']}")
             served = (re.findall(r"Digest: (sha256:[0-9a-f]{64})", str(event.get("status"))) or [served])[0]
         sep = "@" if tag_or_digest.startswith("sha256:") else ":"
-        return client().images.get(f"{repo}{sep}{tag_or_digest}"), served
+        return dc.images.get(f"{repo}{sep}{tag_or_digest}"), served
     except docker.errors.APIError as e:
         raise UserError(f"{what}: not found locally and the pull failed: {e.explanation}") from None
 
 
-def resolve(name: str, where: str | Path | None = None) -> ResolvedImage:
-    """Pin an image reference (REPO@sha256:..., REPO:TAG, or a local image ID) to one image."""
+def resolve(name: str, where: str | Path | None = None, dc=None) -> ResolvedImage:
+    """Pin an image reference (REPO@sha256:..., REPO:TAG, or a local image ID) to one image (on daemon `dc`,
+    default client())."""
+    dc = dc or client()
     what = f"{where}: image {name}" if where else f"image {name}"
     if IMAGE_ID.match(name):
-        image = _image_or_none(name, what)
+        image = _image_or_none(dc, name, what)
         if image is None:
             raise UserError(f"{what}: no local image has this ID")
         return ResolvedImage(image.id, image.id)
@@ -107,7 +110,7 @@ def resolve(name: str, where: str | Path | None = None) -> ResolvedImage:
     repo, tag, digest = m["repo"], m["tag"], m["digest"]
     if digest:
         pinned = f"{repo}@{digest}"
-        image = _image_or_none(pinned, what) or _pull(what, repo, digest)[0]
+        image = _image_or_none(dc, pinned, what) or _pull(dc, what, repo, digest)[0]
         if pinned not in image.attrs.get("RepoDigests", []):
             raise UserError(f"{what}: the image obtained does not carry digest {digest} "
                             f"(it has {image.attrs.get('RepoDigests')})")
@@ -115,20 +118,20 @@ def resolve(name: str, where: str | Path | None = None) -> ResolvedImage:
     # a tag can move: pull it whenever a registry is named, and record the digest it points to now;
     # a bare name may be a local build (no registry digest: recorded by its image ID)
     tag = tag or "latest"
-    image = None if _has_registry_host(repo) else _image_or_none(f"{repo}:{tag}", what)
+    image = None if _has_registry_host(repo) else _image_or_none(dc, f"{repo}:{tag}", what)
     if image is None:
-        image, served = _pull(what, repo, tag)
+        image, served = _pull(dc, what, repo, tag)
         if served and f"{repo}@{served}" in image.attrs.get("RepoDigests", []):
             return ResolvedImage(image.id, f"{repo}@{served}")
     digests = [d for d in image.attrs.get("RepoDigests", []) if d.split("@")[0] == repo]
     return ResolvedImage(image.id, digests[0] if len(digests) == 1 else image.id)
 
 
-def resolve_method(method: MethodSpec, quiet: bool = False) -> ResolvedImage:
+def resolve_method(method: MethodSpec, quiet: bool = False, dc=None) -> ResolvedImage:
     """The image a method runs as: its `image:` pinned, or its folder's (or generated) Dockerfile built."""
     if method.image:
-        return resolve(method.image, where=method.path)
-    return build(method, base=os.environ.get(BASE_ENV) or None, quiet=quiet)
+        return resolve(method.image, where=method.path, dc=dc)
+    return build(method, base=os.environ.get(BASE_ENV) or None, quiet=quiet, dc=dc)
 
 
 # --- building ---------------------------------------------------------------------------------------------------
@@ -180,7 +183,7 @@ def method_dockerfile(method: MethodSpec) -> Path:
     return path
 
 
-def build(method: MethodSpec, base: str | None = None, quiet: bool = False) -> ResolvedImage:
+def build(method: MethodSpec, base: str | None = None, quiet: bool = False, dc=None) -> ResolvedImage:
     """Build a method's image (context: the repository root) on its runtime, once per source version.
 
     Every layer is keyed by what goes into it: the runtime by images/_base/, benchsdk/, the base and the base's image
@@ -189,32 +192,33 @@ def build(method: MethodSpec, base: str | None = None, quiet: bool = False) -> R
     (a local image) nothing is built with network."""
     import docker
 
+    dc = dc or client()
     dockerfile = method_dockerfile(method)
     rel = dockerfile.relative_to(REPO_ROOT)
     if method.runtime not in runtimes():
         raise UserError(f"runtime: {method.runtime!r} is not one of {', '.join(runtimes())} (images/_base/*.txt)",
                         where=method.path)
-    base_image = _image_or_none(base) if base else None
+    base_image = _image_or_none(dc, base) if base else None
     if base and base_image is None:
         raise UserError(f"{method.path}: base image {base} ({BASE_ENV}) is not on this machine; "
                         "make it with `make base-image`")
     say = (lambda msg: None) if quiet else (lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
-    parent = _layer("runtime", method.runtime, base_image.id if base_image else None, runtimes()[method.runtime],
+    parent = _layer(dc, "runtime", method.runtime, base_image.id if base_image else None, runtimes()[method.runtime],
                     offline=base is not None, say=say, what=f"{method.path}: runtime {method.runtime}",
                     base_name=base or "the CUDA default")
     if (method.folder / "requirements.txt").is_file():
-        parent = _layer("extras", method.name, parent, method.folder / "requirements.txt", offline=True, say=say,
+        parent = _layer(dc, "extras", method.name, parent, method.folder / "requirements.txt", offline=True, say=say,
                         what=str(method.folder / "requirements.txt"), base_name=f"runtime {method.runtime}",
                         wheelhouse=WHEELHOUSE / method.name)
     code_hash = hash_path(method.folder)
     key = hashlib.sha256(json.dumps([code_hash, dockerfile.read_text(), parent]).encode()).hexdigest()
     tag = f"{BUILT_REPO}/{method.name}:{key[:16]}"
-    existing = _image_or_none(tag)
+    existing = _image_or_none(dc, tag)
     if existing is not None and existing.labels.get("vrbench.build_key") == key:
         return ResolvedImage(existing.id, existing.id)
     say(f"building {rel} on runtime {method.runtime} (base {base or 'the CUDA default'})")
     try:
-        image, _ = client().images.build(
+        image, _ = dc.images.build(
             path=str(REPO_ROOT), dockerfile=str(rel), tag=tag, rm=True, forcerm=True, pull=False, timeout=BUILD_TIMEOUT,
             buildargs={"RUNTIME": parent}, network_mode="none" if base else None, labels={
                 "vrbench.method": method.name, "vrbench.code_sha256": code_hash, "vrbench.build_key": key,
@@ -227,7 +231,7 @@ def build(method: MethodSpec, base: str | None = None, quiet: bool = False) -> R
     return ResolvedImage(image.id, image.id)
 
 
-def _layer(kind: str, name: str, base_id: str | None, requirements: Path, offline: bool, say, what: str,
+def _layer(dc, kind: str, name: str, base_id: str | None, requirements: Path, offline: bool, say, what: str,
            base_name: str, wheelhouse: Path | None = None) -> str:
     """Build images/_base/Dockerfile FROM `base_id` (None: its CUDA default) with the wheels of `requirements` into
     /opt/runtime (kind runtime) or /opt/deps (kind extras); returns the image ID, or `base_id` itself when the
@@ -238,7 +242,7 @@ def _layer(kind: str, name: str, base_id: str | None, requirements: Path, offlin
     key = hashlib.sha256(json.dumps([(BASE_DIR / "Dockerfile").read_text(), hash_path(REPO_ROOT / "benchsdk"),
                                      requirements.read_text(), base_id, site]).encode()).hexdigest()
     tag = f"vrbench-{kind}/{name}:{key[:16]}"
-    existing = _image_or_none(tag)
+    existing = _image_or_none(dc, tag)
     if existing is not None and existing.labels.get("vrbench.build_key") == key:
         return existing.id
     args = dict(rm=True, forcerm=True, pull=False, timeout=BUILD_TIMEOUT, custom_context=True,
@@ -248,8 +252,8 @@ def _layer(kind: str, name: str, base_id: str | None, requirements: Path, offlin
         python = base_id
         if kind == "runtime":  # the python stage first: the wheels are downloaded for its Python
             with _context() as ctx:
-                python = client().images.build(fileobj=ctx, target="python", **args)[0].id
-        dest = _wheelhouse(requirements, python, wheelhouse or WHEELHOUSE / f"{kind}.{name}", what,
+                python = dc.images.build(fileobj=ctx, target="python", **args)[0].id
+        dest = _wheelhouse(dc, requirements, python, wheelhouse or WHEELHOUSE / f"{kind}.{name}", what,
                            constrained=kind == "extras")
         if not (dest / "requirements.txt").read_text().strip():
             if kind == "extras":
@@ -258,7 +262,7 @@ def _layer(kind: str, name: str, base_id: str | None, requirements: Path, offlin
         say(f"building the {kind} image {name} from {requirements.relative_to(REPO_ROOT)} on {base_name}"
             + (" (minutes, for a runtime as large as torch)" if kind == "runtime" else ""))
         with _context(dest) as ctx:
-            image, _ = client().images.build(fileobj=ctx, tag=tag, labels={
+            image, _ = dc.images.build(fileobj=ctx, tag=tag, labels={
                 "vrbench.build_key": key, f"vrbench.{kind}": name}, **args)
     except docker.errors.BuildError as e:
         hint = "" if offline else f"; without a registry, build FROM the local base: {BASE_ENV}=vrbench/base:bookworm"
@@ -290,10 +294,10 @@ def _context(wheels: Path | None = None):
         yield f
 
 
-def prepare_wheelhouse(method: MethodSpec, image: str) -> Path:
+def prepare_wheelhouse(method: MethodSpec, image: str, dc=None) -> Path:
     """The wheelhouse of a method's requirements.txt for `image` (a runtime, or an image built on it):
     .cache/wheelhouse/<method>/, which images/_base/Dockerfile installs from with no index."""
-    return _wheelhouse(method.folder / "requirements.txt", image, WHEELHOUSE / method.name,
+    return _wheelhouse(dc or client(), method.folder / "requirements.txt", image, WHEELHOUSE / method.name,
                        str(method.folder / "requirements.txt"), constrained=True)
 
 
@@ -304,12 +308,12 @@ for d in m.distributions(path=["/opt/runtime"]):
 """
 
 
-def _wheelhouse(requirements: Path, image: str, dest: Path, what: str, constrained: bool) -> Path:
+def _wheelhouse(dc, requirements: Path, image: str, dest: Path, what: str, constrained: bool) -> Path:
     """pip download `requirements` (and pip itself) on the host for the Python of `image` into `dest`. With
     `constrained`, pinned to the versions the image's runtime (/opt/runtime) already has, and without those: the
     wheelhouse then holds only what goes on top. Its requirements.txt pins every wheel to install (pip excepted).
     One download per requirements, Python and runtime: harnesses preparing one wheelhouse at once take turns."""
-    out = client().containers.run(image, ["python3", "-c", _PROBE], remove=True, network_mode="none",
+    out = dc.containers.run(image, ["python3", "-c", _PROBE], remove=True, network_mode="none",
                                   entrypoint=[], user="65534:65534").decode().splitlines()
     major, minor, glibc = out[0].split()
     has = dict(line.split(" ", 1) for line in out[1:] if line.strip()) if constrained else {}
