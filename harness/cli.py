@@ -22,23 +22,46 @@ def _csv(kind: type):
     return lambda s: [kind(x) for x in s.split(",") if x.strip()]
 
 
-def _add_run_options(p: argparse.ArgumentParser, runner: bool = True, results: bool = True,
-                     data_help: str = "default: real; suites may say",
-                     force_help: str = "re-run cells that already have a result") -> None:
+def _add_run_options(
+    p: argparse.ArgumentParser,
+    runner: bool = True,
+    results: bool = True,
+    data_help: str = "default: real; suites may say",
+    force_help: str = "re-run cells that already have a result",
+) -> None:
     if runner:
-        p.add_argument("--backend", default="local", help="where the method runs: local (default), docker "
-                                                          "(sandboxed images) or inprocess (unsandboxed, no time limit)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                       help="override a task parameter (repeatable); results are kept apart as task+NAME=VALUE")
+        p.add_argument(
+            "--backend",
+            default="local",
+            help="where the method runs: local (default), docker "
+            "(sandboxed images) or inprocess (unsandboxed, no time limit)",
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="override a task parameter (repeatable); results are kept apart as task+NAME=VALUE",
+        )
     else:
         p.set_defaults(backend="external", timeout=None)
-    p.add_argument("--data", choices=["real", "synthetic"], default=None,
-                   help=f"real datasets under the data root, or procedural stand-ins ({data_help})")
-    p.add_argument("--data-root", type=Path, default=Path(os.environ.get("BENCH_DATA", "data")),
-                   help="where datasets live (env BENCH_DATA, default ./data)")
+    p.add_argument(
+        "--data",
+        choices=["real", "synthetic"],
+        default=None,
+        help=f"real datasets under the data root, or procedural stand-ins ({data_help})",
+    )
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path(os.environ.get("BENCH_DATA", "data")),
+        help="where datasets live (env BENCH_DATA, default ./data)",
+    )
     if results:
-        p.add_argument("--results", type=Path, default=None, help="results folder (env BENCH_RESULTS, "
-                                                                  "default leaderboard/results)")
+        p.add_argument(
+            "--results", type=Path, default=None, help="results folder (env BENCH_RESULTS, default leaderboard/results)"
+        )
     p.add_argument("--force", action="store_true", help=force_help)
     if runner:
         p.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: the task's)")
@@ -69,14 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--out", type=Path, required=True, help="folder to create: manifest.json and requests/")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--info", type=Path, default=None,
-                   help="JSON file: the method's contract `info` (outputs, patch_size, embed_dim, ...)")
+    p.add_argument(
+        "--info",
+        type=Path,
+        default=None,
+        help="JSON file: the method's contract `info` (outputs, patch_size, embed_dim, ...)",
+    )
     p.add_argument("--patch-size", type=int, default=None, help="pixels per patch side (dense tasks)")
     p.add_argument("--embed-dim", type=int, default=None, help="feature width (global and dense tasks)")
-    p.add_argument("--no-background", action="store_true",
-                   help="the masks have no background slot (info masks_have_background: false)")
-    _add_run_options(p, runner=False, results=False, data_help="default: real",
-                     force_help="replace an existing --out folder")
+    p.add_argument(
+        "--no-background",
+        action="store_true",
+        help="the masks have no background slot (info masks_have_background: false)",
+    )
+    _add_run_options(
+        p, runner=False, results=False, data_help="default: real", force_help="replace an existing --out folder"
+    )
 
     p = sub.add_parser("score", help="score outputs saved for the inputs of `bench inputs` (result marked external)")
     p.add_argument("--task", required=True)
@@ -99,14 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_data_parser(sub) -> None:
     """`bench data list|check|fingerprint|synth|fetch`."""
     root = argparse.ArgumentParser(add_help=False)
-    root.add_argument("--data-root", type=Path, default=Path(os.environ.get("BENCH_DATA", "data")),
-                      help="where datasets live (env BENCH_DATA, default ./data)")
+    root.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path(os.environ.get("BENCH_DATA", "data")),
+        help="where datasets live (env BENCH_DATA, default ./data)",
+    )
     stand_in = argparse.ArgumentParser(add_help=False)
     stand_in.add_argument("--scale", choices=["tiny", "small"], default="tiny", help="procedural stand-in size")
     stand_in.add_argument("--seed", type=int, default=0, help="procedural stand-in seed")
     kind = argparse.ArgumentParser(add_help=False, parents=[stand_in])
-    kind.add_argument("--data", choices=["real", "synthetic"], default="real",
-                      help="the real dataset under the data root, or its procedural stand-in (made if absent)")
+    kind.add_argument(
+        "--data",
+        choices=["real", "synthetic"],
+        default="real",
+        help="the real dataset under the data root, or its procedural stand-in (made if absent)",
+    )
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -125,16 +164,26 @@ def _add_data_parser(sub) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="datasets, or 'all' (default)")
     p = data.add_parser("fetch", parents=[root, quiet], help="download, verify and install the official archives")
     p.add_argument("name")
-    p.add_argument("--sources", type=Path, default=None,
-                   help="registry of archives (env BENCH_SOURCES, default harness/data/sources.yaml)")
+    p.add_argument(
+        "--sources",
+        type=Path,
+        default=None,
+        help="registry of archives (env BENCH_SOURCES, default harness/data/sources.yaml)",
+    )
 
 
 def _options(args):
     from harness.run import RunOptions
 
-    return RunOptions(backend=args.backend, synthetic=args.data == "synthetic", data_root=args.data_root,
-                      force=args.force, timeout_s=args.timeout, progress=not args.no_progress,
-                      num_workers=args.workers)
+    return RunOptions(
+        backend=args.backend,
+        synthetic=args.data == "synthetic",
+        data_root=args.data_root,
+        force=args.force,
+        timeout_s=args.timeout,
+        progress=not args.no_progress,
+        num_workers=args.workers,
+    )
 
 
 def cmd_list(args) -> int:
@@ -142,12 +191,31 @@ def cmd_list(args) -> int:
         rows = [(t.name, t.version, t.protocol, t.dataset, t.output, t.description) for t in specs.load_all("task")]
         headers = ["task", "version", "protocol", "dataset", "needs", "description"]
     elif args.kind == "methods":
-        rows = [(m.name, m.version, ",".join(m.outputs), m.patch_size or "", "yes" if m.baseline else "",
-                 m.image or "(built from images/" + m.name + ")", m.description) for m in specs.load_all("method")]
+        rows = [
+            (
+                m.name,
+                m.version,
+                ",".join(m.outputs),
+                m.patch_size or "",
+                "yes" if m.baseline else "",
+                m.image or "(built from images/" + m.name + ")",
+                m.description,
+            )
+            for m in specs.load_all("method")
+        ]
         headers = ["method", "version", "outputs", "patch", "baseline", "image", "description"]
     else:
-        rows = [(s.name, ",".join(s.tasks), ",".join(s.methods or ["(baselines)"]), ",".join(map(str, s.seeds)),
-                 s.data, s.description) for s in specs.load_all("suite")]
+        rows = [
+            (
+                s.name,
+                ",".join(s.tasks),
+                ",".join(s.methods or ["(baselines)"]),
+                ",".join(map(str, s.seeds)),
+                s.data,
+                s.description,
+            )
+            for s in specs.load_all("suite")
+        ]
         headers = ["suite", "tasks", "methods", "seeds", "data", "description"]
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     return 0
@@ -179,11 +247,11 @@ def cmd_matrix(args) -> int:
     suite = specs.get("suite", args.suite)
     if args.data is None:
         args.data = suite.data
-    results = run_matrix(suite, _options(args), ResultStore(args.results), args.methods, args.seeds,
-                         _overrides(args.overrides))
+    results = run_matrix(
+        suite, _options(args), ResultStore(args.results), args.methods, args.seeds, _overrides(args.overrides)
+    )
     bad = [r for r in results if r.status != "ok"]
-    print(f"bench: {len(results)} cells, {len(results) - len(bad)} ok, {len(bad)} failed or timed out",
-          file=sys.stderr)
+    print(f"bench: {len(results)} cells, {len(results) - len(bad)} ok, {len(bad)} failed or timed out", file=sys.stderr)
     return 0 if not bad else 1
 
 
@@ -198,19 +266,30 @@ def cmd_inputs(args) -> int:
             raise UserError(f"not a readable JSON file ({e})", where=args.info) from None
         if not isinstance(info, dict):
             raise UserError("must hold a JSON object (the contract's info reply)", where=args.info)
-    flags = {"patch_size": args.patch_size, "embed_dim": args.embed_dim,
-             "masks_have_background": False if args.no_background else None}
+    flags = {
+        "patch_size": args.patch_size,
+        "embed_dim": args.embed_dim,
+        "masks_have_background": False if args.no_background else None,
+    }
     info |= {k: v for k, v in flags.items() if v is not None}
-    export_inputs(args.task, args.out, args.seed, info, _options(args), force=args.force,
-                  info_source=str(args.info) if args.info else None)
+    export_inputs(
+        args.task,
+        args.out,
+        args.seed,
+        info,
+        _options(args),
+        force=args.force,
+        info_source=str(args.info) if args.info else None,
+    )
     return 0
 
 
 def cmd_score(args) -> int:
     from harness.external import score_outputs
 
-    result = score_outputs(args.task, args.outputs, args.name, args.seed, args.data, _options(args),
-                           ResultStore(args.results))
+    result = score_outputs(
+        args.task, args.outputs, args.name, args.seed, args.data, _options(args), ResultStore(args.results)
+    )
     return 0 if result.status == "ok" else 1
 
 
@@ -250,17 +329,30 @@ def cmd_data_list(args) -> int:
     rows = []
     for name, reader in sorted(DATASETS.items()):
         root = args.data_root / reader.subdir
-        splits = ", ".join(f"{s} {reader.official_counts[s]:,}" if s in reader.official_counts else s
-                           for s in reader.split_names)
+        splits = ", ".join(
+            f"{s} {reader.official_counts[s]:,}" if s in reader.official_counts else s for s in reader.split_names
+        )
         how = f"`bench data fetch {name}`" if name in fetchable else reader.how_to_get
         if args.markdown:  # the README's table: paths relative to the data root, nothing about this machine
             rows.append((name, f"`<data root>/{reader.subdir}`", splits, how))
         else:
             rows.append((name, str(root), presence(reader, root), splits, how.strip("`")))
-    headers = ["dataset", "expected at", *([] if args.markdown else ["present"]), "splits (official counts)",
-               "how to get"]
-    print(tabulate(rows, headers=headers, tablefmt="github" if args.markdown else "simple", disable_numparse=True,
-                   maxcolwidths=None if args.markdown else [None, None, None, 40, 60]))
+    headers = [
+        "dataset",
+        "expected at",
+        *([] if args.markdown else ["present"]),
+        "splits (official counts)",
+        "how to get",
+    ]
+    print(
+        tabulate(
+            rows,
+            headers=headers,
+            tablefmt="github" if args.markdown else "simple",
+            disable_numparse=True,
+            maxcolwidths=None if args.markdown else [None, None, None, 40, 60],
+        )
+    )
     return 0
 
 
@@ -271,7 +363,8 @@ def cmd_data_check(args) -> int:
 
     synthetic = args.data == "synthetic"
     names = _dataset_names(args.names) or [
-        n for n, r in sorted(DATASETS.items()) if synthetic or presence(r, args.data_root / r.subdir) != "missing"]
+        n for n, r in sorted(DATASETS.items()) if synthetic or presence(r, args.data_root / r.subdir) != "missing"
+    ]
     if not names:
         raise DataError(f"no dataset found under {args.data_root}; `bench data list` shows where each belongs")
     rows = []
@@ -286,8 +379,11 @@ def cmd_data_check(args) -> int:
         for line in found:
             print(line)
         rows.append((name, presence(reader, root), str(root), len(found), "FAIL" if found else "pass"))
-    print(tabulate(rows, headers=["dataset", "data", "folder", "problems", "result"], tablefmt="simple",
-                   disable_numparse=True))
+    print(
+        tabulate(
+            rows, headers=["dataset", "data", "folder", "problems", "result"], tablefmt="simple", disable_numparse=True
+        )
+    )
     return 2 if any(row[-1] == "FAIL" for row in rows) else 0
 
 
@@ -303,8 +399,10 @@ def cmd_data_synth(args) -> int:
     from harness.data import DATASETS, synthetic_root
 
     names = sorted(DATASETS) if args.names in ([], ["all"]) else _dataset_names(args.names)
-    rows = [(n, args.scale, args.seed, str(synthetic_root(DATASETS[n], args.data_root, args.scale, args.seed)))
-            for n in names]
+    rows = [
+        (n, args.scale, args.seed, str(synthetic_root(DATASETS[n], args.data_root, args.scale, args.seed)))
+        for n in names
+    ]
     print(tabulate(rows, headers=["dataset", "scale", "seed", "folder"], tablefmt="simple", disable_numparse=True))
     return 0
 
@@ -322,8 +420,13 @@ def cmd_data_fetch(args) -> int:
     return 2 if found else 0
 
 
-DATA_COMMANDS = {"list": cmd_data_list, "check": cmd_data_check, "fingerprint": cmd_data_fingerprint,
-                 "synth": cmd_data_synth, "fetch": cmd_data_fetch}
+DATA_COMMANDS = {
+    "list": cmd_data_list,
+    "check": cmd_data_check,
+    "fingerprint": cmd_data_fingerprint,
+    "synth": cmd_data_synth,
+    "fetch": cmd_data_fetch,
+}
 
 
 def cmd_data(args) -> int:
@@ -332,12 +435,18 @@ def cmd_data(args) -> int:
 
 def _add_image_parsers(sub) -> None:
     """`bench validate IMAGE` and `bench submit IMAGE --name NAME`: the conformance kit for method images."""
-    for name, help_ in (("validate", "check a method image against the contract, in the docker sandbox"),
-                        ("submit", "validate an image pushed to a registry and write images/NAME/method.yaml")):
+    for name, help_ in (
+        ("validate", "check a method image against the contract, in the docker sandbox"),
+        ("submit", "validate an image pushed to a registry and write images/NAME/method.yaml"),
+    ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("image", help="REPO@sha256:..., REPO:TAG or a local image ID")
-        p.add_argument("--data-root", type=Path, default=Path(os.environ.get("BENCH_DATA", "data")),
-                       help="where procedural stand-ins are made (env BENCH_DATA, default ./data)")
+        p.add_argument(
+            "--data-root",
+            type=Path,
+            default=Path(os.environ.get("BENCH_DATA", "data")),
+            help="where procedural stand-ins are made (env BENCH_DATA, default ./data)",
+        )
         p.add_argument("--timeout", type=float, default=600, help="seconds per check (default 600)")
         p.add_argument("--tasks", type=_csv(str), default=None, help="comma-separated (default: the smoke suite's)")
     p.add_argument("--name", required=True, help="the method's name (its folder under images/)")
@@ -352,8 +461,15 @@ def _validated(args):
 
     resolved, info, checks = validate(args.image, args.data_root, args.timeout, args.tasks)
     rows = [(c.name, {True: "pass", False: "FAIL", None: "-"}[c.ok], c.detail) for c in checks]
-    print(tabulate(rows, headers=["check", "result", "detail"], tablefmt="simple", disable_numparse=True,
-                   maxcolwidths=[None, None, 90]))
+    print(
+        tabulate(
+            rows,
+            headers=["check", "result", "detail"],
+            tablefmt="simple",
+            disable_numparse=True,
+            maxcolwidths=[None, None, 90],
+        )
+    )
     ok = all(c.ok is not False for c in checks)
     print(f"bench: {args.image}: {'conforms to' if ok else 'does NOT conform to'} the contract", file=sys.stderr)
     return resolved, info, ok
@@ -372,23 +488,43 @@ def cmd_submit(args) -> int:
     if target.exists() and not args.force:
         raise UserError(f"{target} already exists (--force to overwrite)")
     if "@sha256:" not in resolve(args.image).ref:
-        raise UserError(f"image {args.image} has no registry digest: push it to a registry, then submit "
-                        "REPO@sha256:<digest> (or the pushed REPO:TAG)")
+        raise UserError(
+            f"image {args.image} has no registry digest: push it to a registry, then submit "
+            "REPO@sha256:<digest> (or the pushed REPO:TAG)"
+        )
     resolved, info, ok = _validated(args)
     if not ok:
         return 1
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(candidate_yaml(args.name, resolved.ref, info, description=args.description, paper=args.paper,
-                                     code=args.code, license=args.license))
+    target.write_text(
+        candidate_yaml(
+            args.name,
+            resolved.ref,
+            info,
+            description=args.description,
+            paper=args.paper,
+            code=args.code,
+            license=args.license,
+        )
+    )
     specs.load_spec(specs.MethodSpec, target)  # what we wrote must load
     print(f"wrote {target} (pinned to {resolved.ref})")
     print(f"to submit it, commit that file:\n  git add {target}\n  git commit -m 'Add method {args.name}'")
     return 0
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "matrix": cmd_matrix, "inputs": cmd_inputs, "score": cmd_score,
-            "leaderboard": cmd_leaderboard, "schema": cmd_schema, "data": cmd_data, "validate": cmd_validate,
-            "submit": cmd_submit}
+COMMANDS = {
+    "list": cmd_list,
+    "run": cmd_run,
+    "matrix": cmd_matrix,
+    "inputs": cmd_inputs,
+    "score": cmd_score,
+    "leaderboard": cmd_leaderboard,
+    "schema": cmd_schema,
+    "data": cmd_data,
+    "validate": cmd_validate,
+    "submit": cmd_submit,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

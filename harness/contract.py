@@ -33,11 +33,14 @@ class Output:
         return n, slots, h, w
 
 
-OUTPUTS: dict[str, Output] = {o.kind: o for o in (
-    Output("global", "embed", "features", 2, ("embed_dim",), "(N, D)"),
-    Output("dense", "embed_dense", "features", 4, ("patch_size", "embed_dim"), "(N, H/p, W/p, D)"),
-    Output("masks", "segment", "masks", 4, (), "(N, K, H, W), optional reconstructions (N, 3, H, W)"),
-)}
+OUTPUTS: dict[str, Output] = {
+    o.kind: o
+    for o in (
+        Output("global", "embed", "features", 2, ("embed_dim",), "(N, D)"),
+        Output("dense", "embed_dense", "features", 4, ("patch_size", "embed_dim"), "(N, H/p, W/p, D)"),
+        Output("masks", "segment", "masks", 4, (), "(N, K, H, W), optional reconstructions (N, 3, H, W)"),
+    )
+}
 OPS: dict[str, Output] = {o.op: o for o in OUTPUTS.values()}  # the requests that carry images
 
 

@@ -79,8 +79,9 @@ def request_file(folder: Path, kind: str, index: int) -> Path:
 
 
 def record(op: str, images: np.ndarray) -> RequestRecord:
-    return RequestRecord(op=op, shape=list(images.shape),
-                         sha256=hashlib.sha256(np.ascontiguousarray(images).data).hexdigest())
+    return RequestRecord(
+        op=op, shape=list(images.shape), sha256=hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
+    )
 
 
 class FileSession(MethodSession):
@@ -148,15 +149,17 @@ class ReplaySession(FileSession):
         except MethodFailure as e:
             raise UserError(str(e), where=self.reply or self.folder / MANIFEST) from None
         if len(self.requests) != len(self.manifest.requests):
-            raise self._mismatch(f"the task made {len(self.requests)} requests, {len(self.manifest.requests)} "
-                                 "were recorded")
+            raise self._mismatch(
+                f"the task made {len(self.requests)} requests, {len(self.manifest.requests)} were recorded"
+            )
 
 
 def load_reply(path: Path) -> dict[str, np.ndarray]:
     """The arrays of one reply file; a missing or unreadable file is one line naming it."""
     if not path.is_file():
-        raise UserError("missing: every request needs its reply (see `Bring your own outputs` in "
-                        "images/CONTRACT.md)", where=path)
+        raise UserError(
+            "missing: every request needs its reply (see `Bring your own outputs` in images/CONTRACT.md)", where=path
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
@@ -174,13 +177,23 @@ def method_info(task: specs.TaskSpec, info: dict, where: str | None = None) -> M
         raise UserError(f"outputs {model.outputs} lack {task.output!r}, which task {task.name} needs", where=where)
     for name in OUTPUTS[task.output].needs:
         if getattr(model, name) is None:
-            raise UserError(f"task {task.name} needs {task.output} outputs: give {name} "
-                            f"(--{name.replace('_', '-')} N, or in --info FILE)", where=where)
+            raise UserError(
+                f"task {task.name} needs {task.output} outputs: give {name} "
+                f"(--{name.replace('_', '-')} N, or in --info FILE)",
+                where=where,
+            )
     return model
 
 
-def export_inputs(task_name: str, out: Path, seed: int, info: dict, opts: RunOptions, force: bool = False,
-                  info_source: str | None = None) -> Manifest:
+def export_inputs(
+    task_name: str,
+    out: Path,
+    seed: int,
+    info: dict,
+    opts: RunOptions,
+    force: bool = False,
+    info_source: str | None = None,
+) -> Manifest:
     """`bench inputs`: every request the task makes, in order, under `out` (written whole or not at all)."""
     task = specs.get("task", task_name)
     info = method_info(task, info, info_source)
@@ -198,9 +211,16 @@ def export_inputs(task_name: str, out: Path, seed: int, info: dict, opts: RunOpt
             run.protocol.run(run.dataset, run.ctx)  # placeholder outputs: the outcome means nothing
         except MethodFailure as e:
             raise HarnessBug(f"the task rejected placeholder outputs: {e}") from e
-        manifest = Manifest(task=task.name, task_version=task.version, task_spec_hash=task.spec_hash, seed=seed,
-                            data=run.dataset_info.kind, dataset=run.dataset_info, method_info=info.model_dump(mode="json"),
-                            requests=session.requests)
+        manifest = Manifest(
+            task=task.name,
+            task_version=task.version,
+            task_spec_hash=task.spec_hash,
+            seed=seed,
+            data=run.dataset_info.kind,
+            dataset=run.dataset_info,
+            method_info=info.model_dump(mode="json"),
+            requests=session.requests,
+        )
         (staging / MANIFEST).write_text(_manifest_json(manifest))
         staging.chmod(0o755)  # mkdtemp makes it private
         if out.exists():
@@ -209,9 +229,11 @@ def export_inputs(task_name: str, out: Path, seed: int, info: dict, opts: RunOpt
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     images = sum(r.shape[0] for r in manifest.requests)
-    _log(f"wrote {len(manifest.requests)} requests ({images} images, {session.bytes_sent / 2**20:.1f} MiB) to "
-         f"{out / 'requests'}; answer each with {out / 'replies'}/NNNNNN.npz, then "
-         f"`bench score --task {task.name} --outputs {out}`")
+    _log(
+        f"wrote {len(manifest.requests)} requests ({images} images, {session.bytes_sent / 2**20:.1f} MiB) to "
+        f"{out / 'requests'}; answer each with {out / 'replies'}/NNNNNN.npz, then "
+        f"`bench score --task {task.name} --outputs {out}`"
+    )
     return manifest
 
 
@@ -241,22 +263,40 @@ def outputs_ref(folder: Path, manifest: Manifest) -> str:
     return "outputs-sha256:" + hash_files([(Path(folder) / MANIFEST, MANIFEST), *((p, p.name) for p in replies)])
 
 
-def score_outputs(task_name: str, folder: Path, name: str | None, seed: int | None, data: str | None,
-                  opts: RunOptions, store: ResultStore) -> RunResult:
+def score_outputs(
+    task_name: str,
+    folder: Path,
+    name: str | None,
+    seed: int | None,
+    data: str | None,
+    opts: RunOptions,
+    store: ResultStore,
+) -> RunResult:
     """`bench score`: the task's protocol over the saved replies; the result is marked external."""
     task, folder = specs.get("task", task_name), Path(folder)
     manifest = load_manifest(folder)
     where = folder / MANIFEST
     data_kind = {"synthetic": "procedural", "real": "real", None: manifest.data}[data]
-    for what, recorded, now in (("task", manifest.task, task.name), ("task version", manifest.task_version,
-                                task.version), ("seed", manifest.seed, manifest.seed if seed is None else seed),
-                                ("data", manifest.data, data_kind)):
+    for what, recorded, now in (
+        ("task", manifest.task, task.name),
+        ("task version", manifest.task_version, task.version),
+        ("seed", manifest.seed, manifest.seed if seed is None else seed),
+        ("data", manifest.data, data_kind),
+    ):
         if recorded != now:
-            raise UserError(f"inputs were exported for {what} {recorded}, not {now} (export them again with "
-                            "`bench inputs`)", where=where)
+            raise UserError(
+                f"inputs were exported for {what} {recorded}, not {now} (export them again with `bench inputs`)",
+                where=where,
+            )
     name = specs.check_method_name(name or folder.resolve().name, "method name (--name, default the folder's name)")
-    key = ResultKey(method=name, method_ref=outputs_ref(folder, manifest), task=task.name,
-                    task_version=task.version, data=manifest.data, seed=manifest.seed)
+    key = ResultKey(
+        method=name,
+        method_ref=outputs_ref(folder, manifest),
+        task=task.name,
+        task_version=task.version,
+        data=manifest.data,
+        seed=manifest.seed,
+    )
     opts = dataclasses.replace(opts, synthetic=manifest.data == "procedural")
     session = ReplaySession(folder, manifest)
     return score_cell(task, key, opts, store, BACKEND, session.replaying, external=True)

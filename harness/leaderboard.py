@@ -21,24 +21,35 @@ its protocol's main metric, the first column, marked ↑ (higher is better) or �
 SECTIONS = {
     "real": "## Real datasets",
     "procedural": "## Procedural stand-in data\n\n"
-                  "Computed on procedurally generated datasets written in the official on-disk layouts. These\n"
-                  "numbers exercise the whole pipeline; they are **not comparable to published results**.",
+    "Computed on procedurally generated datasets written in the official on-disk layouts. These\n"
+    "numbers exercise the whole pipeline; they are **not comparable to published results**.",
 }
 
 
 EXTERNAL_MARK = "†"
-EXTERNAL_NOTE = (f"{EXTERNAL_MARK} outputs produced outside the harness (`bench score`): scored by the same evaluators "
-                 "on the same inputs, but the harness did not run the method.")
+EXTERNAL_NOTE = (
+    f"{EXTERNAL_MARK} outputs produced outside the harness (`bench score`): scored by the same evaluators "
+    "on the same inputs, but the harness did not run the method."
+)
 
 
 def _frame(results: list[RunResult]) -> pd.DataFrame:
     rows = []
     for r in results:
         k = r.key
-        rows.append({"task": k.task, "version": k.task_version, "data": k.data,
-                     "method": k.method + (f" {EXTERNAL_MARK}" if r.external else ""),
-                     "ref": k.short_ref, "seed": k.seed, "status": r.status,
-                     "error": r.error, **{f"m:{name}": v for name, v in r.metrics.items()}})
+        rows.append(
+            {
+                "task": k.task,
+                "version": k.task_version,
+                "data": k.data,
+                "method": k.method + (f" {EXTERNAL_MARK}" if r.external else ""),
+                "ref": k.short_ref,
+                "seed": k.seed,
+                "status": r.status,
+                "error": r.error,
+                **{f"m:{name}": v for name, v in r.metrics.items()},
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -80,8 +91,18 @@ def _task_table(df: pd.DataFrame, task: str) -> str:
         if not bad.empty:
             status += f"; {bad.iloc[0].status}: {str(bad.iloc[0].error)[:80]}"
         rank = ok[metric_cols[0]].mean() if metric_cols and not ok.empty else float("nan")
-        rows.append((rank, {"method": method, "ref": ref, **{headers[c]: _cell(ok[c]) for c in metric_cols},
-                            "n": len(ok), "status": status}))
+        rows.append(
+            (
+                rank,
+                {
+                    "method": method,
+                    "ref": ref,
+                    **{headers[c]: _cell(ok[c]) for c in metric_cols},
+                    "n": len(ok),
+                    "status": status,
+                },
+            )
+        )
     rows.sort(key=lambda r: float("inf") if pd.isna(r[0]) else -r[0] if higher else r[0])
     return tabulate([r for _, r in rows], headers="keys", tablefmt="github", disable_numparse=True)
 
@@ -105,15 +126,24 @@ def render(results: list[RunResult]) -> str:
 
 
 def _footer(results: list[RunResult]) -> str:
-    commits = sorted({(r.provenance.git_commit or "unknown")[:12] + (" (dirty)" if r.provenance.git_dirty else "")
-                      for r in results})
-    datasets = sorted({f"{r.provenance.dataset.name} ({r.provenance.dataset.kind}): {r.provenance.dataset.fingerprint}"
-                       for r in results if r.provenance.dataset})
+    commits = sorted(
+        {(r.provenance.git_commit or "unknown")[:12] + (" (dirty)" if r.provenance.git_dirty else "") for r in results}
+    )
+    datasets = sorted(
+        {
+            f"{r.provenance.dataset.name} ({r.provenance.dataset.kind}): {r.provenance.dataset.fingerprint}"
+            for r in results
+            if r.provenance.dataset
+        }
+    )
     versions = sorted({r.provenance.harness_version for r in results})
-    lines = ["## Provenance", "",
-             f"- result files: {len(results)}",
-             f"- harness versions: {', '.join(versions)}; commits: {', '.join(commits)}",
-             *[f"- dataset {d}" for d in datasets]]
+    lines = [
+        "## Provenance",
+        "",
+        f"- result files: {len(results)}",
+        f"- harness versions: {', '.join(versions)}; commits: {', '.join(commits)}",
+        *[f"- dataset {d}" for d in datasets],
+    ]
     return "\n".join(lines) + "\n"
 
 

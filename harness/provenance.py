@@ -20,8 +20,15 @@ LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "torchvision", "timm", "
 def hash_path(path: Path) -> str:
     """sha256 of a file's bytes, or of a folder's relative paths and file contents (caches ignored), streamed.
     Remembered while no file's size or modification time changes: weights are read once per matrix, not per cell."""
-    return hash_files([(path, "")] if path.is_file() else [
-        (p, str(p.relative_to(path))) for p in sorted(path.rglob("*")) if p.is_file() and "__pycache__" not in p.parts])
+    return hash_files(
+        [(path, "")]
+        if path.is_file()
+        else [
+            (p, str(p.relative_to(path)))
+            for p in sorted(path.rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts
+        ]
+    )
 
 
 def hash_files(files: list[tuple[Path, str]]) -> str:

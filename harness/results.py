@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness import REPO_ROOT
 
-
 SCHEMA_VERSION = 1
 DEFAULT_RESULTS_DIR = REPO_ROOT / "leaderboard" / "results"
 Status = Literal["ok", "failed", "timeout"]
@@ -139,8 +138,9 @@ class ResultStore:
         try:
             return RunResult.model_validate(json.loads(path.read_text()))
         except (OSError, ValueError, ValidationError) as e:
-            print(f"bench: warning: {path}: not a valid result file, ignored ({str(e).splitlines()[0]})",
-                  file=sys.stderr)
+            print(
+                f"bench: warning: {path}: not a valid result file, ignored ({str(e).splitlines()[0]})", file=sys.stderr
+            )
             return None
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from harness import specs
-from harness.data import open_dataset, fingerprint
+from harness.data import fingerprint, open_dataset
 from harness.data.base import DatasetReader
 from harness.errors import MethodFailure, MethodTimeout, UserError
 from harness.protocols.base import Protocol, RunContext
@@ -41,20 +41,38 @@ def incompatibility(method: specs.MethodSpec, task: specs.TaskSpec) -> str | Non
     return None
 
 
-def run_cell(method: specs.MethodSpec, task: specs.TaskSpec, seed: int, opts: RunOptions, store: ResultStore,
-             runner: Runner | None = None) -> RunResult:
+def run_cell(
+    method: specs.MethodSpec,
+    task: specs.TaskSpec,
+    seed: int,
+    opts: RunOptions,
+    store: ResultStore,
+    runner: Runner | None = None,
+) -> RunResult:
     """Run one cell, or return its stored result. Method misbehaviour becomes a failed/timeout result;
     bad specs or data raise UserError before anything is written. `runner`: default, a new one of opts.backend
     (a matrix passes one, so each method is prepared once)."""
     if reason := incompatibility(method, task):
         raise UserError(reason)
     runner = runner or get_runner(opts.backend)
-    key = ResultKey(method=method.name, method_ref=runner.result_ref(method), task=task.name,
-                    task_version=task.version, data="procedural" if opts.synthetic else "real", seed=seed)
+    key = ResultKey(
+        method=method.name,
+        method_ref=runner.result_ref(method),
+        task=task.name,
+        task_version=task.version,
+        data="procedural" if opts.synthetic else "real",
+        seed=seed,
+    )
     task_info = {"name": task.name, "version": task.version, "output": task.output, "seed": seed}
-    return score_cell(task, key, opts, store, runner.name,
-                      lambda: runner.start(method, seed, task_info, opts.timeout_s or task.timeout_s),
-                      sandboxed=runner.sandboxed)
+    return score_cell(
+        task,
+        key,
+        opts,
+        store,
+        runner.name,
+        lambda: runner.start(method, seed, task_info, opts.timeout_s or task.timeout_s),
+        sandboxed=runner.sandboxed,
+    )
 
 
 @dataclass
@@ -70,16 +88,33 @@ class Prepared:
 def prepare(task: specs.TaskSpec, seed: int, opts: RunOptions) -> Prepared:
     """Open the task's dataset and make its protocol and run context; bad data raises UserError."""
     dataset = open_dataset(task.dataset, opts.data_root, synthetic=opts.synthetic)
-    dataset_info = DatasetInfo(name=task.dataset, kind="procedural" if opts.synthetic else "real",
-                               root=str(dataset.root), fingerprint=fingerprint(dataset.root))
-    ctx = RunContext(session=None, seed=seed, device="cuda" if gpu_name() else "cpu", batch_size=task.batch_size,
-                     num_workers=opts.num_workers, progress=opts.progress)
+    dataset_info = DatasetInfo(
+        name=task.dataset,
+        kind="procedural" if opts.synthetic else "real",
+        root=str(dataset.root),
+        fingerprint=fingerprint(dataset.root),
+    )
+    ctx = RunContext(
+        session=None,
+        seed=seed,
+        device="cuda" if gpu_name() else "cpu",
+        batch_size=task.batch_size,
+        num_workers=opts.num_workers,
+        progress=opts.progress,
+    )
     return Prepared(dataset, dataset_info, task.make_protocol(), ctx)
 
 
-def score_cell(task: specs.TaskSpec, key: ResultKey, opts: RunOptions, store: ResultStore, backend: str,
-               start: Callable[[], ContextManager[RunningMethod]], external: bool = False,
-               sandboxed: bool = False) -> RunResult:
+def score_cell(
+    task: specs.TaskSpec,
+    key: ResultKey,
+    opts: RunOptions,
+    store: ResultStore,
+    backend: str,
+    start: Callable[[], ContextManager[RunningMethod]],
+    external: bool = False,
+    sandboxed: bool = False,
+) -> RunResult:
     """Score one cell with the session that `start()` provides and store the result, or return the stored
     result of an equal key. The session comes from a runner (a started method) or, for external outputs,
     from replayed files."""
@@ -105,20 +140,35 @@ def score_cell(task: specs.TaskSpec, key: ResultKey, opts: RunOptions, store: Re
     method_s = session.method_seconds if session else 0.0
     data_s, evaluator_s = ctx.stopwatch.totals["data"], ctx.stopwatch.totals["evaluator"]
     result = RunResult(
-        key=key, status=status, error=error, external=external,
-        metrics=outcome.metrics if outcome else {}, details=outcome.details if outcome else {},
-        notes=(outcome.notes if outcome else []) + (
-            ["procedural stand-in data: not comparable to published numbers"] if opts.synthetic else []),
-        provenance=Provenance(**machine(), task_spec_hash=task.spec_hash,
-                              task_params=task.protocol_params.model_dump(mode="json"),
-                              task_overrides=task.overrides, backend=backend, sandboxed=sandboxed,
-                              dataset=run.dataset_info,
-                              method_info=session.info.model_dump(mode="json") if session and session.info else {},
-                              started_at=started, finished_at=now()),
-        timings=Timings(total_s=total, method_s=method_s, data_s=data_s, evaluator_s=evaluator_s,
-                        harness_s=max(0.0, total - method_s - data_s - evaluator_s),
-                        images_sent=session.images_sent if session else 0,
-                        bytes_sent=session.bytes_sent if session else 0),
+        key=key,
+        status=status,
+        error=error,
+        external=external,
+        metrics=outcome.metrics if outcome else {},
+        details=outcome.details if outcome else {},
+        notes=(outcome.notes if outcome else [])
+        + (["procedural stand-in data: not comparable to published numbers"] if opts.synthetic else []),
+        provenance=Provenance(
+            **machine(),
+            task_spec_hash=task.spec_hash,
+            task_params=task.protocol_params.model_dump(mode="json"),
+            task_overrides=task.overrides,
+            backend=backend,
+            sandboxed=sandboxed,
+            dataset=run.dataset_info,
+            method_info=session.info.model_dump(mode="json") if session and session.info else {},
+            started_at=started,
+            finished_at=now(),
+        ),
+        timings=Timings(
+            total_s=total,
+            method_s=method_s,
+            data_s=data_s,
+            evaluator_s=evaluator_s,
+            harness_s=max(0.0, total - method_s - data_s - evaluator_s),
+            images_sent=session.images_sent if session else 0,
+            bytes_sent=session.bytes_sent if session else 0,
+        ),
         log_tail=log_tail,
     )
     path = store.put(result)
@@ -127,8 +177,14 @@ def score_cell(task: specs.TaskSpec, key: ResultKey, opts: RunOptions, store: Re
     return result
 
 
-def run_matrix(suite: specs.SuiteSpec, opts: RunOptions, store: ResultStore, methods: list[str] | None = None,
-               seeds: list[int] | None = None, overrides: dict[str, str] | None = None) -> list[RunResult]:
+def run_matrix(
+    suite: specs.SuiteSpec,
+    opts: RunOptions,
+    store: ResultStore,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    overrides: dict[str, str] | None = None,
+) -> list[RunResult]:
     """Every compatible (method, task, seed) cell of a suite; a failing cell never stops the others."""
     tasks = [specs.get("task", t).with_overrides(overrides or {}) for t in suite.tasks]
     method_specs = [specs.get("method", m) for m in dict.fromkeys(methods or suite.methods or specs.baseline_methods())]
@@ -144,9 +200,18 @@ def run_matrix(suite: specs.SuiteSpec, opts: RunOptions, store: ResultStore, met
     return results
 
 
-def evaluate(method, task: str | specs.TaskSpec, seed: int = 0, data: str = "synthetic",
-             data_root: Path | str | None = None, results: Path | str | None = None, force: bool = False,
-             overrides: dict | None = None, progress: bool = False, num_workers: int = 0) -> RunResult:
+def evaluate(
+    method,
+    task: str | specs.TaskSpec,
+    seed: int = 0,
+    data: str = "synthetic",
+    data_root: Path | str | None = None,
+    results: Path | str | None = None,
+    force: bool = False,
+    overrides: dict | None = None,
+    progress: bool = False,
+    num_workers: int = 0,
+) -> RunResult:
     """Score a benchsdk `Method` instance on a task from Python (a notebook, a test), in this process.
 
     The same protocols, reply validation and result JSON as `bench run` (results under `results`, default
@@ -158,7 +223,19 @@ def evaluate(method, task: str | specs.TaskSpec, seed: int = 0, data: str = "syn
     if data not in ("synthetic", "real"):
         raise UserError(f"data={data!r}: use 'synthetic' or 'real'")
     task = specs.get("task", task) if isinstance(task, str) else task
-    opts = RunOptions(backend="inprocess", synthetic=data == "synthetic", force=force, progress=progress,
-                      num_workers=num_workers, **({"data_root": Path(data_root)} if data_root else {}))
-    return run_cell(spec_for(method), task.with_overrides(overrides or {}), seed, opts, ResultStore(results),
-                    InProcessRunner(method))
+    opts = RunOptions(
+        backend="inprocess",
+        synthetic=data == "synthetic",
+        force=force,
+        progress=progress,
+        num_workers=num_workers,
+        **({"data_root": Path(data_root)} if data_root else {}),
+    )
+    return run_cell(
+        spec_for(method),
+        task.with_overrides(overrides or {}),
+        seed,
+        opts,
+        ResultStore(results),
+        InProcessRunner(method),
+    )

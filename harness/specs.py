@@ -19,7 +19,6 @@ from harness.contract import OutputKind
 from harness.errors import SpecError, UserError
 from harness.yamlfile import line_of, validation_error_line
 
-
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
 # a variant's name carries its task's; --set overrides follow as +name=value
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?(\+[a-z0-9_]+=[^+/\s]+)*$"
@@ -93,13 +92,20 @@ class TaskSpec(_Spec):
     def variant(self, name: str) -> "TaskSpec":
         """This task with variant `name` applied, named `<task>@<name>`, as a task of its own."""
         if name not in self.variants:
-            raise SpecError(f"task {self.name!r} has no variant {name!r}; variants: "
-                            f"{', '.join(self.variants) or '(none)'}", where=self.path)
+            raise SpecError(
+                f"task {self.name!r} has no variant {name!r}; variants: {', '.join(self.variants) or '(none)'}",
+                where=self.path,
+            )
         v = self.variants[name]
         body = self.model_dump(exclude={"variants", "name", "params", "dataset", "description"})
-        return TaskSpec(**body, name=f"{self.name}@{name}", path=self.path, dataset=v.dataset or self.dataset,
-                        params={**self.params, **v.params},
-                        description=v.description or f"{self.description} [{name}]")
+        return TaskSpec(
+            **body,
+            name=f"{self.name}@{name}",
+            path=self.path,
+            dataset=v.dataset or self.dataset,
+            params={**self.params, **v.params},
+            description=v.description or f"{self.description} [{name}]",
+        )
 
     def with_overrides(self, overrides: dict[str, Any]) -> "TaskSpec":
         """This task with some protocol parameters replaced (`bench run --set k=5`), as a task of its own named
@@ -115,17 +121,18 @@ class TaskSpec(_Spec):
             first = e.errors()[0]
             name = ".".join(map(str, first["loc"]))
             given = f"={overrides[name]}" if name in overrides else ""
-            raise UserError(f"--set {name}{given}: {first['msg']} (task {self.name}, protocol {self.protocol})") \
-                from None
+            raise UserError(
+                f"--set {name}{given}: {first['msg']} (task {self.name}, protocol {self.protocol})"
+            ) from None
         base = self.name.split("+", 1)[0]
-        name = base + "".join(f"+{k}={json.dumps(v, separators=(',', ':')).strip(chr(34))}"
-                              for k, v in sorted(merged.items()))
+        name = base + "".join(
+            f"+{k}={json.dumps(v, separators=(',', ':')).strip(chr(34))}" for k, v in sorted(merged.items())
+        )
         body = self.model_dump(exclude={"name", "params", "overrides"})
         try:
             return TaskSpec(**body, name=name, path=self.path, params={**self.params, **values}, overrides=merged)
         except ValidationError:
-            raise UserError(f"--set: {name!r} cannot name a task: values may not contain '+', '/' or spaces") \
-                from None
+            raise UserError(f"--set: {name!r} cannot name a task: values may not contain '+', '/' or spaces") from None
 
     def _params_class(self):
         from harness.protocols import PROTOCOLS
@@ -200,7 +207,9 @@ class MethodSpec(_Spec):
     embed_dim: int | None = Field(default=None, ge=1)
     entrypoint: str = "adapter.py"  # run with the harness's Python by the local backend
     image: str | None = None  # REPO@sha256:... (or a tag) for the docker backend
-    runtime: str = Field(default="plain", pattern=NAME_PATTERN)  # docker builds: the image under it, images/_base/<runtime>.txt
+    runtime: str = Field(
+        default="plain", pattern=NAME_PATTERN
+    )  # docker builds: the image under it, images/_base/<runtime>.txt
     weights: str | None = None  # a weights file or folder on the host, relative to this file's folder or absolute
     fit: bool = False  # has a fit stage on the task's training split
     baseline: bool = False  # part of the default method set of suites
@@ -260,8 +269,9 @@ def _expand_suite(spec: SuiteSpec, path: Path, root: yaml.Node) -> SuiteSpec:
                 raise fail("tasks", i, unknown(name))
         chosen = list(spec.tasks)
     if spec.variants:
-        chosen = list(dict.fromkeys(v for name in chosen for v in (name, *(f"{name}@{x}" for x in
-                                                                         catalog[name].variants))))
+        chosen = list(
+            dict.fromkeys(v for name in chosen for v in (name, *(f"{name}@{x}" for x in catalog[name].variants)))
+        )
     for i, name in enumerate(spec.exclude):
         if name not in catalog:
             raise fail("exclude", i, unknown(name))
@@ -289,8 +299,10 @@ def load_spec(cls: type[_Spec], path: Path) -> Any:
     if not isinstance(data, dict):
         raise SpecError("expected a mapping of fields at the top level", where=path)
     if cls is TaskSpec and "overrides" in data:
-        raise SpecError("overrides: set with `bench run --set`, not in a task file; use params or a variant",
-                        where=f"{path}:{line_of(root, ('overrides',))}")
+        raise SpecError(
+            "overrides: set with `bench run --set`, not in a task file; use params or a variant",
+            where=f"{path}:{line_of(root, ('overrides',))}",
+        )
     try:
         spec = cls(**data, path=path)
         if isinstance(spec, TaskSpec):
@@ -301,8 +313,10 @@ def load_spec(cls: type[_Spec], path: Path) -> Any:
         spec = _expand_suite(spec, path, root)
     stem = path.parent.name if cls is MethodSpec else path.stem
     if spec.name != stem:
-        raise SpecError(f"name: {spec.name!r} must match its {'folder' if cls is MethodSpec else 'file'} name {stem!r}",
-                        where=f"{path}:{line_of(root, ('name',))}")
+        raise SpecError(
+            f"name: {spec.name!r} must match its {'folder' if cls is MethodSpec else 'file'} name {stem!r}",
+            where=f"{path}:{line_of(root, ('name',))}",
+        )
     return spec
 
 

@@ -27,8 +27,9 @@ def _run_sessions(spec: MethodSpec, timeout_s: float, work) -> tuple[object, str
 
     running = None
     try:
-        with DockerRunner().start(spec, 0, {"name": "validate", "version": 0, "output": None, "seed": 0},
-                                  timeout_s) as running:
+        with DockerRunner().start(
+            spec, 0, {"name": "validate", "version": 0, "output": None, "seed": 0}, timeout_s
+        ) as running:
             return work(running.session), None
     except MethodFailure as e:
         lines = running.log_tail.splitlines() if running else []
@@ -57,14 +58,22 @@ def candidate_yaml(name: str, image: str, info: MethodInfo, **meta) -> str:
     """method.yaml for an image, with what its info declares; None-valued metadata is left out."""
     import yaml
 
-    body = {"name": name, "version": info.version, "description": meta.pop("description", None)
-            or f"{info.name} (submitted image)", "outputs": info.outputs,
-            "patch_size": info.patch_size, "embed_dim": info.embed_dim, "image": image, **meta}
+    body = {
+        "name": name,
+        "version": info.version,
+        "description": meta.pop("description", None) or f"{info.name} (submitted image)",
+        "outputs": info.outputs,
+        "patch_size": info.patch_size,
+        "embed_dim": info.embed_dim,
+        "image": image,
+        **meta,
+    }
     return yaml.safe_dump({k: v for k, v in body.items() if v is not None}, sort_keys=False)
 
 
-def validate(name: str, data_root: Path, timeout_s: float, tasks: list[str] | None = None
-             ) -> tuple[ResolvedImage, MethodInfo | None, list[Check]]:
+def validate(
+    name: str, data_root: Path, timeout_s: float, tasks: list[str] | None = None
+) -> tuple[ResolvedImage, MethodInfo | None, list[Check]]:
     """Run an image through the conformance checks, every one in the full sandbox (no network); `tasks` default to
     the smoke suite's."""
     import numpy as np
@@ -78,14 +87,26 @@ def validate(name: str, data_root: Path, timeout_s: float, tasks: list[str] | No
     checks = [Check("image", True, resolved.ref)]
     probe = MethodSpec.model_construct(name=CANDIDATE, version="0", description="", outputs=[], image=resolved.id)
     info, error = _run_sessions(probe, timeout_s, lambda s: s.info)
-    checks.append(Check("handshake (info, setup)", error is None,
-                        error or f"{info.name} {info.version}, protocol {info.protocol}, sdk {info.sdk}, "
-                                 f"transport {info.transport}"))
+    checks.append(
+        Check(
+            "handshake (info, setup)",
+            error is None,
+            error
+            or f"{info.name} {info.version}, protocol {info.protocol}, sdk {info.sdk}, transport {info.transport}",
+        )
+    )
     if error:
         return resolved, None, checks
     checks.append(Check("declared outputs", True, info.summary()))
-    spec = MethodSpec(name=CANDIDATE, version=info.version, description=f"{info.name} (submitted image)",
-                      outputs=info.outputs, patch_size=info.patch_size, embed_dim=info.embed_dim, image=resolved.id)
+    spec = MethodSpec(
+        name=CANDIDATE,
+        version=info.version,
+        description=f"{info.name} (submitted image)",
+        outputs=info.outputs,
+        patch_size=info.patch_size,
+        embed_dim=info.embed_dim,
+        image=resolved.id,
+    )
     runner = DockerRunner()
     with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
         store = ResultStore(Path(tmp) / "results")
@@ -97,11 +118,15 @@ def validate(name: str, data_root: Path, timeout_s: float, tasks: list[str] | No
             try:
                 r = run_cell(spec, task, 0, opts, store, runner)
             except UserError as e:  # the harness's problem (task, data), not the image's
-                checks.append(Check(f"task {task.name} (procedural)", None, f"not checked: the harness could "
-                                                                             f"not run it: {e}"))
+                checks.append(
+                    Check(f"task {task.name} (procedural)", None, f"not checked: the harness could not run it: {e}")
+                )
                 continue
-            detail = ", ".join(f"{k}={v:.2f}" for k, v in r.metrics.items()) if r.status == "ok" else \
-                f"{r.status}: {r.error}"
+            detail = (
+                ", ".join(f"{k}={v:.2f}" for k, v in r.metrics.items())
+                if r.status == "ok"
+                else f"{r.status}: {r.error}"
+            )
             checks.append(Check(f"task {task.name} (procedural)", r.status == "ok", detail))
     runs = [_run_sessions(spec, timeout_s, lambda s: _fixed_batch_outputs(s, info)) for _ in range(2)]
     if runs[0][1] or runs[1][1]:
@@ -109,9 +134,19 @@ def validate(name: str, data_root: Path, timeout_s: float, tasks: list[str] | No
     else:
         diffs = {k: float(np.max(np.abs(runs[0][0][k] - runs[1][0][k]), initial=0)) for k in runs[0][0]}
         same = all(np.array_equal(runs[0][0][k], runs[1][0][k]) for k in runs[0][0])
-        checks.append(Check("determinism (seed 0, twice)", same,
-                            "equal outputs" if same else f"outputs differ: max |diff| {diffs}"))
+        checks.append(
+            Check(
+                "determinism (seed 0, twice)", same, "equal outputs" if same else f"outputs differ: max |diff| {diffs}"
+            )
+        )
     sandboxed = all(c.ok is not False for c in checks)
-    checks.append(Check("no network needed", sandboxed, "every check ran with no network, read-only root, no "
-                        "capabilities" if sandboxed else "a check failed in the sandbox (no network): see above"))
+    checks.append(
+        Check(
+            "no network needed",
+            sandboxed,
+            "every check ran with no network, read-only root, no capabilities"
+            if sandboxed
+            else "a check failed in the sandbox (no network): see above",
+        )
+    )
     return resolved, info, checks

@@ -69,8 +69,12 @@ def measure(path: str, workers: int, data_root: Path, limit: int | None) -> dict
         seen += len(batch[0])
     seconds = time.perf_counter() - start
     kib = {who: resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)}
-    return {"images": seen, "seconds": seconds, "rss_main": kib[resource.RUSAGE_SELF] / 1024,
-            "rss_worker": kib[resource.RUSAGE_CHILDREN] / 1024 if workers else None}
+    return {
+        "images": seen,
+        "seconds": seconds,
+        "rss_main": kib[resource.RUSAGE_SELF] / 1024,
+        "rss_worker": kib[resource.RUSAGE_CHILDREN] / 1024 if workers else None,
+    }
 
 
 def _row_in_fresh_process(path: str, workers: int, data_root: Path, limit: int | None) -> dict:
@@ -100,10 +104,25 @@ def main() -> None:
         open_dataset(dataset, args.data_root, synthetic=True, scale="small")  # generate before timing
         for workers in (int(w) for w in args.workers.split(",")):
             r = _row_in_fresh_process(path, workers, args.data_root, args.limit)
-            rows.append((path, workers, r["images"], f"{r['seconds']:.1f}", f"{r['images'] / r['seconds']:.1f}",
-                         f"{r['rss_main']:.0f}", "" if r["rss_worker"] is None else f"{r['rss_worker']:.0f}"))
-    print(tabulate(rows, headers=["path", "workers", "images", "seconds", "images/s", "peak RSS MiB",
-                                  "largest worker MiB"], tablefmt="github", disable_numparse=True))
+            rows.append(
+                (
+                    path,
+                    workers,
+                    r["images"],
+                    f"{r['seconds']:.1f}",
+                    f"{r['images'] / r['seconds']:.1f}",
+                    f"{r['rss_main']:.0f}",
+                    "" if r["rss_worker"] is None else f"{r['rss_worker']:.0f}",
+                )
+            )
+    print(
+        tabulate(
+            rows,
+            headers=["path", "workers", "images", "seconds", "images/s", "peak RSS MiB", "largest worker MiB"],
+            tablefmt="github",
+            disable_numparse=True,
+        )
+    )
     print(f"\n{os.cpu_count()} CPUs; batch {BATCH}; `small` procedural stand-ins under {args.data_root}/_synthetic")
 
 

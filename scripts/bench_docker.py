@@ -29,9 +29,9 @@ from tabulate import tabulate  # noqa: E402
 
 from harness import specs  # noqa: E402
 from harness.data import DATASETS, synthetic_root  # noqa: E402
-from harness.runners.images import BASE_ENV, resolve_method  # noqa: E402
 from harness.results import ResultStore  # noqa: E402
 from harness.run import RunOptions, run_cell  # noqa: E402
+from harness.runners.images import BASE_ENV, resolve_method  # noqa: E402
 
 
 def main() -> int:
@@ -50,8 +50,9 @@ def main() -> int:
     reader = DATASETS[task.dataset]
     home = synthetic_root(reader, args.data_root, args.scale, 0).parents[len(Path(reader.subdir).parts) - 1]
     image = resolve_method(method)
-    print(f"cell: {method.name} x {task.name}, procedural {args.scale} ({home}); image {image.ref[:19]}",
-          file=sys.stderr)
+    print(
+        f"cell: {method.name} x {task.name}, procedural {args.scale} ({home}); image {image.ref[:19]}", file=sys.stderr
+    )
 
     arms = {"local": ("local", None), "docker": ("docker", None)}
     if args.stdio:
@@ -77,18 +78,47 @@ def main() -> int:
     for arm, done in runs.items():
         for wall, r in done:
             t = r.timings
-            rows.append((arm, r.provenance.method_info.get("transport", "stdio"), f"{wall:.1f}", f"{t.total_s:.1f}",
-                         f"{t.method_s:.1f}", t.images_sent, f"{t.bytes_sent / 1e6:.0f}",
-                         f"{t.images_sent / t.method_s:.1f}", f"{t.bytes_sent / 1e6 / t.method_s:.1f}",
-                         ", ".join(f"{k}={v:.2f}" for k, v in r.metrics.items())))
-    print(tabulate(rows, headers=["arm", "transport", "wall s", "cell s", "method s", "images", "MB sent", "images/s",
-                                  "MB/s", "metrics"], tablefmt="github", disable_numparse=True))
+            rows.append(
+                (
+                    arm,
+                    r.provenance.method_info.get("transport", "stdio"),
+                    f"{wall:.1f}",
+                    f"{t.total_s:.1f}",
+                    f"{t.method_s:.1f}",
+                    t.images_sent,
+                    f"{t.bytes_sent / 1e6:.0f}",
+                    f"{t.images_sent / t.method_s:.1f}",
+                    f"{t.bytes_sent / 1e6 / t.method_s:.1f}",
+                    ", ".join(f"{k}={v:.2f}" for k, v in r.metrics.items()),
+                )
+            )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "arm",
+                "transport",
+                "wall s",
+                "cell s",
+                "method s",
+                "images",
+                "MB sent",
+                "images/s",
+                "MB/s",
+                "metrics",
+            ],
+            tablefmt="github",
+            disable_numparse=True,
+        )
+    )
     median = {arm: statistics.median(w for w, _ in done) for arm, done in runs.items()}
     same = all(r.metrics == runs["local"][0][1].metrics for done in runs.values() for _, r in done)
     print("\nmedian wall: " + ", ".join(f"{arm} {m:.1f}s" for arm, m in median.items()))
     for arm in list(arms)[1:]:
-        print(f"ratio {arm} / local: {median[arm] / median['local']:.3f}" + (" (target <= 1.03)" if arm == "docker"
-                                                                           else ""))
+        print(
+            f"ratio {arm} / local: {median[arm] / median['local']:.3f}"
+            + (" (target <= 1.03)" if arm == "docker" else "")
+        )
     print(f"metrics identical across arms: {same}")
     return 0
 

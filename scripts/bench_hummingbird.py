@@ -179,14 +179,26 @@ def run_ours(cfg: dict) -> dict:
     hb.HummingbirdProtocol._build_memory = _timed(hb.HummingbirdProtocol._build_memory, "memory")
     hb.HummingbirdProtocol._confusion = _timed(hb.HummingbirdProtocol._confusion, "search+metric")
     params = hb.HummingbirdParams(
-        train_split="train", eval_split="val", memory_size=cfg["memory"], aug_epochs=cfg["epochs"], k=30,
-        temperature=0.02, search=cfg["search"], memory_dtype=cfg["dtype"], search_options=cfg.get("options", {}),
+        train_split="train",
+        eval_split="val",
+        memory_size=cfg["memory"],
+        aug_epochs=cfg["epochs"],
+        k=30,
+        temperature=0.02,
+        search=cfg["search"],
+        memory_dtype=cfg["dtype"],
+        search_options=cfg.get("options", {}),
     )
     ctx = RunContext(session=_TokenSession(), seed=0, batch_size=cfg["batch"], num_workers=0, progress=False)
     start = clock()
     outcome = hb.HummingbirdProtocol(params).run(_data(cfg["train_images"], cfg["queries"]), ctx)
-    return {"miou": outcome.metrics["miou"], "miou_identity": outcome.metrics["miou_identity"], **elapsed(start),
-            "rows": outcome.details["memory_rows"], "phases": {**ctx.stopwatch.totals, **PHASES}}
+    return {
+        "miou": outcome.metrics["miou"],
+        "miou_identity": outcome.metrics["miou_identity"],
+        **elapsed(start),
+        "rows": outcome.details["memory_rows"],
+        "phases": {**ctx.stopwatch.totals, **PHASES},
+    }
 
 
 # --- the reference -----------------------------------------------------------------------------------------------
@@ -249,13 +261,24 @@ def run_reference(cfg: dict) -> dict:
     val = _RefLoader("val", cfg["queries"], cfg["batch"], extractor)
     start = clock()
     evaluator = HbirdEvaluation(
-        extractor, train, num_classes=CLASSES, n_neighbours=30, augmentation_epoch=cfg["epochs"], device="cpu",
-        nn_method="faiss" if cfg["search"] == "exact" else "scann", nn_params={}, memory_size=cfg["memory"],
+        extractor,
+        train,
+        num_classes=CLASSES,
+        n_neighbours=30,
+        augmentation_epoch=cfg["epochs"],
+        device="cpu",
+        nn_method="faiss" if cfg["search"] == "exact" else "scann",
+        nn_params={},
+        memory_size=cfg["memory"],
         dataset_size=cfg["train_images"],
     )
     jac = _timed(evaluator.evaluate, "search+metric")(val, eval_spatial_resolution=GRID, ignore_index=IGNORE)
-    return {"miou": 100 * float(jac), **elapsed(start), "rows": int(evaluator.feature_memory.shape[0]),
-            "phases": PHASES}
+    return {
+        "miou": 100 * float(jac),
+        **elapsed(start),
+        "rows": int(evaluator.feature_memory.shape[0]),
+        "phases": PHASES,
+    }
 
 
 # --- kNN ---------------------------------------------------------------------------------------------------------
@@ -309,8 +332,12 @@ def run_overcluster(cfg: dict) -> dict:
     ctx = RunContext(session=_Session(), seed=0, batch_size=cfg["batch"], num_workers=0, progress=False)
     start = clock()
     outcome = oc.OverclusterProtocol(params).run(_data(0, cfg["queries"]), ctx)
-    return {"miou": outcome.metrics["miou"], **elapsed(start), "rows": outcome.details["points_clustered"],
-            "phases": ctx.stopwatch.totals}
+    return {
+        "miou": outcome.metrics["miou"],
+        **elapsed(start),
+        "rows": outcome.details["points_clustered"],
+        "phases": ctx.stopwatch.totals,
+    }
 
 
 # --- driver ------------------------------------------------------------------------------------------------------
@@ -341,8 +368,14 @@ def launch(python: str, cfg: dict, log: Path) -> dict:
     with open(log, "a") as err:
         err.write(f"\n=== {cfg['label']} {cfg['side']}\n")
         err.flush()
-        proc = subprocess.run([python, __file__, "_worker", json.dumps(cfg)], stdout=subprocess.PIPE, stderr=err,
-                              text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **WORKER_ENV})
+        proc = subprocess.run(
+            [python, __file__, "_worker", json.dumps(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **WORKER_ENV},
+        )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         return {"error": f"exit {proc.returncode}, see {log}"}
@@ -363,8 +396,9 @@ def reference_env(args) -> tuple[str, str]:
         site = next((venv / "lib").glob("python3*/site-packages"))
         (site / "vrbench-main.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch, numpy, scann
         subprocess.run([str(python), "-m", "pip", "install", "-q", "pytorch-lightning"], check=True)
-    commit = subprocess.run(["git", "-C", str(args.ref_repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(args.ref_repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     print(f"reference: open-hummingbird-eval {commit} at {checkout}, python {python}", file=sys.stderr)
     return str(python), str(checkout)
 
@@ -414,19 +448,40 @@ def main() -> None:
     if "a" in parts:
         both("a", memory=args.memory, queries=args.queries, search="scann", dtype="float32")
     if "b" in parts:
-        both("b", memory=None, queries=args.exact_queries, train_images=args.exact_train, search="exact",
-             dtype="float32")
+        both(
+            "b", memory=None, queries=args.exact_queries, train_images=args.exact_train, search="exact", dtype="float32"
+        )
     if "c" in parts:
-        cfg = {**base, "label": "c", "side": "ours", "memory": args.memory, "queries": 8, "search": "exact",
-               "dtype": "float16"}
+        cfg = {
+            **base,
+            "label": "c",
+            "side": "ours",
+            "memory": args.memory,
+            "queries": 8,
+            "search": "exact",
+            "dtype": "float16",
+        }
         runs["c ours"] = launch(ours_py, cfg, log)
     if "d" in parts:
-        cfg = {**base, "label": "d", "side": "ours", "memory": args.huge_memory, "queries": args.huge_queries,
-               "search": "exact", "dtype": "float16", "batch": max(args.huge_queries, 1)}
+        cfg = {
+            **base,
+            "label": "d",
+            "side": "ours",
+            "memory": args.huge_memory,
+            "queries": args.huge_queries,
+            "search": "exact",
+            "dtype": "float16",
+            "batch": max(args.huge_queries, 1),
+        }
         runs["d ours"] = launch(ours_py, cfg, log)
     if "e" in parts:
-        cfg = {"label": "e", "side": "knn", "bank": args.knn_bank, "queries": args.knn_queries,
-               "ks": [10, 20, 100, 200]}
+        cfg = {
+            "label": "e",
+            "side": "knn",
+            "bank": args.knn_bank,
+            "queries": args.knn_queries,
+            "ks": [10, 20, 100, 200],
+        }
         runs["e knn"] = launch(ours_py, cfg, log)
     for k in args.overcluster_k if "f" in parts else []:
         cfg = {"label": "f", "side": "overcluster", "k": k, "queries": args.overcluster_images, "batch": args.batch}
@@ -458,8 +513,19 @@ def _load(run: dict) -> str:
 def report(runs: dict[str, dict]) -> None:
     from tabulate import tabulate
 
-    headers = ["run", "configuration", "bank rows", "wall s", "eval s", "eval CPU s", "mIoU", "peak RSS GB",
-               "RSS over start GB", "fp16 bank GB", "RSS / fp16 bank"]
+    headers = [
+        "run",
+        "configuration",
+        "bank rows",
+        "wall s",
+        "eval s",
+        "eval CPU s",
+        "mIoU",
+        "peak RSS GB",
+        "RSS over start GB",
+        "fp16 bank GB",
+        "RSS / fp16 bank",
+    ]
     rows = []
     for name, r in runs.items():
         if "error" in r:
@@ -468,17 +534,33 @@ def report(runs: dict[str, dict]) -> None:
         bank = r["rows"] * DIM * 2
         what = _describe(r)
         score = f"{r['miou']:.4f}" if "miou" in r else f"top-1@20 {r['top1']['20']:.2f}"
-        rows.append([name, what, f"{r['rows']:,}", f"{r['wall']:.1f}", f"{r['wall'] - r['synth_s']:.1f}",
-                     f"{r['cpu'] - r['synth_cpu']:.1f}", score, gb(r["peak_rss"]), gb(r["peak_rss"] - r["base_rss"]),
-                     gb(bank), f"{r['peak_rss'] / bank:.2f}"])
+        rows.append(
+            [
+                name,
+                what,
+                f"{r['rows']:,}",
+                f"{r['wall']:.1f}",
+                f"{r['wall'] - r['synth_s']:.1f}",
+                f"{r['cpu'] - r['synth_cpu']:.1f}",
+                score,
+                gb(r["peak_rss"]),
+                gb(r["peak_rss"] - r["base_rss"]),
+                gb(bank),
+                f"{r['peak_rss'] / bank:.2f}",
+            ]
+        )
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     steps = ["memory", "index", "search+metric"]
-    split = [[name] + [_phase(r["phases"], k) for k in steps] + [_load(r)]
-             for name, r in runs.items() if "error" not in r and "memory" in r.get("phases", {})]
+    split = [
+        [name] + [_phase(r["phases"], k) for k in steps] + [_load(r)]
+        for name, r in runs.items()
+        if "error" not in r and "memory" in r.get("phases", {})
+    ]
     if split:
         print("\nwall / CPU seconds per step (synthetic masks and features drawn inside memory and search+metric):")
-        print(tabulate(split, headers=["run", *steps, "load avg 15 min at end"], tablefmt="github",
-                       disable_numparse=True))
+        print(
+            tabulate(split, headers=["run", *steps, "load avg 15 min at end"], tablefmt="github", disable_numparse=True)
+        )
     for label in ("a", "b"):
         ref = runs.get(f"{label} reference")
         for name in (f"{label} ours", f"{label} ours again"):
@@ -487,11 +569,15 @@ def report(runs: dict[str, dict]) -> None:
                 continue
             wall = (ref["wall"] - ref["synth_s"]) / (ours["wall"] - ours["synth_s"])
             cpu = (ref["cpu"] - ref["synth_cpu"]) / (ours["cpu"] - ours["synth_cpu"])
-            print(f"{name}: the reference takes {wall:.2f}x our eval time ({cpu:.2f}x our CPU time, "
-                  f"{ref['wall'] / ours['wall']:.2f}x our wall time); mIoU ours - reference = "
-                  f"{ours['miou'] - ref['miou']:+.5f} points")
-    print(f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (others' work slows wall times; "
-          f"CPU times are what each run itself used)")
+            print(
+                f"{name}: the reference takes {wall:.2f}x our eval time ({cpu:.2f}x our CPU time, "
+                f"{ref['wall'] / ours['wall']:.2f}x our wall time); mIoU ours - reference = "
+                f"{ours['miou'] - ref['miou']:+.5f} points"
+            )
+    print(
+        f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (others' work slows wall times; "
+        f"CPU times are what each run itself used)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,18 @@ from harness.protocols.base import RunContext  # noqa: E402
 from harness.protocols.objseg import ObjsegParams, ObjsegProtocol, load_objseg_sample  # noqa: E402
 
 # ours -> the official evaluator's statistic, and whether it is reported in percent
-METRICS = {"miou_fg": ("mIoU_fg", True), "ari_fg": ("ARI_FG", True), "miou": ("mIoU", True),
-           "miou_corrected": ("mIoU_gt", True), "ari": ("ARI", True), "dice": ("DICE", True),
-           "dice_fg": ("DICE_FG", True), "acc": ("acc", True), "msc": ("mSC", True), "mse": ("MSE", False)}
+METRICS = {
+    "miou_fg": ("mIoU_fg", True),
+    "ari_fg": ("ARI_FG", True),
+    "miou": ("mIoU", True),
+    "miou_corrected": ("mIoU_gt", True),
+    "ari": ("ARI", True),
+    "dice": ("DICE", True),
+    "dice_fg": ("DICE_FG", True),
+    "acc": ("acc", True),
+    "msc": ("mSC", True),
+    "mse": ("MSE", False),
+}
 SLOTS = 11
 
 
@@ -94,8 +103,16 @@ def predictions(kind: str, images: np.ndarray, gt: np.ndarray, rng: np.random.Ge
     raise ValueError(kind)
 
 
-KINDS = ("oracle", "oracle_fg_slots", "one_mask", "soft_noisy_gt", "blocks_7", "split_merge_16",
-         "soft_random_no_bg", "pixels_kmeans")
+KINDS = (
+    "oracle",
+    "oracle_fg_slots",
+    "one_mask",
+    "soft_noisy_gt",
+    "blocks_7",
+    "split_merge_16",
+    "soft_random_no_bg",
+    "pixels_kmeans",
+)
 
 
 class ReplaySession:
@@ -122,8 +139,12 @@ def official(reference, images, gt, masks, recon, have_background, batch_size):
     slots, fewer_slots = masks.shape[1] + (not have_background), 0
     for start in range(0, len(images), batch_size):
         part = slice(start, start + batch_size)
-        evaluator.update(torch.from_numpy(recon[part]), torch.from_numpy(masks[part]),
-                         torch.from_numpy(images[part]), torch.from_numpy(gt[part, None]))
+        evaluator.update(
+            torch.from_numpy(recon[part]),
+            torch.from_numpy(masks[part]),
+            torch.from_numpy(images[part]),
+            torch.from_numpy(gt[part, None]),
+        )
         fewer_slots += len(gt[part]) * (max(slots, gt[part].max() + 1) < max(slots, SLOTS))
     stats = {ours: evaluator.statistic(name) * (100 if percent else 1) for ours, (name, percent) in METRICS.items()}
     return stats, fewer_slots
@@ -136,8 +157,12 @@ def main() -> int:
     ap.add_argument("--scale", default="small", choices=["tiny", "small"])
     ap.add_argument("--split", default="test", help="split compared (outd has only 'test': all its images)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--batch-size", type=int, default=16,
-                    help="batch size fed to the official evaluator; at least 2 (with 1, its .squeeze() breaks mSC)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="batch size fed to the official evaluator; at least 2 (with 1, its .squeeze() breaks mSC)",
+    )
     ap.add_argument("--tol", type=float, default=1e-4)
     args = ap.parse_args()
     if args.batch_size < 2:
@@ -163,11 +188,14 @@ def main() -> int:
             print(f"{variant}: official loader has {len(items)} images, ours {len(ours)}")
             return 1
         ours_views = [load_objseg_sample(ours, 0.8, 128, "pil", i) for i in range(len(ours))]
-        same_images = np.array_equal(np.stack([v[0] for v in ours_views]),
-                                     (images.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8))
+        same_images = np.array_equal(
+            np.stack([v[0] for v in ours_views]), (images.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+        )
         same_masks = np.array_equal(np.stack([v[1] for v in ours_views]), gt)
-        print(f"{variant:8} preprocessing: images {'identical' if same_images else 'DIFFER'}, "
-              f"masks {'identical' if same_masks else 'DIFFER'}")
+        print(
+            f"{variant:8} preprocessing: images {'identical' if same_images else 'DIFFER'}, "
+            f"masks {'identical' if same_masks else 'DIFFER'}"
+        )
         failed |= not (same_images and same_masks)
         print(header + "\n" + "-" * len(header))
         for kind in KINDS:
@@ -186,12 +214,16 @@ def main() -> int:
             cells = " ".join(f"{got[m]:7.3f}/{ref[m]:8.3f}" if m in got else f"{'(none)':>16}" for m in METRICS)
             bad = max(diffs.values()) > args.tol
             failed |= bad
-            print(f"{variant:8} {kind:18} {len(items):4d} {cells} {fewer_slots:6d}   {max(diffs.values()):.1e}"
-                  + ("  MISMATCH" if bad else ""))
+            print(
+                f"{variant:8} {kind:18} {len(items):4d} {cells} {fewer_slots:6d}   {max(diffs.values()):.1e}"
+                + ("  MISMATCH" if bad else "")
+            )
     print("\nlargest |ours - official| per metric (percent points; MSE relative):")
     print("  " + "  ".join(f"{m} {v:.1e}" for m, v in worst.items()))
-    print("cells: ours/official; pad<11: images the official evaluator scored with fewer than 11 slots (it pads to "
-          "its batch's largest GT id, we to at least 11)")
+    print(
+        "cells: ours/official; pad<11: images the official evaluator scored with fewer than 11 slots (it pads to "
+        "its batch's largest GT id, we to at least 11)"
+    )
     print("MISMATCH" if failed else f"all equal within {args.tol}")
     return int(failed)
 

@@ -79,9 +79,8 @@ if str(REPO) not in sys.path:
 
 from harness.data import open_dataset  # noqa: E402
 from harness.data.base import DatasetReader  # noqa: E402
-from harness.protocols import PROTOCOLS  # noqa: E402
+from harness.protocols import PROTOCOLS, hummingbird  # noqa: E402
 from harness.protocols.base import RunContext  # noqa: E402
-from harness.protocols import hummingbird  # noqa: E402
 from harness.protocols.hummingbird import (  # noqa: E402
     HummingbirdParams,
     load_eval_sample,
@@ -180,8 +179,10 @@ def build_hbird_inputs(data: DatasetReader, size: int, seed: int, batch_size: in
     for epoch in range(aug_epochs):
         batches = []
         for start in range(0, len(ids), batch_size):
-            samples = [load_train_sample(train, ids, size, seed, epoch, n_patches, i)
-                       for i in range(start, min(start + batch_size, len(ids)))]
+            samples = [
+                load_train_sample(train, ids, size, seed, epoch, n_patches, i)
+                for i in range(start, min(start + batch_size, len(ids)))
+            ]
             images, masks, noise = (np.stack(column) for column in zip(*samples))
             table.add(images, featurize(images))
             batches.append((images, masks, noise))
@@ -192,8 +193,9 @@ def build_hbird_inputs(data: DatasetReader, size: int, seed: int, batch_size: in
         images, masks = (np.stack(column) for column in zip(*samples))
         table.add(images, featurize(images))
         val_batches.append((images, masks))
-    return HbirdInputs(size, seed, batch_size, epochs, val_batches, table, train.num_classes, len(train),
-                       time.perf_counter() - t0)
+    return HbirdInputs(
+        size, seed, batch_size, epochs, val_batches, table, train.num_classes, len(train), time.perf_counter() - t0
+    )
 
 
 @contextlib.contextmanager
@@ -250,13 +252,21 @@ def run_ours_hbird(data: DatasetReader, inputs: HbirdInputs, memory_size: int | 
         return predictions[-1]
 
     params = HummingbirdParams(input_size=inputs.size, memory_size=memory_size, search="exact", **HBIRD)
-    ctx = RunContext(session=TableSession(inputs.table), seed=inputs.seed, batch_size=inputs.batch_size,
-                     num_workers=0, progress=False)
-    with (patched(hummingbird, "make_search", recording_make_search),
-          patched(hummingbird, "predict_masks", recording_predict_masks)):
+    ctx = RunContext(
+        session=TableSession(inputs.table),
+        seed=inputs.seed,
+        batch_size=inputs.batch_size,
+        num_workers=0,
+        progress=False,
+    )
+    with (
+        patched(hummingbird, "make_search", recording_make_search),
+        patched(hummingbird, "predict_masks", recording_predict_masks),
+    ):
         outcome = PROTOCOLS["hummingbird"](params).run(data, ctx)
-    return OurRun(outcome.metrics, ctx.stopwatch.totals["evaluator"], np.concatenate(neighbours),
-                  np.concatenate(predictions))
+    return OurRun(
+        outcome.metrics, ctx.stopwatch.totals["evaluator"], np.concatenate(neighbours), np.concatenate(predictions)
+    )
 
 
 # --- the reference, fed the same tensors ---------------------------------------------------------------------------
@@ -382,13 +392,21 @@ def run_reference_hbird(hbird_eval, search_faiss, inputs: HbirdInputs, memory_si
     val = Loader([inputs.val])
     grid = inputs.size // PATCH
     lookup_before = inputs.table.seconds
-    with (patched(search_faiss, "NearestNeighborSearchFaiss", CpuFlatIP),
-          patched(hbird_eval, "PredsmIoU", KeptPredsmIoU),
-          patched(hbird_eval.HbirdEvaluation, "_sample_features", sample_with_our_noise)):
+    with (
+        patched(search_faiss, "NearestNeighborSearchFaiss", CpuFlatIP),
+        patched(hbird_eval, "PredsmIoU", KeptPredsmIoU),
+        patched(hbird_eval.HbirdEvaluation, "_sample_features", sample_with_our_noise),
+    ):
         t0 = time.perf_counter()
         evaluator = hbird_eval.HbirdEvaluation(
-            TableExtractor(inputs.table, grid), train, num_classes=inputs.num_classes, n_neighbours=HBIRD["k"],
-            augmentation_epoch=HBIRD["aug_epochs"], device="cpu", nn_method="faiss", memory_size=memory_size,
+            TableExtractor(inputs.table, grid),
+            train,
+            num_classes=inputs.num_classes,
+            n_neighbours=HBIRD["k"],
+            augmentation_epoch=HBIRD["aug_epochs"],
+            device="cpu",
+            nn_method="faiss",
+            memory_size=memory_size,
             dataset_size=inputs.n_train,
         )
         miou = evaluator.evaluate(val, eval_spatial_resolution=grid, ignore_index=255)
@@ -399,8 +417,16 @@ def run_reference_hbird(hbird_eval, search_faiss, inputs: HbirdInputs, memory_si
     if HBIRD["temperature"] != 0.02:  # the reference's _cross_attention has beta=0.02 built in
         raise RuntimeError("the reference's temperature is fixed at 0.02")
     predictions = torch.cat(metric._pred_chunks).numpy()  # kept by PredsmIoU for its reordered predictions
-    return ReferenceRun(100 * float(miou), 100 * float(miou_identity), seconds, evaluator.feature_memory,
-                        evaluator.label_memory, sampled, np.concatenate(neighbours), predictions)
+    return ReferenceRun(
+        100 * float(miou),
+        100 * float(miou_identity),
+        seconds,
+        evaluator.feature_memory,
+        evaluator.label_memory,
+        sampled,
+        np.concatenate(neighbours),
+        predictions,
+    )
 
 
 # --- function-level checks on the same inputs ----------------------------------------------------------------------
@@ -423,14 +449,18 @@ def check_memory(inputs: HbirdInputs, ref: ReferenceRun, memory_size: int | None
         ours, theirs = np.concatenate(keeps), np.concatenate(ref.sampled)
         same_set = (np.sort(ours, 1) == np.sort(theirs, 1)).all(1)
         same_order = (ours == theirs).all(1)
-        lines.append(f"selected patches: the same set in {same_set.sum()}/{len(ours)} memory images, "
-                     f"in the same order in {same_order.sum()}/{len(ours)} ({per_image} of {grid * grid} per image)")
+        lines.append(
+            f"selected patches: the same set in {same_set.sum()}/{len(ours)} memory images, "
+            f"in the same order in {same_order.sum()}/{len(ours)} ({per_image} of {grid * grid} per image)"
+        )
     if feats.shape != ref.feature_memory.shape or labels.shape != ref.label_memory.shape:
         lines.append(f"memory shape differs: ours {tuple(feats.shape)}, reference {tuple(ref.feature_memory.shape)}")
     else:
-        lines.append(f"memory ({len(feats)} rows): max |feature diff| "
-                     f"{(feats - ref.feature_memory).abs().max().item():.1e}, max |soft-label diff| "
-                     f"{(labels - ref.label_memory).abs().max().item():.1e}")
+        lines.append(
+            f"memory ({len(feats)} rows): max |feature diff| "
+            f"{(feats - ref.feature_memory).abs().max().item():.1e}, max |soft-label diff| "
+            f"{(labels - ref.label_memory).abs().max().item():.1e}"
+        )
     return lines
 
 
@@ -447,10 +477,14 @@ def check_search(inputs: HbirdInputs, ref: ReferenceRun, ours: OurRun) -> list[s
         bank = ref.feature_memory.double().numpy()  # the same rows as ours (checked above)
         closest = 0.0
         for j in np.flatnonzero(~same):
-            cosines = bank[np.setxor1d(ours.neighbours[j], ref.neighbours[j])] @ (queries[j] / np.linalg.norm(queries[j]))
+            cosines = bank[np.setxor1d(ours.neighbours[j], ref.neighbours[j])] @ (
+                queries[j] / np.linalg.norm(queries[j])
+            )
             closest = max(closest, float(cosines.max() - cosines.min()))
-        line += (f"; the other {(~same).sum()} swap rows at rank {k} whose cosines (float64) differ by at most "
-                 f"{closest:.1e}, a float32 near-tie that the two matrix products round differently")
+        line += (
+            f"; the other {(~same).sum()} swap rows at rank {k} whose cosines (float64) differ by at most "
+            f"{closest:.1e}, a float32 near-tie that the two matrix products round differently"
+        )
     scored = np.concatenate([masks for _, masks in inputs.val]).ravel() != 255
     ours_scored = ours.predictions.ravel()[scored]
     if ours_scored.shape != ref.predictions.shape:
@@ -465,8 +499,10 @@ def check_search(inputs: HbirdInputs, ref: ReferenceRun, ours: OurRun) -> list[s
 def import_reference_knn(path: Path):
     folder = next((p for p in (path, path / "dino") if (p / "eval_knn.py").is_file()), None)
     if folder is None:
-        sys.exit(f"--dino {path}: no eval_knn.py there or in dino/ (expected a checkout of facebookresearch/dino "
-                 "or adriarm/separating_knowledge)")
+        sys.exit(
+            f"--dino {path}: no eval_knn.py there or in dino/ (expected a checkout of facebookresearch/dino "
+            "or adriarm/separating_knowledge)"
+        )
     sys.path.insert(0, str(folder))
     module = importlib.import_module("eval_knn")
     knn = module.knn_classifier
@@ -479,8 +515,9 @@ def import_reference_knn(path: Path):
     return knn, f"{folder}/eval_knn.py"
 
 
-def knn_inputs(seed: int, num_classes: int = 102, per_class: int = 10, n_test: int = 1020, dim: int = 64,
-               spread: float = 2.0):
+def knn_inputs(
+    seed: int, num_classes: int = 102, per_class: int = 10, n_test: int = 1020, dim: int = 64, spread: float = 2.0
+):
     """Flowers102-shaped global features: Gaussian clouds around random class centres."""
     rng = np.random.default_rng([seed, 1])
     centres = rng.normal(size=(num_classes, dim))
@@ -515,11 +552,15 @@ def table(rows: list[Row]) -> str:
     def secs(s):
         return "" if s is None else f"{s:.2f}"
 
-    lines = ["| case | reference | ours | abs diff | equal (≤ 1e-4) | reference s | ours s |",
-             "|---|---:|---:|---:|:---:|---:|---:|"]
+    lines = [
+        "| case | reference | ours | abs diff | equal (≤ 1e-4) | reference s | ours s |",
+        "|---|---:|---:|---:|:---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r.case} | {r.reference:.4f} | {r.ours:.4f} | {r.diff:.1e} | {'yes' if r.equal else 'NO'} "
-                     f"| {secs(r.ref_seconds)} | {secs(r.our_seconds)} |")
+        lines.append(
+            f"| {r.case} | {r.reference:.4f} | {r.ours:.4f} | {r.diff:.1e} | {'yes' if r.equal else 'NO'} "
+            f"| {secs(r.ref_seconds)} | {secs(r.our_seconds)} |"
+        )
     return "\n".join(lines)
 
 
@@ -529,8 +570,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dino", type=Path, help="checkout of facebookresearch/dino (or separating_knowledge)")
     parser.add_argument("--only", choices=["hbird", "knn"], help="run only the HummingBird or only the kNN cases")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
-    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("BENCH_DATA", REPO / "data")),
-                        help="where the procedural VOC stand-in is generated (default $BENCH_DATA or ./data)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path(os.environ.get("BENCH_DATA", REPO / "data")),
+        help="where the procedural VOC stand-in is generated (default $BENCH_DATA or ./data)",
+    )
     parser.add_argument("--size", type=int, default=224, help="HummingBird input size S (multiple of 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -549,8 +594,10 @@ def main(argv: list[str] | None = None) -> int:
 
     report = table(rows)
     differ = [r for r in rows if not r.equal]
-    summary = (f"{len(rows) - len(differ)}/{len(rows)} cases equal to 1e-4; "
-               f"total run time {time.perf_counter() - started:.0f} s")
+    summary = (
+        f"{len(rows) - len(differ)}/{len(rows)} cases equal to 1e-4; "
+        f"total run time {time.perf_counter() - started:.0f} s"
+    )
     text = "\n".join([report, "", *[f"- {c}" for c in checks], "", summary])
     print(text)
     if args.out:
@@ -567,9 +614,11 @@ def compare_hbird(args: argparse.Namespace, rows: list[Row], checks: list[str]) 
     data = open_dataset("voc", args.data_root, synthetic=True, scale="small")
     inputs = build_hbird_inputs(data, args.size, args.seed, args.batch_size, HBIRD["aug_epochs"])
     problems = 0
-    checks.append(f"HummingBird inputs: {inputs.n_train} memory images × {HBIRD['aug_epochs']} augmentation epochs "
-                  f"and {sum(len(b[0]) for b in inputs.val)} queries at S={args.size}, built in {inputs.seconds:.1f} s; "
-                  f"reference {args.hbird}")
+    checks.append(
+        f"HummingBird inputs: {inputs.n_train} memory images × {HBIRD['aug_epochs']} augmentation epochs "
+        f"and {sum(len(b[0]) for b in inputs.val)} queries at S={args.size}, built in {inputs.seconds:.1f} s; "
+        f"reference {args.hbird}"
+    )
 
     for label, memory_size in (("unbounded memory", None), (f"memory {BOUNDED_MEMORY:,}", BOUNDED_MEMORY)):
         print(f"HummingBird, {label} ...", file=sys.stderr, flush=True)
@@ -578,12 +627,16 @@ def compare_hbird(args: argparse.Namespace, rows: list[Row], checks: list[str]) 
         ours = run_ours_hbird(data, inputs, memory_size)
         served = inputs.table.served
         same_inputs = served.get("reference") == served.get("ours") == set(inputs.table.features)
-        checks.append(f"HummingBird {label}: both sides were served all {len(inputs.table.features)} input images"
-                      if same_inputs else f"HummingBird {label}: the two sides saw different images")
+        checks.append(
+            f"HummingBird {label}: both sides were served all {len(inputs.table.features)} input images"
+            if same_inputs
+            else f"HummingBird {label}: the two sides saw different images"
+        )
         checks += [f"HummingBird {label}: {line}" for line in check_memory(inputs, ref, memory_size)]
         checks += [f"HummingBird {label}: {line}" for line in check_search(inputs, ref, ours)]
-        rows.append(Row(f"HummingBird {label}, miou (Hungarian)", ref.miou, ours.metrics["miou"], ref.seconds,
-                        ours.seconds))
+        rows.append(
+            Row(f"HummingBird {label}, miou (Hungarian)", ref.miou, ours.metrics["miou"], ref.seconds, ours.seconds)
+        )
         rows.append(Row(f"HummingBird {label}, miou_identity", ref.miou_identity, ours.metrics["miou_identity"]))
         problems += not same_inputs
     return problems
@@ -608,14 +661,20 @@ def compare_knn(args: argparse.Namespace, rows: list[Row], checks: list[str]) ->
         protocol_path = knn_accuracy(sims, index, ref_train_labels, ref_test_labels, k, KNN_T, num_classes)
         if protocol_path != (top1, top5):
             problems += 1
-            checks.append(f"kNN k={k}: the protocol's shared-neighbour path gives {protocol_path}, "
-                          f"weighted_knn {(top1, top5)}")
+            checks.append(
+                f"kNN k={k}: the protocol's shared-neighbour path gives {protocol_path}, weighted_knn {(top1, top5)}"
+            )
         rows.append(Row(f"DINO kNN k={k}, top-1", ref_top1, top1, ref_seconds, our_seconds))
         rows.append(Row(f"DINO kNN k={k}, top-5", ref_top5, top5))
-    checks.append(f"kNN: {len(train)} train / {len(test)} test features, {num_classes} classes, T={KNN_T}; "
-                  f"reference {knn_source}; the protocol's path (neighbours once at k={max(KNN_KS)}) "
-                  + ("equals weighted_knn for every k" if not any("shared-neighbour" in c for c in checks)
-                     else "DIFFERS (see above)"))
+    checks.append(
+        f"kNN: {len(train)} train / {len(test)} test features, {num_classes} classes, T={KNN_T}; "
+        f"reference {knn_source}; the protocol's path (neighbours once at k={max(KNN_KS)}) "
+        + (
+            "equals weighted_knn for every k"
+            if not any("shared-neighbour" in c for c in checks)
+            else "DIFFERS (see above)"
+        )
+    )
     return problems
 
 

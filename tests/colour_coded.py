@@ -18,7 +18,12 @@ class PaletteSplit(SegmentationSplit):
     ignore_index = 255
 
     def __init__(self, name, masks, num_classes=C, images=None):
-        self.name, self.ids, self.masks, self.num_classes = name, [str(i) for i in range(len(masks))], masks, num_classes
+        self.name, self.ids, self.masks, self.num_classes = (
+            name,
+            [str(i) for i in range(len(masks))],
+            masks,
+            num_classes,
+        )
         self.images = images
 
     def image(self, i):

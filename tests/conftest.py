@@ -36,6 +36,7 @@ def pytest_collection_modifyitems(items):
 
 # --- running bench ------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("data")  # procedural datasets are generated here once per session
@@ -45,8 +46,9 @@ def bench(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
     """`bench ARGS` as a user runs it: a fresh Python process in the repository (local methods' images build FROM
     the local base)."""
     full = dict(os.environ, BENCH_BASE_IMAGE=BASE, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=full,
-                          cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=full, cwd=REPO, timeout=timeout
+    )
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -70,6 +72,7 @@ def one_line_error(proc) -> str:
 
 # --- methods and sessions -----------------------------------------------------------------------------------------
 
+
 def images(n=3, h=32, w=48, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
@@ -91,6 +94,7 @@ def session_of(method: benchsdk.Method, seed: int = 0):
 
 
 # --- docker -------------------------------------------------------------------------------------------------------
+
 
 def _bring_up() -> str | None:
     """Start the services and the base image (idempotent scripts); None when ready, else why not."""
@@ -142,6 +146,9 @@ def no_container_left(request, monkeypatch):
     monkeypatch.setenv("BENCH_BASE_IMAGE", BASE)
     yield
     if "docker_ready" in request.fixturenames:
-        left = [c.name for c in request.getfixturevalue("docker_ready").containers.list(all=True, filters={
-            "label": LABEL}) if ours_or_orphaned(c)]
+        left = [
+            c.name
+            for c in request.getfixturevalue("docker_ready").containers.list(all=True, filters={"label": LABEL})
+            if ours_or_orphaned(c)
+        ]
         assert not left, f"containers left behind: {left}"

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TEST_METHODS, bench, one_line_error
 from harness.results import RunResult, json_schema
+
+from conftest import REPO, TEST_METHODS, bench, one_line_error
+
 
 def result_files(root: Path) -> list[Path]:
     return sorted(root.rglob("seed*.json"))
 
 
 # --- specs ---------------------------------------------------------------------------------------------------
+
 
 def test_list_prints_tables_of_tasks_methods_and_suites():
     for kind, expected in (("tasks", "voc_hummingbird"), ("methods", "random_vit"), ("suites", "smoke")):
@@ -25,16 +28,23 @@ def test_list_prints_tables_of_tasks_methods_and_suites():
         assert expected in proc.stdout and "|" in proc.stdout
 
 
-@pytest.mark.parametrize("body, expected", [
-    ("name: bad\nversion: one\ndescription: x\nprotocol: knn\ndataset: flowers102\n", "bad.yaml:2: version:"),
-    ("name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\ncolour: red\n",
-     "bad.yaml:6: colour: Extra inputs are not permitted"),
-    ("name: bad\nversion: 1\ndescription: x\nprotocol: nope\ndataset: flowers102\n", "bad.yaml:4: protocol:"),
-    ("name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\nparams:\n  temperature: hot\n",
-     "bad.yaml:7: params.temperature:"),
-    ("name: bad\nversion: 1\n  description: [x\n", "bad.yaml:3: not valid YAML"),
-    ("name: other\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\n", "must match its file name"),
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("name: bad\nversion: one\ndescription: x\nprotocol: knn\ndataset: flowers102\n", "bad.yaml:2: version:"),
+        (
+            "name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\ncolour: red\n",
+            "bad.yaml:6: colour: Extra inputs are not permitted",
+        ),
+        ("name: bad\nversion: 1\ndescription: x\nprotocol: nope\ndataset: flowers102\n", "bad.yaml:4: protocol:"),
+        (
+            "name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\nparams:\n  temperature: hot\n",
+            "bad.yaml:7: params.temperature:",
+        ),
+        ("name: bad\nversion: 1\n  description: [x\n", "bad.yaml:3: not valid YAML"),
+        ("name: other\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\n", "must match its file name"),
+    ],
+)
 def test_a_malformed_task_spec_gives_one_line_naming_file_line_and_field(tmp_path, body, expected):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "bad.yaml").write_text(body)
@@ -55,8 +65,17 @@ def test_unknown_names_are_one_line_errors():
 
 
 def test_missing_real_dataset_says_where_and_how_and_writes_nothing(tmp_path):
-    proc = bench("run", "--method", "pixels", "--task", "flowers102_knn", "--data-root", str(tmp_path / "data"),
-                 "--results", str(tmp_path / "results"))
+    proc = bench(
+        "run",
+        "--method",
+        "pixels",
+        "--task",
+        "flowers102_knn",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--results",
+        str(tmp_path / "results"),
+    )
     line = one_line_error(proc)
     assert str(tmp_path / "data") in line and "--data synthetic" in line
     assert not (tmp_path / "results").exists()
@@ -64,9 +83,22 @@ def test_missing_real_dataset_says_where_and_how_and_writes_nothing(tmp_path):
 
 # --- running -------------------------------------------------------------------------------------------------
 
+
 def test_run_writes_one_typed_result_and_a_rerun_is_skipped(tmp_path, data_root):
-    args = ("run", "--method", "pixels", "--task", "flowers102_knn", "--data", "synthetic", "--data-root",
-            str(data_root), "--results", str(tmp_path), "--no-progress")
+    args = (
+        "run",
+        "--method",
+        "pixels",
+        "--task",
+        "flowers102_knn",
+        "--data",
+        "synthetic",
+        "--data-root",
+        str(data_root),
+        "--results",
+        str(tmp_path),
+        "--no-progress",
+    )
     proc = bench(*args)
     assert proc.returncode == 0, proc.stderr
     [path] = result_files(tmp_path)
@@ -91,17 +123,37 @@ def test_matrix_records_crashes_and_timeouts_and_carries_on(tmp_path, data_root)
     (tmp_path / "bench" / "suites" / "misbehaving.yaml").write_text(
         "name: misbehaving\ndescription: test\ntasks: [flowers102_knn]\n"
         "methods: [crasher, dies_at_start, hanger, pixels]\n"
-        "data: synthetic\n")
-    env = {"BENCH_IMAGES": f"{TEST_METHODS}{os.pathsep}{REPO / 'images'}",
-           "BENCH_BENCHMARKS": f"{tmp_path / 'bench'}{os.pathsep}{REPO / 'benchmarks'}"}
+        "data: synthetic\n"
+    )
+    env = {
+        "BENCH_IMAGES": f"{TEST_METHODS}{os.pathsep}{REPO / 'images'}",
+        "BENCH_BENCHMARKS": f"{tmp_path / 'bench'}{os.pathsep}{REPO / 'benchmarks'}",
+    }
     results = tmp_path / "results"
-    proc = bench("matrix", "--suite", "misbehaving", "--data-root", str(data_root), "--results", str(results),
-                 "--timeout", "40", "--no-progress", env=env)
+    proc = bench(
+        "matrix",
+        "--suite",
+        "misbehaving",
+        "--data-root",
+        str(data_root),
+        "--results",
+        str(results),
+        "--timeout",
+        "40",
+        "--no-progress",
+        env=env,
+    )
     assert proc.returncode == 1, proc.stderr
-    status = {RunResult.model_validate_json(p.read_text()).key.method: RunResult.model_validate_json(p.read_text())
-              for p in result_files(results)}
-    assert {m: r.status for m, r in status.items()} == {"crasher": "failed", "dies_at_start": "failed",
-                                                         "hanger": "timeout", "pixels": "ok"}
+    status = {
+        RunResult.model_validate_json(p.read_text()).key.method: RunResult.model_validate_json(p.read_text())
+        for p in result_files(results)
+    }
+    assert {m: r.status for m, r in status.items()} == {
+        "crasher": "failed",
+        "dies_at_start": "failed",
+        "hanger": "timeout",
+        "pixels": "ok",
+    }
     assert "closed its output stream" in status["crasher"].error and "(exited with code 3)" in status["crasher"].error
     assert "(exited with code 1)" in status["dies_at_start"].error
     assert status["crasher"].log_tail  # the method's stderr is kept for failed runs
@@ -121,8 +173,18 @@ def test_smoke_suite_end_to_end_then_nothing_reruns(tmp_path, data_root):
 
     tasks = specs.get("suite", "smoke").tasks
     results = tmp_path / "results"
-    args = ("matrix", "--suite", "smoke", "--methods", "pixels", "--data-root", str(data_root), "--results",
-            str(results), "--no-progress")
+    args = (
+        "matrix",
+        "--suite",
+        "smoke",
+        "--methods",
+        "pixels",
+        "--data-root",
+        str(data_root),
+        "--results",
+        str(results),
+        "--no-progress",
+    )
     proc = bench(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = [RunResult.model_validate_json(p.read_text()) for p in result_files(results)]
@@ -144,10 +206,20 @@ def test_random_vit_serves_every_output_kind(tmp_path, data_root):
     (tmp_path / "bench" / "suites").mkdir(parents=True)
     (tmp_path / "bench" / "suites" / "kinds.yaml").write_text(
         "name: kinds\ndescription: test\ntasks: [flowers102_knn, coco_r2, clevrtex_objseg]\nmethods: [random_vit]\n"
-        "data: synthetic\n")
+        "data: synthetic\n"
+    )
     env = {"BENCH_BENCHMARKS": f"{tmp_path / 'bench'}{os.pathsep}{REPO / 'benchmarks'}"}
-    proc = bench("matrix", "--suite", "kinds", "--data-root", str(data_root), "--results", str(tmp_path / "r"),
-                 "--no-progress", env=env)
+    proc = bench(
+        "matrix",
+        "--suite",
+        "kinds",
+        "--data-root",
+        str(data_root),
+        "--results",
+        str(tmp_path / "r"),
+        "--no-progress",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = {RunResult.model_validate_json(p.read_text()).key.task for p in result_files(tmp_path / "r")}
     assert found == {"flowers102_knn", "coco_r2", "clevrtex_objseg"}

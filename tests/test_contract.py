@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import images, method_spec
 from benchsdk.wire import MAGIC, WireError, encode, read_frame
 from harness.errors import MethodFailure, MethodTimeout, SpecError, UserError
 from harness.runners.local import LocalRunner
 from harness.specs import MethodSpec, load_spec
+
+from conftest import images, method_spec
 
 TESTS = Path(__file__).parent
 IMAGES = TESTS.parent / "images"
@@ -28,10 +29,12 @@ def reader(data: bytes):
         if len(buf) != n:
             raise EOFError
         return buf
+
     return read_exact
 
 
 # --- wire format -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", ["uint8", "int64", "float16", "float32", "float64", "bool"])
 def test_frames_round_trip_arrays_exactly(dtype):
@@ -61,7 +64,9 @@ def test_payload_over_the_limit_is_refused_before_it_is_read():
 
 
 def test_unknown_dtype_and_bad_shape_in_a_header_are_refused():
-    import json, struct
+    import json
+    import struct
+
     for spec in ({"name": "a", "dtype": "object", "shape": [1]}, {"name": "a", "dtype": "uint8", "shape": [-1]}):
         body = json.dumps({"ok": True, "arrays": [spec]}).encode()
         with pytest.raises(WireError):
@@ -69,6 +74,7 @@ def test_unknown_dtype_and_bad_shape_in_a_header_are_refused():
 
 
 # --- a real method over the local runner -------------------------------------------------------------------------
+
 
 def start(name: str, timeout_s: float = 60, seed: int = 0):
     return LocalRunner().start(method_spec(name), seed, {"name": "test", "output": "global"}, timeout_s)
@@ -114,12 +120,15 @@ def test_an_error_inside_fit_fails_the_stage_and_the_method_keeps_serving(monkey
         assert running.session.embed(images(1)).shape == (1, 4)
 
 
-@pytest.mark.parametrize("name, error", [
-    ("crasher", r"closed its output stream.*\(exited with code 3\)"),
-    ("raiser", "boom from the method"),
-    ("nan_out", "NaN or Inf"),
-    ("wrong_count", "expected 2 dims with 3 items"),
-])
+@pytest.mark.parametrize(
+    "name, error",
+    [
+        ("crasher", r"closed its output stream.*\(exited with code 3\)"),
+        ("raiser", "boom from the method"),
+        ("nan_out", "NaN or Inf"),
+        ("wrong_count", "expected 2 dims with 3 items"),
+    ],
+)
 def test_misbehaving_methods_become_method_failures(name, error):
     with pytest.raises(MethodFailure, match=error):
         with start(name) as running:
@@ -151,8 +160,9 @@ def adhoc(tmp_path: Path, behaviour: str, outputs: str = "[global]", more_yaml: 
     folder = tmp_path / behaviour
     folder.mkdir()
     adapter = TESTS / "methods" / "_misbehave" / "adapter.py"
-    (folder / "method.yaml").write_text(f"name: {behaviour}\nversion: '0'\ndescription: x\noutputs: {outputs}\n"
-                                        f"entrypoint: {adapter}\n{more_yaml}")
+    (folder / "method.yaml").write_text(
+        f"name: {behaviour}\nversion: '0'\ndescription: x\noutputs: {outputs}\nentrypoint: {adapter}\n{more_yaml}"
+    )
     return load_spec(MethodSpec, folder / "method.yaml")
 
 
@@ -166,15 +176,20 @@ def test_a_method_that_cannot_reach_the_socket_stays_on_stdio(tmp_path):
     with LocalRunner().start(adhoc(tmp_path, "unreachable"), 0, {}, 60) as running:
         assert running.session.embed(images()).shape == (3, 4)
     assert running.session.info.transport == "stdio"
-    assert "cannot connect to /nonexistent/contract.sock" in running.log_tail and "staying on stdin/stdout" in \
-        running.log_tail
+    assert (
+        "cannot connect to /nonexistent/contract.sock" in running.log_tail
+        and "staying on stdin/stdout" in running.log_tail
+    )
 
 
-@pytest.mark.parametrize("behaviour, failure, error", [
-    ("exits_instead", MethodFailure, "said it would connect to the contract socket, but wrote to stdout or exited"),
-    ("pigeon", MethodFailure, "method asks for transport 'pigeon'"),
-    ("no_connect", MethodTimeout, "did not connect to the contract socket within the task's time limit"),
-])
+@pytest.mark.parametrize(
+    "behaviour, failure, error",
+    [
+        ("exits_instead", MethodFailure, "said it would connect to the contract socket, but wrote to stdout or exited"),
+        ("pigeon", MethodFailure, "method asks for transport 'pigeon'"),
+        ("no_connect", MethodTimeout, "did not connect to the contract socket within the task's time limit"),
+    ],
+)
 def test_a_method_that_breaks_the_move_to_the_socket_fails_the_handshake(tmp_path, behaviour, failure, error):
     t0 = time.monotonic()
     with pytest.raises(failure, match=error):
@@ -191,8 +206,10 @@ def test_a_hanging_method_times_out_and_its_process_is_killed():
     assert time.monotonic() - t0 < 20
     assert "adapter starting" in running.log_tail
     # every process of the method's group is gone
-    assert not any(p.name.isdigit() and _cmdline(p).find("_misbehave/adapter.py") >= 0 and "hanger" in _cwd(p)
-                   for p in Path("/proc").iterdir())
+    assert not any(
+        p.name.isdigit() and _cmdline(p).find("_misbehave/adapter.py") >= 0 and "hanger" in _cwd(p)
+        for p in Path("/proc").iterdir()
+    )
 
 
 def _cmdline(p: Path) -> str:

@@ -63,7 +63,12 @@ def test_ade20k_splits_and_content(ade_root):
     assert validation.ids[-1] == "ADE_val_00000020"
     assert is_procedural(ade_root) and ADE20K.split_names == ("training", "validation")
     assert (len(CLASS_NAMES), CLASS_NAMES[1], CLASS_NAMES[3], CLASS_NAMES[13], CLASS_NAMES[150]) == (
-        151, "wall", "sky", "person", "flag")
+        151,
+        "wall",
+        "sky",
+        "person",
+        "flag",
+    )
     seen = set()
     for split in (training, validation):
         assert (split.num_classes, split.ignore_index) == (151, 0)
@@ -104,7 +109,13 @@ def test_coco_splits_and_content(coco_root):
     names = {c["id"]: c["name"] for c in dataset["categories"]}
     assert len(names) == 80 and max(names) == 90 and not {12, 26, 29, 30, 45, 66, 68, 69, 71, 83} & set(names)
     assert (names[1], names[2], names[3], names[18], names[62], names[90]) == (
-        "person", "bicycle", "car", "dog", "chair", "toothbrush")
+        "person",
+        "bicycle",
+        "car",
+        "dog",
+        "chair",
+        "toothbrush",
+    )
     assert names == {c: name for c, (name, _) in CATEGORIES.items()}
     crowds = [a for a in dataset["annotations"] if a["iscrowd"]]
     assert crowds and all(isinstance(a["segmentation"]["counts"], list) for a in crowds)
@@ -308,7 +319,8 @@ def test_coco_rle_of_wrong_size(coco_copy):
     image = dataset["images"][0]
     crowd = uncompressed_rle(np.ones((image["height"] + 1, image["width"]), bool))
     dataset["annotations"].append(
-        {"id": 777, "image_id": image["id"], "category_id": 1, "segmentation": crowd, "iscrowd": 1})
+        {"id": 777, "image_id": image["id"], "category_id": 1, "segmentation": crowd, "iscrowd": 1}
+    )
     path = _rewrite_instances(coco_copy, dataset)
     split = COCOInstances(coco_copy).split("val2017")
     with pytest.raises(DataError, match=re.escape(path.name) + ".*annotation 777.*RLE size"):

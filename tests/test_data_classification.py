@@ -25,8 +25,18 @@ from harness.errors import DataError
 FILE_READERS = (CUB200, Food101, Imagenette, ImageNet)
 PathMNIST, BreastMNIST, PneumoniaMNIST = (DATASETS[f"medmnist_{f}"] for f in ("path", "breast", "pneumonia"))
 GREY_FLAGS = {"octmnist", "pneumoniamnist", "breastmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist"}
-MEDMNIST_CLASSES = {"pathmnist": 9, "dermamnist": 7, "octmnist": 4, "pneumoniamnist": 2, "breastmnist": 2,
-                    "bloodmnist": 8, "tissuemnist": 8, "organamnist": 11, "organcmnist": 11, "organsmnist": 11}
+MEDMNIST_CLASSES = {
+    "pathmnist": 9,
+    "dermamnist": 7,
+    "octmnist": 4,
+    "pneumoniamnist": 2,
+    "breastmnist": 2,
+    "bloodmnist": 8,
+    "tissuemnist": 8,
+    "organamnist": 11,
+    "organcmnist": 11,
+    "organsmnist": 11,
+}
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,8 @@ def test_check_lists_every_problem_of_a_real_dataset(synth_root, tmp_path, capsy
     val, train = sets.joinpath("val.txt").read_text().split(), sets.joinpath("train.txt").read_text().split()
     truncate(root / "JPEGImages" / f"{val[3]}.jpg")
     Image.open(root / "SegmentationClass" / f"{val[7]}.png").convert("RGB").save(
-        root / "SegmentationClass" / f"{val[7]}.png")
+        root / "SegmentationClass" / f"{val[7]}.png"
+    )
     (root / "SegmentationClassAug" / f"{train[0]}.png").unlink()
     as_real(synth_root, tmp_path, "flowers102")
 
@@ -146,9 +147,28 @@ def test_bad_data_mid_run_exits_2_with_one_line_and_writes_no_result(synth_root,
     Image.open(bad_mask).convert("RGB").save(bad_mask)  # fails on the first batch of the memory bank
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "harness", "run", "--method", "pixels", "--task", "voc_hummingbird", "--data-root",
-         str(data_root), "--results", str(results), "--no-progress", "--workers", "2"],
-        capture_output=True, text=True, cwd=REPO, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "--method",
+            "pixels",
+            "--task",
+            "voc_hummingbird",
+            "--data-root",
+            str(data_root),
+            "--results",
+            str(results),
+            "--no-progress",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
     assert len(errors) == 1 and errors[0].startswith(f"bench: error: {bad_mask}: mask has mode RGB"), proc.stderr
@@ -157,7 +177,7 @@ def test_bad_data_mid_run_exits_2_with_one_line_and_writes_no_result(synth_root,
 
 def test_readme_lists_every_dataset_and_where_it_belongs():
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Datasets"):]
+    section = readme[readme.index("## Datasets") :]
     for name, reader in DATASETS.items():
         assert f"| {name} " in section and reader.subdir in section, f"README 'Datasets' lacks {name}"
 

@@ -14,7 +14,8 @@ from PIL import Image
 from scipy import ndimage
 
 from harness.data import fingerprint, is_procedural
-from harness.data.clevr import ClevrWithMasks, split_ranges as clevr_split_ranges
+from harness.data.clevr import ClevrWithMasks
+from harness.data.clevr import split_ranges as clevr_split_ranges
 from harness.data.clevrtex import CLEVRTEX_READERS, split_ranges
 from harness.errors import DataError
 
@@ -239,7 +240,9 @@ def test_clevr_splits_and_content(clevr_root):
     manifest = json.loads((clevr_root / "manifest.json").read_text())
     assert manifest["format"] == "vrbench-clevr-npz" and manifest["version"] == 1 and manifest["num_images"] == 40
     assert [(s["file"], s["start"], s["count"]) for s in manifest["shards"]] == [
-        ("shard_00000.npz", 0, 20), ("shard_00001.npz", 20, 20)]
+        ("shard_00000.npz", 0, 20),
+        ("shard_00001.npz", 20, 20),
+    ]
     with np.load(clevr_root / "shard_00001.npz") as shard:
         images, masks = shard["images"], shard["masks"]
     assert images.shape == (20, 240, 320, 3) and masks.shape == (20, 240, 320)

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, images, method_spec  # noqa: F401
 from harness.errors import MethodFailure, MethodTimeout
 from harness.provenance import hash_path
 from harness.results import RunResult
+
+from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, images, method_spec  # noqa: F401
 
 
 def start(name: str, timeout_s: float = 60):
@@ -32,6 +33,7 @@ def start(name: str, timeout_s: float = 60):
 
 
 # --- the sandbox -------------------------------------------------------------------------------------------------
+
 
 def test_every_container_runs_locked_down_with_only_the_contract_socket_mounted(built, docker_ready):
     with start("pixels") as running:
@@ -84,6 +86,7 @@ def test_a_method_that_tries_the_network_has_none(built):
 @pytest.mark.parametrize("transport", ["socket", "stdio"])
 def test_transport_is_byte_exact_for_large_batches_and_detach_key_bytes(built, transport, monkeypatch):
     from harness.runners.local import LocalRunner
+
     with LocalRunner().start(method_spec("pixels"), 0, {}, 60) as running:
         x = images(48, 512, 512, seed=3)
         x[:, ::2, :, 0], x[:, ::2, :, 1] = 16, 17  # ctrl-p ctrl-q, Docker's detach keys, all over the stream
@@ -109,10 +112,32 @@ def test_a_hanging_method_times_out_and_its_container_is_removed(built, docker_r
 
 def test_ctrl_c_stops_the_run_and_removes_the_container(built, docker_ready, data_root, tmp_path):
     env = dict(os.environ, BENCH_BASE_IMAGE=BASE, BENCH_IMAGES=f"{HOSTILE}{os.pathsep}{REPO / 'images'}")
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--method", "sleeper", "--task", "flowers102_knn",
-                             "--backend", "docker", "--data", "synthetic", "--data-root", str(data_root),
-                             "--results", str(tmp_path), "--no-progress"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "--method",
+            "sleeper",
+            "--task",
+            "flowers102_knn",
+            "--backend",
+            "docker",
+            "--data",
+            "synthetic",
+            "--data-root",
+            str(data_root),
+            "--results",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not docker_ready.containers.list(filters={"label": f"{LABEL}.owner={socket.gethostname()}:{proc.pid}"}):
@@ -143,12 +168,27 @@ def test_containers_of_a_killed_harness_are_reaped_by_the_next_launch(built, doc
 
 # --- whole cells through the CLI ----------------------------------------------------------------------------------
 
+
 def test_pixels_in_docker_scores_exactly_as_locally_and_is_keyed_by_image(built, data_root, tmp_path, capsys):
     results = {}
     for backend in ("local", "docker"):
-        code, _, err = cli(capsys, "run", "--method", "pixels", "--task", "flowers102_knn", "--backend", backend,
-                           "--data", "synthetic", "--data-root", str(data_root), "--results", str(tmp_path / backend),
-                           "--no-progress")
+        code, _, err = cli(
+            capsys,
+            "run",
+            "--method",
+            "pixels",
+            "--task",
+            "flowers102_knn",
+            "--backend",
+            backend,
+            "--data",
+            "synthetic",
+            "--data-root",
+            str(data_root),
+            "--results",
+            str(tmp_path / backend),
+            "--no-progress",
+        )
         assert code == 0, err
         [path] = (tmp_path / backend).rglob("seed0.json")
         results[backend] = RunResult.model_validate_json(path.read_text())
@@ -182,12 +222,28 @@ def test_a_matrix_of_hostile_images_records_each_failure_and_carries_on(built, d
     (tmp_path / "bench" / "suites").mkdir(parents=True)
     (tmp_path / "bench" / "suites" / "hostile.yaml").write_text(
         f"name: hostile\ndescription: test\ntasks: [flowers102_knn]\nmethods: [{', '.join(HOSTILE_OUTCOMES)}]\n"
-        "data: synthetic\n")
-    env = {"BENCH_IMAGES": f"{HOSTILE}{os.pathsep}{REPO / 'images'}",
-           "BENCH_BENCHMARKS": f"{tmp_path / 'bench'}{os.pathsep}{REPO / 'benchmarks'}"}
+        "data: synthetic\n"
+    )
+    env = {
+        "BENCH_IMAGES": f"{HOSTILE}{os.pathsep}{REPO / 'images'}",
+        "BENCH_BENCHMARKS": f"{tmp_path / 'bench'}{os.pathsep}{REPO / 'benchmarks'}",
+    }
     results = tmp_path / "results"
-    proc = bench("matrix", "--suite", "hostile", "--backend", "docker", "--data-root", str(data_root), "--results",
-                 str(results), "--timeout", "15", "--no-progress", env=env)
+    proc = bench(
+        "matrix",
+        "--suite",
+        "hostile",
+        "--backend",
+        "docker",
+        "--data-root",
+        str(data_root),
+        "--results",
+        str(results),
+        "--timeout",
+        "15",
+        "--no-progress",
+        env=env,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     files = sorted(p for p in results.rglob("*") if p.is_file())
@@ -198,8 +254,9 @@ def test_a_matrix_of_hostile_images_records_each_failure_and_carries_on(built, d
         if error:
             assert error in got[method].error, (method, got[method].error)
         weights = method_spec(method).weights_path  # keyed by the image, and the weights when it has some
-        assert got[method].key.method_ref == built[method].ref + (f"+weights-sha256:{hash_path(weights)}" if weights
-                                                                  else "")
+        assert got[method].key.method_ref == built[method].ref + (
+            f"+weights-sha256:{hash_path(weights)}" if weights else ""
+        )
     assert "OOM-killed" in got["memhog"].log_tail
     # forged metrics on stderr are only log lines: the harness's own metric stands, equal to the honest pixels one
     assert got["forged_stderr"].metrics == got["pixels"].metrics and got["forged_stderr"].metrics["top1_best"] < 100

@@ -89,11 +89,17 @@ def tar_bytes(root: Path, members: list[str], mode: str = "w:gz") -> bytes:
     return buffer.getvalue()
 
 
-def write_sources(path: Path, name: str, files: dict[str, bytes], checksums: dict[str, str] | None = None,
-                  **extra) -> Path:
-    entries = [{"url": f"https://example.invalid/{f}", "published_by": "this test",
-                "checksum": (checksums or {}).get(f) or "sha256:" + hashlib.sha256(data).hexdigest()}
-               for f, data in files.items()]
+def write_sources(
+    path: Path, name: str, files: dict[str, bytes], checksums: dict[str, str] | None = None, **extra
+) -> Path:
+    entries = [
+        {
+            "url": f"https://example.invalid/{f}",
+            "published_by": "this test",
+            "checksum": (checksums or {}).get(f) or "sha256:" + hashlib.sha256(data).hexdigest(),
+        }
+        for f, data in files.items()
+    ]
     path.write_text(yaml.safe_dump({name: {"files": entries, **extra}}))
     return path
 
@@ -104,8 +110,11 @@ def flowers_files(tmp_path_factory) -> dict[str, bytes]:
     so the installed copy stays labelled procedural)."""
     root = synthetic_root(DATASETS["flowers102"], tmp_path_factory.mktemp("synth"), "tiny", 0)
     members = sorted(f"jpg/{p.name}" for p in (root / "jpg").iterdir()) + ["PROCEDURAL.txt"]
-    return {"102flowers.tgz": tar_bytes(root, members), "imagelabels.mat": (root / "imagelabels.mat").read_bytes(),
-            "setid.mat": (root / "setid.mat").read_bytes()}
+    return {
+        "102flowers.tgz": tar_bytes(root, members),
+        "imagelabels.mat": (root / "imagelabels.mat").read_bytes(),
+        "setid.mat": (root / "setid.mat").read_bytes(),
+    }
 
 
 @pytest.fixture
@@ -122,8 +131,9 @@ def leftovers(data_root: Path) -> list[str]:
 def test_fresh_download_installs_a_dataset_that_passes_check(served, tmp_path, capsys):
     server, sources = served
     data_root = tmp_path / "data"
-    rc = cli.main(["data", "fetch", "flowers102", "--data-root", str(data_root), "--sources", str(sources),
-                   "--no-progress"])
+    rc = cli.main(
+        ["data", "fetch", "flowers102", "--data-root", str(data_root), "--sources", str(sources), "--no-progress"]
+    )
     assert rc == 0, capsys.readouterr()
     assert "usable" in capsys.readouterr().out
     assert sorted(name for name, _ in server.requests) == ["102flowers.tgz", "imagelabels.mat", "setid.mat"]
@@ -158,11 +168,13 @@ def test_a_cut_connection_resumes_from_the_part_file(served, tmp_path):
 
 def test_checksum_mismatch_leaves_nothing_behind(served, flowers_files, tmp_path, capsys):
     server, _ = served
-    wrong = write_sources(tmp_path / "wrong.yaml", "flowers102", flowers_files,
-                          checksums={"102flowers.tgz": "md5:" + "0" * 32}, root=".")
+    wrong = write_sources(
+        tmp_path / "wrong.yaml", "flowers102", flowers_files, checksums={"102flowers.tgz": "md5:" + "0" * 32}, root="."
+    )
     data_root = tmp_path / "data"
-    rc = cli.main(["data", "fetch", "flowers102", "--data-root", str(data_root), "--sources", str(wrong),
-                   "--no-progress"])
+    rc = cli.main(
+        ["data", "fetch", "flowers102", "--data-root", str(data_root), "--sources", str(wrong), "--no-progress"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("bench: error: 102flowers.tgz: md5 mismatch: expected 000")
     assert [line for line in err if "error" in line] == [err[-1]]
@@ -221,10 +233,12 @@ def test_voc_fetch_converts_sbd_into_trainaug(tmp_path, monkeypatch):
     (sbd / "train.txt").write_text("\n".join(sbd_ids[::2]) + "\n")
     (sbd / "val.txt").write_text("\n".join(sbd_ids[1::2] + val[:3]) + "\n")  # SBD val overlaps VOC val: excluded
     files = {
-        "VOCtrainval_11-May-2012.tar": tar_bytes(official, sorted(
-            str(p.relative_to(official)) for p in voc.rglob("*") if p.is_file()), mode="w"),
-        "benchmark.tgz": tar_bytes(official, sorted(
-            str(p.relative_to(official)) for p in sbd.rglob("*") if p.is_file())),
+        "VOCtrainval_11-May-2012.tar": tar_bytes(
+            official, sorted(str(p.relative_to(official)) for p in voc.rglob("*") if p.is_file()), mode="w"
+        ),
+        "benchmark.tgz": tar_bytes(
+            official, sorted(str(p.relative_to(official)) for p in sbd.rglob("*") if p.is_file())
+        ),
     }
     sources = write_sources(tmp_path / "sources.yaml", "voc", files, root="VOCdevkit/VOC2012", convert="sbd_trainaug")
     data_root = tmp_path / "data"

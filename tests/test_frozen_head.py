@@ -4,12 +4,13 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import benchsdk
-from conftest import session_of
 from harness.data.base import ClassificationSplit, InMemoryDataset
 from harness.errors import DataError, MethodFailure
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
 from harness.protocols.frozen_head import FrozenHeadParams, flatten_patch_grid, make_head, predict, top1, train_head
+
+from conftest import session_of
 
 FAST = {"epochs": 15, "train_batch_size": 32, "lr": 1e-2}
 

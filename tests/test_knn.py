@@ -2,13 +2,14 @@ import numpy as np
 import pytest
 
 import benchsdk
-from conftest import session_of
 from harness.data.base import InMemoryDataset
 from harness.errors import MethodFailure, UserError
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
 from harness.protocols.knn import KnnParams, weighted_knn
+
 from colour_coded import ColourClassSplit
+from conftest import session_of
 
 
 def direct_knn(train_feats, train_labels, test_feats, test_labels, k, temperature, num_classes):

@@ -6,22 +6,42 @@ from harness.leaderboard import render
 from harness.results import Provenance, ResultKey, RunResult, Timings
 
 
-def result(method, seed, miou, data="procedural", status="ok", task="voc_hummingbird",
-           ref="code-sha256:0123456789abcdef"):
-    prov = Provenance(harness_version="0.1.0", git_commit="abc", git_dirty=False, task_spec_hash="h", task_params={},
-                      backend="local", host="h", platform="p", python="3", cpu="c", gpu=None, libraries={},
-                      dataset=None, started_at="t", finished_at="t")
-    return RunResult(key=ResultKey(method=method, method_ref=ref, task=task,
-                                   task_version=1, data=data, seed=seed),
-                     status=status, error=None if status == "ok" else "method crashed",
-                     metrics={"miou": miou, "miou_identity": miou - 1} if status == "ok" else {},
-                     provenance=prov, timings=Timings(total_s=1, method_s=0, data_s=0, evaluator_s=0, harness_s=1))
+def result(
+    method, seed, miou, data="procedural", status="ok", task="voc_hummingbird", ref="code-sha256:0123456789abcdef"
+):
+    prov = Provenance(
+        harness_version="0.1.0",
+        git_commit="abc",
+        git_dirty=False,
+        task_spec_hash="h",
+        task_params={},
+        backend="local",
+        host="h",
+        platform="p",
+        python="3",
+        cpu="c",
+        gpu=None,
+        libraries={},
+        dataset=None,
+        started_at="t",
+        finished_at="t",
+    )
+    return RunResult(
+        key=ResultKey(method=method, method_ref=ref, task=task, task_version=1, data=data, seed=seed),
+        status=status,
+        error=None if status == "ok" else "method crashed",
+        metrics={"miou": miou, "miou_identity": miou - 1} if status == "ok" else {},
+        provenance=prov,
+        timings=Timings(total_s=1, method_s=0, data_s=0, evaluator_s=0, harness_s=1),
+    )
 
 
 def test_mean_and_std_over_seeds_best_method_first_and_failures_shown():
     values = [40.0, 42.0, 47.0]
-    text = render([result("good", s, v) for s, v in enumerate(values)]
-                  + [result("floor", 0, 10.0), result("floor", 1, 0, status="failed")])
+    text = render(
+        [result("good", s, v) for s, v in enumerate(values)]
+        + [result("floor", 0, 10.0), result("floor", 1, 0, status="failed")]
+    )
     expected = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
     assert expected in text
     good, floor = text.index("| good"), text.index("| floor")
@@ -60,8 +80,8 @@ def test_each_task_is_ranked_by_its_protocols_main_metric_in_its_direction():
     assert header.split("|")[3].strip() == "miou_fg ↑"  # the main metric first, whatever order the results give
     assert text.index("| high") < text.index("| low")  # not ranked by ari_fg, which comes first in the results
 
-    from harness.protocols.objseg import ObjsegProtocol
     from harness.leaderboard import main_metric
+    from harness.protocols.objseg import ObjsegProtocol
 
     assert main_metric("clevrtex_objseg") == ("miou_fg", True) and not ObjsegProtocol.higher_is_better("mse")
     assert main_metric("no_such_task") == (None, True)

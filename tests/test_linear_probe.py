@@ -4,13 +4,14 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax
 
 import benchsdk
-from conftest import session_of
 from harness.data.base import InMemoryDataset
 from harness.errors import DataError, MethodFailure
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
 from harness.protocols.linear_probe import LinearProbeParams, fit_probe, l2_rows, probe_accuracy
+
 from colour_coded import ColourClassSplit
+from conftest import session_of
 
 
 def clusters(n, num_classes, dim, spread, seed):
@@ -32,8 +33,13 @@ def direct_logistic_regression(x, y, num_classes, C):
         grad = np.concatenate([(residual.T @ x + w).ravel(), residual.sum(0)])
         return -C * (onehot * log_p).sum() + 0.5 * (w**2).sum(), grad
 
-    theta = minimize(objective, np.zeros(num_classes * (d + 1)), jac=True, method="L-BFGS-B",
-                     options={"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-14}).x
+    theta = minimize(
+        objective,
+        np.zeros(num_classes * (d + 1)),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-14},
+    ).x
     return theta[: d * num_classes].reshape(num_classes, d), theta[d * num_classes :]
 
 
@@ -80,8 +86,12 @@ def test_non_convergence_is_reported():
 
 class ColourData(InMemoryDataset):
     def __init__(self, one_class=False):
-        super().__init__({"train": ColourClassSplit("train", 30, 0, max_side=300),
-                          "val": ColourClassSplit("val", 12, 1, max_side=300)})
+        super().__init__(
+            {
+                "train": ColourClassSplit("train", 30, 0, max_side=300),
+                "val": ColourClassSplit("val", 12, 1, max_side=300),
+            }
+        )
         if one_class:
             self.splits["train"].labels[:] = 0
 

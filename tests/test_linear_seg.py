@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import benchsdk
-from conftest import session_of
 from harness.data.base import InMemoryDataset
 from harness.errors import DataError, MethodFailure, UserError
 from harness.protocols import PROTOCOLS
@@ -18,8 +17,9 @@ from harness.protocols.linear_seg import (
     neco_train_sample,
     train_epoch,
 )
-from colour_coded import PALETTE, PATCH, C, PaletteSplit, palette_features
 
+from colour_coded import PALETTE, PATCH, C, PaletteSplit, palette_features
+from conftest import session_of
 
 # --- the head ------------------------------------------------------------------------------------------------------
 
@@ -90,10 +90,12 @@ def stripe_masks(n, seed, size=64):
 
 class FakeData(InMemoryDataset):
     def __init__(self, n_train=8, n_val=5, val_classes=C):
-        super().__init__({
-            "trainaug": PaletteSplit("trainaug", stripe_masks(n_train, 1)),
-            "val": PaletteSplit("val", stripe_masks(n_val, 2), val_classes),
-        })
+        super().__init__(
+            {
+                "trainaug": PaletteSplit("trainaug", stripe_masks(n_train, 1)),
+                "val": PaletteSplit("val", stripe_masks(n_val, 2), val_classes),
+            }
+        )
 
 
 class Palette(benchsdk.Method):

@@ -14,7 +14,6 @@ from sklearn.metrics import adjusted_rand_score
 from torchvision.transforms import InterpolationMode
 
 import benchsdk
-from conftest import session_of
 from harness.data.base import InMemoryDataset, SegmentationSplit
 from harness.data.clevrtex import ObjectSplit
 from harness.data.transforms import center_crop_resize
@@ -24,9 +23,25 @@ from harness.protocols.base import RunContext
 from harness.protocols.metrics import adjusted_rand_index, contingency_tables, iou_matrix, matched_ious
 from harness.protocols.objseg import ObjsegParams, hard_assign, object_scores, reconstruction_mse
 
+from conftest import session_of
+
 IMAGES = Path(__file__).resolve().parent.parent / "images"
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]], np.uint8)
+PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+    ],
+    np.uint8,
+)
 
 
 def blob_masks(n, size, objects, seed):
@@ -64,8 +79,12 @@ def test_ari_equals_sklearn():
     cases = [(rng.integers(0, kt, 300), rng.integers(0, kp, 300)) for kt, kp in [(2, 2), (5, 3), (1, 4), (6, 6)]]
     truth = rng.integers(0, 4, 300)
     cases += [
-        (truth, truth), (truth, (truth + 1) % 4), (truth, np.zeros(300, int)),  # perfect, relabelled, one cluster
-        (np.zeros(300, int), np.zeros(300, int)), (truth[:1], truth[:1]), (truth[:0], truth[:0]),  # degenerate
+        (truth, truth),
+        (truth, (truth + 1) % 4),
+        (truth, np.zeros(300, int)),  # perfect, relabelled, one cluster
+        (np.zeros(300, int), np.zeros(300, int)),
+        (truth[:1], truth[:1]),
+        (truth[:0], truth[:0]),  # degenerate
         (truth, np.where(rng.random(300) < 0.1, 5, truth)),  # mostly right
     ]
     for t, p in cases:
@@ -90,8 +109,19 @@ def test_matched_ious_equal_brute_force_hungarian():
 def test_oracle_scores_100_and_one_mask_scores_0():
     gt = blob_masks(4, 32, 5, seed=3)
     oracle = object_scores(gt, gt, 11)
-    for name in ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari", "dice", "dice_fg", "acc",
-                 "msc", "msc_corrected"):
+    for name in (
+        "miou_fg",
+        "miou_fg_corrected",
+        "ari_fg",
+        "miou",
+        "miou_corrected",
+        "ari",
+        "dice",
+        "dice_fg",
+        "acc",
+        "msc",
+        "msc_corrected",
+    ):
         np.testing.assert_allclose(oracle[name], 1.0)
     permuted = object_scores(gt, (gt * 3) % 11, 11)  # other slot ids, same segments
     np.testing.assert_allclose(permuted["miou_fg"], 1.0)
@@ -168,8 +198,10 @@ def test_reconstruction_mse_is_a_per_image_sum():
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
     recon = rng.random((2, 3, 5, 6)).astype(np.float32)
-    expected = [sum((recon[i, c, y, x] - images[i, y, x, c] / 255) ** 2 for c in range(3) for y in range(5)
-                    for x in range(6)) for i in range(2)]
+    expected = [
+        sum((recon[i, c, y, x] - images[i, y, x, c] / 255) ** 2 for c in range(3) for y in range(5) for x in range(6))
+        for i in range(2)
+    ]
     np.testing.assert_allclose(reconstruction_mse(recon, images), expected, rtol=1e-6)
 
 
@@ -264,8 +296,19 @@ def run_objseg(session, split=None, **params):
 @pytest.mark.parametrize("mode", ["oracle", "foreground_slots"])
 def test_protocol_scores_oracle_100(mode):
     outcome, ctx = run_objseg(Palette(mode))
-    for name in ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari", "dice", "dice_fg", "acc",
-                 "msc", "msc_corrected"):
+    for name in (
+        "miou_fg",
+        "miou_fg_corrected",
+        "ari_fg",
+        "miou",
+        "miou_corrected",
+        "ari",
+        "dice",
+        "dice_fg",
+        "acc",
+        "msc",
+        "msc_corrected",
+    ):
         assert outcome.metrics[name] == pytest.approx(100)
     assert outcome.metrics["mse"] == pytest.approx(0, abs=1e-9)
     assert outcome.details["eval_images"] == 7 and outcome.details["mask_slots"] == [11 - (mode != "oracle")]

@@ -9,7 +9,6 @@ from sklearn.metrics import adjusted_rand_score, jaccard_score
 from sklearn.preprocessing import StandardScaler
 
 import benchsdk
-from conftest import session_of
 from harness.data.base import InMemoryDataset
 from harness.errors import MethodFailure, UserError
 from harness.protocols import PROTOCOLS
@@ -33,6 +32,7 @@ from harness.protocols.overcluster import (
 )
 
 from colour_coded import PATCH, C, PaletteSplit, palette_features
+from conftest import session_of
 
 
 def sklearn_miou(gt, pred, num_classes, ignore=255):

@@ -4,13 +4,14 @@ import torch
 import torchvision.transforms.functional as TF
 
 import benchsdk
-from conftest import session_of
 from harness.data.base import InMemoryDataset, SegmentationSplit
 from harness.data.transforms import squash_resize_linear
 from harness.errors import DataError, MethodFailure, UserError
 from harness.protocols import PROTOCOLS
 from harness.protocols.base import RunContext
 from harness.protocols.r2 import R2Params, foreground, image_inertias, inertia, upsample_features
+
+from conftest import session_of
 
 # --- references written out directly ---------------------------------------------------------------------------------
 

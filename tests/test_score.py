@@ -28,8 +28,11 @@ batch_size: 8
 params: {train_split: trainaug, eval_split: val, input_size: 64, memory_size: 960, aug_epochs: 2, k: 10,
          temperature: 0.02, search: exact}
 """
-TASKS = {"flowers102_knn": ["--embed-dim", "48"], "tiny_hummingbird": ["--patch-size", "16", "--embed-dim", "48"],
-         "clevrtex_objseg": []}
+TASKS = {
+    "flowers102_knn": ["--embed-dim", "48"],
+    "tiny_hummingbird": ["--patch-size", "16", "--embed-dim", "48"],
+    "clevrtex_objseg": [],
+}
 
 
 def _pixels():
@@ -105,11 +108,24 @@ def results(root: Path) -> list[RunResult]:
 def test_scoring_saved_pixels_outputs_equals_running_pixels(task, env, exported, capsys, tmp_path):
     folder = exported[task]
     assert not list(folder.parent.glob(".*")), "no staging folder is left behind"
-    code, err = bench(capsys, "run", "--method", "pixels", "--task", task, *data_args(env), "--results",
-                      str(tmp_path / "run"))
+    code, err = bench(
+        capsys, "run", "--method", "pixels", "--task", task, *data_args(env), "--results", str(tmp_path / "run")
+    )
     assert code == 0, err
-    code, err = bench(capsys, "score", "--task", task, "--outputs", str(folder), "--data-root", str(env / "data"),
-                      "--workers", "0", "--results", str(tmp_path / "score"))
+    code, err = bench(
+        capsys,
+        "score",
+        "--task",
+        task,
+        "--outputs",
+        str(folder),
+        "--data-root",
+        str(env / "data"),
+        "--workers",
+        "0",
+        "--results",
+        str(tmp_path / "score"),
+    )
     assert code == 0, err
     [live], [external] = results(tmp_path / "run"), results(tmp_path / "score")
     assert external.status == "ok" and external.metrics and external.metrics == live.metrics
@@ -126,8 +142,21 @@ def test_scoring_saved_pixels_outputs_equals_running_pixels(task, env, exported,
 def test_rescoring_is_cached_until_the_outputs_change(env, exported, capsys, tmp_path):
     folder = tmp_path / "knn"
     shutil.copytree(exported["flowers102_knn"], folder)
-    args = ("score", "--task", "flowers102_knn", "--outputs", str(folder), "--name", "mine", "--data-root",
-            str(env / "data"), "--workers", "0", "--results", str(tmp_path / "results"))
+    args = (
+        "score",
+        "--task",
+        "flowers102_knn",
+        "--outputs",
+        str(folder),
+        "--name",
+        "mine",
+        "--data-root",
+        str(env / "data"),
+        "--workers",
+        "0",
+        "--results",
+        str(tmp_path / "results"),
+    )
     assert bench(capsys, *args)[0] == 0
     code, err = bench(capsys, *args)
     assert code == 0 and "cached, skipped" in err
@@ -141,13 +170,17 @@ def test_a_different_seed_or_task_is_refused_against_the_manifest(env, exported,
     folder = exported["flowers102_knn"]
     base = ("--outputs", str(folder), "--data-root", str(env / "data"), "--results", str(tmp_path))
     line = one_line_error(*bench(capsys, "score", "--task", "flowers102_knn", "--seed", "1", *base))
-    assert line == (f"bench: error: {folder}/manifest.json: inputs were exported for seed 0, not 1 "
-                    "(export them again with `bench inputs`)")
+    assert line == (
+        f"bench: error: {folder}/manifest.json: inputs were exported for seed 0, not 1 "
+        "(export them again with `bench inputs`)"
+    )
     line = one_line_error(*bench(capsys, "score", "--task", "cub_knn", *base))
     assert "manifest.json: inputs were exported for task flowers102_knn, not cub_knn" in line
     line = one_line_error(*bench(capsys, "score", "--task", "flowers102_knn", "--name", "My-Method", *base))
-    assert line == ("bench: error: method name (--name, default the folder's name) 'My-Method': use lower-case "
-                    "letters, digits and _ (starting with a letter or digit)")
+    assert line == (
+        "bench: error: method name (--name, default the folder's name) 'My-Method': use lower-case "
+        "letters, digits and _ (starting with a letter or digit)"
+    )
     assert not results(tmp_path)
 
 
@@ -158,19 +191,36 @@ def test_requests_that_differ_from_the_recorded_ones_are_refused(env, exported, 
     shutil.copytree(exported["tiny_hummingbird"], folder)
     manifest = folder / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"seed": 0', '"seed": 1'))
-    line = one_line_error(*bench(capsys, "score", "--task", "tiny_hummingbird", "--outputs", str(folder),
-                                 "--data-root", str(env / "data"), "--workers", "0", "--results", str(tmp_path)))
+    line = one_line_error(
+        *bench(
+            capsys,
+            "score",
+            "--task",
+            "tiny_hummingbird",
+            "--outputs",
+            str(folder),
+            "--data-root",
+            str(env / "data"),
+            "--workers",
+            "0",
+            "--results",
+            str(tmp_path),
+        )
+    )
     assert line.startswith(f"bench: error: {manifest}: request ") and line.endswith(
-        " differs from the recorded one (task, seed or data changed since `bench inputs`)")
+        " differs from the recorded one (task, seed or data changed since `bench inputs`)"
+    )
     assert not results(tmp_path)
 
 
 def rewrite(change):
     """A spoiler: the reply's features replaced by change(features)."""
+
     def spoil(path: Path) -> None:
         with np.load(path) as z:
             features = z["features"]
         np.savez(path, features=change(features))
+
     return spoil
 
 
@@ -180,45 +230,64 @@ def _nan(features: np.ndarray) -> np.ndarray:
     return features
 
 
-@pytest.mark.parametrize("spoil, message", [
-    (lambda p: p.unlink(), "missing: every request needs its reply"),
-    (lambda p: p.write_bytes(b"not a zip"), "not a readable .npz file"),
-    (lambda p: np.savez(p, embeddings=np.zeros((1, 48), np.float32)), "embed: reply has no 'features' array"),
-    (rewrite(lambda f: f[:, :-1]), "embed returned shape (32, 47), expected (32, 48)"),
-    (rewrite(lambda f: f[:-1]), "embed: features has shape (31, 48), expected 2 dims with 32 items first"),
-    (rewrite(lambda f: f.astype(np.int64)), "embed: features has dtype int64, expected floating point"),
-    (rewrite(_nan), "embed: features contains NaN or Inf"),
-])
-def test_a_bad_reply_is_one_line_naming_its_file_and_writes_no_result(spoil, message, env, exported, capsys,
-                                                                      tmp_path):
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda p: p.unlink(), "missing: every request needs its reply"),
+        (lambda p: p.write_bytes(b"not a zip"), "not a readable .npz file"),
+        (lambda p: np.savez(p, embeddings=np.zeros((1, 48), np.float32)), "embed: reply has no 'features' array"),
+        (rewrite(lambda f: f[:, :-1]), "embed returned shape (32, 47), expected (32, 48)"),
+        (rewrite(lambda f: f[:-1]), "embed: features has shape (31, 48), expected 2 dims with 32 items first"),
+        (rewrite(lambda f: f.astype(np.int64)), "embed: features has dtype int64, expected floating point"),
+        (rewrite(_nan), "embed: features contains NaN or Inf"),
+    ],
+)
+def test_a_bad_reply_is_one_line_naming_its_file_and_writes_no_result(spoil, message, env, exported, capsys, tmp_path):
     folder = tmp_path / "knn"
     shutil.copytree(exported["flowers102_knn"], folder)
     reply = folder / "replies" / "000002.npz"
     spoil(reply)
-    line = one_line_error(*bench(capsys, "score", "--task", "flowers102_knn", "--outputs", str(folder),
-                                 "--data-root", str(env / "data"), "--workers", "0", "--results",
-                                 str(tmp_path / "results")))
+    line = one_line_error(
+        *bench(
+            capsys,
+            "score",
+            "--task",
+            "flowers102_knn",
+            "--outputs",
+            str(folder),
+            "--data-root",
+            str(env / "data"),
+            "--workers",
+            "0",
+            "--results",
+            str(tmp_path / "results"),
+        )
+    )
     assert line.startswith(f"bench: error: {reply}: ") and message in line, line
     assert not (tmp_path / "results").exists()
 
 
 def test_inputs_needs_the_method_info_the_task_reads_and_never_leaves_a_partial_folder(env, capsys, tmp_path):
     out = tmp_path / "out"
-    line = one_line_error(*bench(capsys, "inputs", "--task", "tiny_hummingbird", "--out", str(out),
-                                 "--embed-dim", "48", *data_args(env)))
+    line = one_line_error(
+        *bench(capsys, "inputs", "--task", "tiny_hummingbird", "--out", str(out), "--embed-dim", "48", *data_args(env))
+    )
     assert "task tiny_hummingbird needs dense outputs: give patch_size (--patch-size N, or in --info FILE)" in line
     info = tmp_path / "info.json"
     info.write_text('{"patch_size": 0, "embed_dim": 48}')
-    line = one_line_error(*bench(capsys, "inputs", "--task", "tiny_hummingbird", "--out", str(out),
-                                 "--info", str(info), *data_args(env)))
+    line = one_line_error(
+        *bench(capsys, "inputs", "--task", "tiny_hummingbird", "--out", str(out), "--info", str(info), *data_args(env))
+    )
     assert line.startswith(f"bench: error: {info}: patch_size: Input should be greater than 0")
     assert not out.exists() and list(tmp_path.iterdir()) == [info]
 
-    code, _ = bench(capsys, "inputs", "--task", "flowers102_knn", "--out", str(out), "--embed-dim", "48",
-                    *data_args(env))
+    code, _ = bench(
+        capsys, "inputs", "--task", "flowers102_knn", "--out", str(out), "--embed-dim", "48", *data_args(env)
+    )
     assert code == 0 and (out / "manifest.json").is_file()
-    line = one_line_error(*bench(capsys, "inputs", "--task", "flowers102_knn", "--out", str(out), "--embed-dim",
-                                 "48", *data_args(env)))
+    line = one_line_error(
+        *bench(capsys, "inputs", "--task", "flowers102_knn", "--out", str(out), "--embed-dim", "48", *data_args(env))
+    )
     assert line == f"bench: error: {out}: already exists (--force to replace it)"
     line = one_line_error(*bench(capsys, "score", "--task", "flowers102_knn", "--outputs", str(tmp_path)))
     assert line.startswith(f"bench: error: {tmp_path}/manifest.json: missing: make it with `bench inputs")
@@ -238,6 +307,17 @@ def test_a_harness_bug_keeps_its_traceback_instead_of_looking_like_a_user_error(
 
     monkeypatch.setattr(KnnProtocol, "run", reject)
     with pytest.raises(HarnessBug, match="the task rejected placeholder outputs"):  # not caught: exit 1, traceback
-        main(["inputs", "--task", "flowers102_knn", "--out", str(tmp_path / "out"), "--embed-dim", "48",
-              *data_args(env), "--no-progress"])
+        main(
+            [
+                "inputs",
+                "--task",
+                "flowers102_knn",
+                "--out",
+                str(tmp_path / "out"),
+                "--embed-dim",
+                "48",
+                *data_args(env),
+                "--no-progress",
+            ]
+        )
     assert not (tmp_path / "out").exists()

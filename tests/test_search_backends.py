@@ -137,8 +137,13 @@ def test_the_hummingbird_tasks_carry_the_published_settings():
     assert (efficient.num_train_samples, efficient.aug_epochs, efficient.memory_size) == (83, 8, None)
     assert (efficient.k, efficient.temperature, efficient.search) == (90, 0.1, "scann")
     assert efficient.search_options == {
-        "num_leaves": 512, "num_leaves_to_search": 256, "anisotropic_quantization_threshold": 0.2,
-        "dimensions_per_block": 4, "num_reordering_candidates": 1800, "training_sample_size": None, "threads": 0,
+        "num_leaves": 512,
+        "num_leaves_to_search": 256,
+        "anisotropic_quantization_threshold": 0.2,
+        "dimensions_per_block": 4,
+        "num_reordering_candidates": 1800,
+        "training_sample_size": None,
+        "threads": 0,
     }
     ade = specs.get("task", "ade20k_hummingbird")
     params = ade.protocol_params

@@ -43,10 +43,13 @@ def test_unknown_variant_lists_the_known_ones(bench_dir):
         specs.get("task", "seg@huge")
 
 
-@pytest.mark.parametrize("bad, where", [
-    ("    params: {memory_size: lots}\n", "seg.yaml:9: variants.big.params.memory_size:"),
-    ("    dataset: nowhere\n", "seg.yaml:9: variants.big.dataset: Value error, unknown dataset"),
-])
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ("    params: {memory_size: lots}\n", "seg.yaml:9: variants.big.params.memory_size:"),
+        ("    dataset: nowhere\n", "seg.yaml:9: variants.big.dataset: Value error, unknown dataset"),
+    ],
+)
 def test_a_bad_variant_is_reported_with_its_line(bench_dir, bad, where):
     (bench_dir / "tasks" / "seg.yaml").write_text(TASK.replace("    params: {memory_size: 5000}\n", bad))
     with pytest.raises(SpecError) as err:
@@ -88,14 +91,17 @@ def write_suite(bench_dir, body: str):
     (bench_dir / "suites" / "s.yaml").write_text(f"name: s\ndescription: a suite\n{body}")
 
 
-@pytest.mark.parametrize("body, expanded", [
-    ("tasks: [seg@ade, cls]\n", ["seg@ade", "cls"]),  # an explicit list, as written
-    ("tasks: all\n", ["cls", "seg"]),  # base forms, in catalog (file) order
-    ("tasks: all\nvariants: true\n", ["cls", "cls@test", "seg", "seg@big", "seg@ade"]),
-    ("tasks: all\nvariants: true\nexclude: [seg@big, cls]\n", ["cls@test", "seg", "seg@ade"]),
-    ("tasks: [seg, seg@big]\nvariants: true\n", ["seg", "seg@big", "seg@ade"]),  # each variant once
-    ("tasks: all\nexclude:\n  - seg\n", ["cls"]),
-])
+@pytest.mark.parametrize(
+    "body, expanded",
+    [
+        ("tasks: [seg@ade, cls]\n", ["seg@ade", "cls"]),  # an explicit list, as written
+        ("tasks: all\n", ["cls", "seg"]),  # base forms, in catalog (file) order
+        ("tasks: all\nvariants: true\n", ["cls", "cls@test", "seg", "seg@big", "seg@ade"]),
+        ("tasks: all\nvariants: true\nexclude: [seg@big, cls]\n", ["cls@test", "seg", "seg@ade"]),
+        ("tasks: [seg, seg@big]\nvariants: true\n", ["seg", "seg@big", "seg@ade"]),  # each variant once
+        ("tasks: all\nexclude:\n  - seg\n", ["cls"]),
+    ],
+)
 def test_a_suite_selects_tasks_declaratively(bench_dir, body, expanded, capsys):
     write_suite(bench_dir, body)
     assert specs.get("suite", "s").tasks == expanded
@@ -103,15 +109,18 @@ def test_a_suite_selects_tasks_declaratively(bench_dir, body, expanded, capsys):
     assert f"| {','.join(expanded)} " in capsys.readouterr().out  # `bench list suites` shows the expanded list
 
 
-@pytest.mark.parametrize("body, where", [
-    ("tasks: [cls, seg@huge]\n", "s.yaml:3: tasks.1: unknown task 'seg@huge'; did you mean seg@big, seg@ade?"),
-    ("tasks: all\nexclude:\n  - cls\n  - sge\n", "s.yaml:6: exclude.1: unknown task 'sge'; did you mean seg?"),
-    ("tasks: all\nexclude: [seg@big]\n", "s.yaml:4: exclude.0: 'seg@big' is not among the selected tasks"),
-    ("tasks: [cls]\nexclude: [cls]\n", "s.yaml:4: exclude: excludes every selected task"),
-    ("tasks: everything\n", "s.yaml:3: tasks: Value error, 'everything' is neither `all` nor a list"),
-    ("tasks: []\n", "s.yaml:3: tasks: Value error, an empty list selects no task"),
-    ("tasks: all\nvariants: maybe\n", "s.yaml:4: variants: Input should be a valid boolean"),
-])
+@pytest.mark.parametrize(
+    "body, where",
+    [
+        ("tasks: [cls, seg@huge]\n", "s.yaml:3: tasks.1: unknown task 'seg@huge'; did you mean seg@big, seg@ade?"),
+        ("tasks: all\nexclude:\n  - cls\n  - sge\n", "s.yaml:6: exclude.1: unknown task 'sge'; did you mean seg?"),
+        ("tasks: all\nexclude: [seg@big]\n", "s.yaml:4: exclude.0: 'seg@big' is not among the selected tasks"),
+        ("tasks: [cls]\nexclude: [cls]\n", "s.yaml:4: exclude: excludes every selected task"),
+        ("tasks: everything\n", "s.yaml:3: tasks: Value error, 'everything' is neither `all` nor a list"),
+        ("tasks: []\n", "s.yaml:3: tasks: Value error, an empty list selects no task"),
+        ("tasks: all\nvariants: maybe\n", "s.yaml:4: variants: Input should be a valid boolean"),
+    ],
+)
 def test_a_bad_suite_selection_is_one_line_naming_file_line_and_field(bench_dir, body, where):
     write_suite(bench_dir, body)
     with pytest.raises(SpecError) as err:

@@ -73,9 +73,7 @@ def test_crop_params_match_torchvision_statistically(height, width):
     ours = np.array([sample(rng) for _ in range(n)])
     torch.manual_seed(3)
     image = torch.zeros(1, height, width)
-    theirs = np.array(
-        [T.RandomResizedCrop.get_params(image, HBIRD_CROP_SCALE, HBIRD_CROP_RATIO) for _ in range(n)]
-    )
+    theirs = np.array([T.RandomResizedCrop.get_params(image, HBIRD_CROP_SCALE, HBIRD_CROP_RATIO) for _ in range(n)])
     for column in range(4):  # top, left, h, w
         assert ks_2samp(ours[:, column], theirs[:, column]).pvalue > 1e-3
     whole = lambda p: np.mean((p[:, 2] == height) & (p[:, 3] == width))  # noqa: E731

@@ -174,8 +174,10 @@ class ScannSearch:
         missing = np.isnan(scores)
         if missing.any():
             if missing[:, 0].any():
-                raise UserError(f"ScaNN found no candidate for {int(missing[:, 0].sum())} queries; "
-                                f"raise search_options.num_leaves_to_search")
+                raise UserError(
+                    f"ScaNN found no candidate for {int(missing[:, 0].sum())} queries; "
+                    f"raise search_options.num_leaves_to_search"
+                )
             scores[missing], index[missing] = -math.inf, 0
             self.padded += int(missing.sum())
         return torch.from_numpy(scores).to(self.device), torch.from_numpy(index).to(self.device)

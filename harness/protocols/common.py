@@ -26,7 +26,10 @@ def train_eval_splits(data: DatasetReader, train_split: str, eval_split: str) ->
 
 
 def embed_split(
-    split: ClassificationSplit, load: Callable[[ClassificationSplit, int], tuple], ctx: RunContext, desc: str,
+    split: ClassificationSplit,
+    load: Callable[[ClassificationSplit, int], tuple],
+    ctx: RunContext,
+    desc: str,
     dim: int | None = None,
 ) -> np.ndarray:
     """(N, D) global features of a split, its images loaded by `load(split, i)`; every batch must have the same D

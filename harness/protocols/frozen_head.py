@@ -58,7 +58,11 @@ def predict(head: nn.Module, features: torch.Tensor, batch_size: int = 1024) -> 
 
 
 def train_head(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, p: FrozenHeadParams, seed: int,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    p: FrozenHeadParams,
+    seed: int,
     eval_set: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]]]:
     """Train the head on (N, F) features; returns it and per-epoch {loss (mean over samples), eval_top1}."""
@@ -128,8 +132,9 @@ class FrozenHeadProtocol(Protocol):
     ) -> torch.Tensor:
         """(N, h·w·D) flattened, per-patch L2-normalised dense features of a split, on ctx.device."""
         grid = size // patch
-        out = torch.empty((len(split), grid * grid * dim), dtype=MEMORY_DTYPES[self.params.feature_dtype],
-                          device=ctx.device)
+        out = torch.empty(
+            (len(split), grid * grid * dim), dtype=MEMORY_DTYPES[self.params.feature_dtype], device=ctx.device
+        )
         filled = 0
         for (images,) in ctx.batches(len(split), partial(squashed_image, split, size=size), desc):
             features = ctx.embed_dense(images, grid, dim)

@@ -208,7 +208,14 @@ class HummingbirdProtocol(Protocol):
         return segmentation_outcome(conf, details, notes)
 
     def _build_memory(
-        self, train: SegmentationSplit, ids: np.ndarray, size: int, patch: int, dim: int, per_image: int, rows: int,
+        self,
+        train: SegmentationSplit,
+        ids: np.ndarray,
+        size: int,
+        patch: int,
+        dim: int,
+        per_image: int,
+        rows: int,
         ctx: RunContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(features (rows, D) in memory_dtype, soft labels (rows, C) float32) on ctx.device."""
@@ -232,7 +239,13 @@ class HummingbirdProtocol(Protocol):
         return bank, label_bank
 
     def _confusion(
-        self, val: SegmentationSplit, search: ExactSearch, label_bank: torch.Tensor, size: int, patch: int, dim: int,
+        self,
+        val: SegmentationSplit,
+        search: ExactSearch,
+        label_bank: torch.Tensor,
+        size: int,
+        patch: int,
+        dim: int,
         ctx: RunContext,
     ) -> np.ndarray:
         """Dataset-level confusion matrix of the transferred labels against the S×S ground truth."""

@@ -35,8 +35,13 @@ def knn_neighbours(train_feats: torch.Tensor, test_feats: torch.Tensor, k: int) 
 
 
 def knn_accuracy(
-    sims: torch.Tensor, index: torch.Tensor, train_labels: torch.Tensor, test_labels: torch.Tensor,
-    k: int, temperature: float, num_classes: int,
+    sims: torch.Tensor,
+    index: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int,
+    temperature: float,
+    num_classes: int,
 ) -> tuple[float, float]:
     """(top-1, top-5) in percent from the first k of the sorted neighbours; a class with no vote is never a hit."""
     neighbour_labels = train_labels[index[:, :k]]
@@ -49,8 +54,13 @@ def knn_accuracy(
 
 
 def weighted_knn(
-    train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray, test_labels: np.ndarray,
-    k: int, temperature: float, num_classes: int,
+    train_feats: np.ndarray,
+    train_labels: np.ndarray,
+    test_feats: np.ndarray,
+    test_labels: np.ndarray,
+    k: int,
+    temperature: float,
+    num_classes: int,
 ) -> tuple[float, float]:
     """DINO's weighted k-NN: (top-1, top-5) accuracy in percent."""
     sims, index = knn_neighbours(torch.as_tensor(train_feats), torch.as_tensor(test_feats), k)

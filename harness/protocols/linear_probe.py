@@ -77,7 +77,12 @@ class LinearProbeProtocol(Protocol):
         with ctx.evaluating():
             model, converged = fit_probe(train_feats, train.labels, p.C, p.max_iter)
             top1, top5 = probe_accuracy(model, test_feats, test.labels)
-        details = {"top5": top5, "iterations": int(np.max(model.n_iter_)), "converged": converged,
-                   "train_images": len(train), "eval_images": len(test)}
+        details = {
+            "top5": top5,
+            "iterations": int(np.max(model.n_iter_)),
+            "converged": converged,
+            "train_images": len(train),
+            "eval_images": len(test),
+        }
         notes = [] if converged else [f"lbfgs did not converge in max_iter={p.max_iter} iterations"]
         return Outcome(metrics={"top1": top1}, details=details, notes=notes)

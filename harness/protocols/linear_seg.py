@@ -83,8 +83,13 @@ def batch_starts(n: int, batch_size: int) -> range:
 
 
 def train_epoch(
-    head: LinearHead, optimizer: torch.optim.Optimizer, features: np.ndarray, masks: np.ndarray, batch_size: int,
-    ignore_index: int, device: str,
+    head: LinearHead,
+    optimizer: torch.optim.Optimizer,
+    features: np.ndarray,
+    masks: np.ndarray,
+    batch_size: int,
+    ignore_index: int,
+    device: str,
 ) -> float:
     """One pass in file order; returns the mean batch loss (NaN if no batch had a labelled pixel)."""
     losses = []
@@ -156,8 +161,10 @@ class LinearSegProtocol(Protocol):
         train_data = (None, None)
         for epoch in range(p.epochs):
             if train_data[0] is None or p.augment:
-                load = partial(neco_train_sample, train, size, p.mask_size, ctx.seed, epoch) if p.augment else (
-                    partial(neco_eval_sample, train, size, p.mask_size)
+                load = (
+                    partial(neco_train_sample, train, size, p.mask_size, ctx.seed, epoch)
+                    if p.augment
+                    else (partial(neco_eval_sample, train, size, p.mask_size))
                 )
                 desc = f"linear_seg train {epoch + 1}" if p.augment else "linear_seg train"
                 train_data = self._encode(load, len(train), grid, dim, ctx, desc, out=train_data)
@@ -215,7 +222,8 @@ class LinearSegProtocol(Protocol):
         notes = [
             "miou: head after the last epoch, all val images; miou_best_epoch: best epoch-end val mIoU on the images "
             "the reference's loader keeps (it selects checkpoints on val)",
-            "trained on the reference's augmented views, re-encoded every epoch" if p.augment
+            "trained on the reference's augmented views, re-encoded every epoch"
+            if p.augment
             else "trained on cached features of the squashed training images (the reference augments: see `augment`)",
         ]
         if used < n_train:

@@ -6,9 +6,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 
-def confusion_matrix(
-    gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None = None
-) -> np.ndarray:
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
     """int64 (C, C) counts of (gt, pred) pixel pairs; pixels whose gt is `ignore_index` are dropped."""
     return contingency(gt, pred, num_classes, num_classes, ignore_index)
 

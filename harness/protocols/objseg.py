@@ -52,8 +52,19 @@ from harness.errors import DataError, MethodFailure, UserError
 from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext
 from harness.protocols.metrics import adjusted_rand_index, contingency_tables, iou_matrix, matched_ious
 
-PERCENT_METRICS = ("miou_fg", "miou_fg_corrected", "ari_fg", "miou", "miou_corrected", "ari", "dice", "dice_fg",
-                   "acc", "msc", "msc_corrected")
+PERCENT_METRICS = (
+    "miou_fg",
+    "miou_fg_corrected",
+    "ari_fg",
+    "miou",
+    "miou_corrected",
+    "ari",
+    "dice",
+    "dice_fg",
+    "acc",
+    "msc",
+    "msc_corrected",
+)
 
 
 class ObjsegParams(ProtocolParams):
@@ -145,8 +156,10 @@ def summarise(per_image: dict[str, np.ndarray], notes: list[str]) -> tuple[dict[
             notes.append(f"{name}: {left_out[name]} images where it is undefined (e.g. no objects) left out")
     unmatched = int((per_image["unmatched_slots"] > 0).sum())
     if unmatched:
-        notes.append(f"miou_fg and miou (reference) count non-empty predicted slots matched to no object in their "
-                     f"denominators, on {unmatched} of {len(values)} images; the _corrected metrics do not")
+        notes.append(
+            f"miou_fg and miou (reference) count non-empty predicted slots matched to no object in their "
+            f"denominators, on {unmatched} of {len(values)} images; the _corrected metrics do not"
+        )
     return metrics, {"images_left_out": left_out, "images_with_unmatched_slots": unmatched}
 
 
@@ -185,6 +198,12 @@ class ObjsegProtocol(Protocol):
         else:
             per_image["mse"] = np.concatenate(mses)
         metrics, details = summarise(per_image, notes)
-        details |= {"eval_images": len(split), "input_size": p.input_size, "crop_fraction": p.crop_fraction,
-                    "resample": p.resample, "mask_slots": sorted(slot_counts), "masks_have_background": have_background}
+        details |= {
+            "eval_images": len(split),
+            "input_size": p.input_size,
+            "crop_fraction": p.crop_fraction,
+            "resample": p.resample,
+            "mask_slots": sorted(slot_counts),
+            "masks_have_background": have_background,
+        }
         return Outcome(metrics=metrics, details=details, notes=notes)

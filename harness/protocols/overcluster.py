@@ -97,9 +97,7 @@ def upsample_clusters(labels: np.ndarray, n: int, grid: int, size: int) -> np.nd
 
 def score_clusters(masks: np.ndarray, maps: np.ndarray, k: int, num_classes: int, ignore_index: int) -> dict:
     """Reference mIoU (many-to-one, or Hungarian when k == num_classes) and its held-out correction, ×100."""
-    halves = [
-        contingency(masks[parity::2], maps[parity::2], num_classes, k, ignore_index) for parity in (0, 1)
-    ]
+    halves = [contingency(masks[parity::2], maps[parity::2], num_classes, k, ignore_index) for parity in (0, 1)]
     conf = halves[0] + halves[1]
     matcher = hungarian_mapping if k == num_classes else many_to_one_mapping
     mapping = matcher(conf)

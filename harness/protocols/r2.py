@@ -124,8 +124,10 @@ def r2_outcome(reference: np.ndarray, corrected: np.ndarray, no_foreground: int,
     """`r2` and `r2_vector_mean` = 100 · (1 − mean inertia) over each metric's defined images."""
     if no_foreground == len(reference):
         raise DataError("no evaluation image has a foreground pixel: the R² is undefined")
-    metrics, details = {}, {"input_size": size, "eval_size": eval_size, "images": len(reference),
-                            "skipped_no_foreground": no_foreground}
+    metrics, details = (
+        {},
+        {"input_size": size, "eval_size": eval_size, "images": len(reference), "skipped_no_foreground": no_foreground},
+    )
     for name, values in (("r2", reference), ("r2_vector_mean", corrected)):
         defined = ~np.isnan(values)
         if not defined.any():

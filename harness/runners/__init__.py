@@ -9,9 +9,11 @@ from importlib import import_module
 from harness.errors import UserError
 from harness.runners.base import Runner
 
-RUNNERS: dict[str, str] = {"local": "harness.runners.local:LocalRunner",
-                           "docker": "harness.runners.docker:DockerRunner",
-                           "inprocess": "harness.runners.inprocess:InProcessRunner"}
+RUNNERS: dict[str, str] = {
+    "local": "harness.runners.local:LocalRunner",
+    "docker": "harness.runners.docker:DockerRunner",
+    "inprocess": "harness.runners.inprocess:InProcessRunner",
+}
 
 
 def get_runner(name: str) -> Runner:

@@ -95,9 +95,16 @@ def sandbox_for(method: MethodSpec, contract_socket: Path | None = None) -> Sand
     if contract_socket:
         mounts.append(Mount(contract_socket.parent, CONTRACT_DIR))
         env["BENCH_CONTRACT_SOCKET"] = f"{CONTRACT_DIR}/{contract_socket.name}"
-    return Sandbox(user=sandbox_user(), memory_bytes=memory, shm_bytes=int(r.shm_gb * (1 << 30)),
-                   tmpfs_bytes=max(64 << 20, min(1 << 30, memory // 4)), cpus=r.cpus,
-                   gpus=r.gpus if host_has_gpus() else 0, mounts=tuple(mounts), env=env)
+    return Sandbox(
+        user=sandbox_user(),
+        memory_bytes=memory,
+        shm_bytes=int(r.shm_gb * (1 << 30)),
+        tmpfs_bytes=max(64 << 20, min(1 << 30, memory // 4)),
+        cpus=r.cpus,
+        gpus=r.gpus if host_has_gpus() else 0,
+        mounts=tuple(mounts),
+        env=env,
+    )
 
 
 def check_outputs(method: MethodSpec, info: MethodInfo) -> None:
@@ -135,8 +142,7 @@ class Runner(ABC):
             running = RunningMethod(Path(tmp) / "method.log")
             handle = self.launch(method, running.log, contract.path)
             try:
-                running.session = MethodSession(Channel(handle.read_fd, handle.write_fd,
-                                                        time.monotonic() + timeout_s))
+                running.session = MethodSession(Channel(handle.read_fd, handle.write_fd, time.monotonic() + timeout_s))
                 info = running.session.handshake(seed, task, contract)
                 if contract.conn is not None:  # moved to the socket: stdout is only log now
                     _copy_to_log(handle.read_fd, running.log)

@@ -24,8 +24,8 @@ import weakref
 from pathlib import Path
 
 from harness.errors import MethodFailure
-from harness.runners.images import ResolvedImage, client, resolve_method
 from harness.runners.base import EXIT_WAIT_S, CappedLog, Runner, Sandbox, sandbox_for
+from harness.runners.images import ResolvedImage, client, resolve_method
 from harness.specs import MethodSpec
 
 CHUNK = 1 << 20
@@ -55,12 +55,21 @@ def container_config(sandbox: Sandbox, method_name: str) -> dict:
     import docker
 
     config = dict(
-        stdin_open=True, tty=False, network_mode=None if sandbox.network else "none",
-        read_only=sandbox.read_only_root, user=sandbox.user, init=True,
+        stdin_open=True,
+        tty=False,
+        network_mode=None if sandbox.network else "none",
+        read_only=sandbox.read_only_root,
+        user=sandbox.user,
+        init=True,
         tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={sandbox.tmpfs_bytes},mode=1777"},
-        cap_drop=["ALL"], cap_add=list(sandbox.capabilities) or None, security_opt=["no-new-privileges"],
-        pids_limit=sandbox.pids, mem_limit=sandbox.memory_bytes, memswap_limit=sandbox.memory_bytes,
-        shm_size=sandbox.shm_bytes, environment=dict(sandbox.env),
+        cap_drop=["ALL"],
+        cap_add=list(sandbox.capabilities) or None,
+        security_opt=["no-new-privileges"],
+        pids_limit=sandbox.pids,
+        mem_limit=sandbox.memory_bytes,
+        memswap_limit=sandbox.memory_bytes,
+        shm_size=sandbox.shm_bytes,
+        environment=dict(sandbox.env),
         volumes={str(m.source): {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in sandbox.mounts},
         log_config=docker.types.LogConfig(type="none"),  # stderr is read through the attach stream
         labels={LABEL: "1", f"{LABEL}.method": method_name, f"{LABEL}.owner": f"{socket.gethostname()}:{os.getpid()}"},
@@ -99,8 +108,10 @@ class Container:
         self.read_fd, self._out_w = _pipe()  # method stdout -> harness
         self._in_r, self.write_fd = _pipe()  # harness -> method stdin
         _LIVE.add(self)
-        self._threads = [threading.Thread(target=self._demux, daemon=True),
-                         threading.Thread(target=self._forward, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._demux, daemon=True),
+            threading.Thread(target=self._forward, daemon=True),
+        ]
         for t in self._threads:
             t.start()
 
@@ -193,14 +204,17 @@ class Container:
 
     def _note_exit(self, state: dict, stopped: bool) -> None:
         if state.get("OOMKilled"):
-            why = f"OOM-killed: it exceeded its memory limit of {self.container.attrs['HostConfig']['Memory'] >> 20} MiB"
+            why = (
+                f"OOM-killed: it exceeded its memory limit of {self.container.attrs['HostConfig']['Memory'] >> 20} MiB"
+            )
         elif stopped:
             why = "stopped by the harness"
         else:
             why = "exited by itself"
         if state.get("OOMKilled") or not stopped:
             self.exit_reason = f"container exited with code {state.get('ExitCode')}" + (
-                f", {why}" if state.get("OOMKilled") else "")
+                f", {why}" if state.get("OOMKilled") else ""
+            )
         with open(self.log, "ab") as log:
             log.write(f"\n[vrbench] container exited with code {state.get('ExitCode')} ({why})\n".encode())
 
@@ -208,7 +222,7 @@ class Container:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def reap_orphans(dc) -> None:
@@ -255,8 +269,9 @@ class DockerRunner(Runner):
         image = self.image(method)
         reap_orphans(self.client)
         try:
-            container = self.client.containers.create(image.id, **container_config(sandbox_for(method, contract_socket),
-                                                                                 method.name))
+            container = self.client.containers.create(
+                image.id, **container_config(sandbox_for(method, contract_socket), method.name)
+            )
         except docker.errors.APIError as e:
             raise MethodFailure(f"the method's container could not be created: {e.explanation}") from None
         handle = None

@@ -88,11 +88,17 @@ def load_adapter(method: MethodSpec) -> benchsdk.Method:
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(path.parent))
-    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
-               if issubclass(c, benchsdk.Method) and c is not benchsdk.Method and c.__module__ == module_name]
+    classes = [
+        c
+        for _, c in inspect.getmembers(module, inspect.isclass)
+        if issubclass(c, benchsdk.Method) and c is not benchsdk.Method and c.__module__ == module_name
+    ]
     if len(classes) != 1:
-        raise SpecError(f"entrypoint: {path} defines {len(classes)} benchsdk.Method subclasses; the in-process "
-                        "backend needs exactly one", where=method.path)
+        raise SpecError(
+            f"entrypoint: {path} defines {len(classes)} benchsdk.Method subclasses; the in-process "
+            "backend needs exactly one",
+            where=method.path,
+        )
     return classes[0]()
 
 
@@ -145,12 +151,16 @@ def instance_ref(instance: benchsdk.Method) -> str:
 def spec_for(instance: benchsdk.Method) -> MethodSpec:
     """A method.yaml-equivalent spec for a Method object, from what its info declares."""
     info = instance.info()
-    return MethodSpec(name=_name(info.get("name")), version=str(info.get("version")),
-                      description=f"{type(instance).__name__} (in-process)", outputs=list(info.get("outputs") or []),
-                      patch_size=info.get("patch_size"), embed_dim=info.get("embed_dim"))
+    return MethodSpec(
+        name=_name(info.get("name")),
+        version=str(info.get("version")),
+        description=f"{type(instance).__name__} (in-process)",
+        outputs=list(info.get("outputs") or []),
+        patch_size=info.get("patch_size"),
+        embed_dim=info.get("embed_dim"),
+    )
 
 
 def _name(name: object) -> str:
     """The info's name as a method name (lower-case letters, digits and _)."""
     return "".join(c if c.isalnum() else "_" for c in str(name or "unnamed").lower()).strip("_") or "unnamed"
-

@@ -58,14 +58,23 @@ class LocalRunner(Runner):
         return "code-sha256:" + hash_path(method.folder)
 
     def launch(self, method: MethodSpec, log: Path, contract_socket: Path | None) -> LocalProcess:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-                   PYTHONUNBUFFERED="1")
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            PYTHONUNBUFFERED="1",
+        )
         if method.weights_path:
             env["BENCH_WEIGHTS"] = str(method.weights_path)
         if contract_socket:
             env["BENCH_CONTRACT_SOCKET"] = str(contract_socket)
         with open(log, "ab") as log_file:  # appending: the harness may add the method's stray stdout
-            popen = subprocess.Popen([sys.executable, str(method.folder / method.entrypoint)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
-                                     cwd=method.folder, env=env, start_new_session=True)
+            popen = subprocess.Popen(
+                [sys.executable, str(method.folder / method.entrypoint)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                cwd=method.folder,
+                env=env,
+                start_new_session=True,
+            )
         return LocalProcess(popen)

@@ -50,7 +50,7 @@ class Channel:
                 chunk = b""
             if not chunk:
                 raise MethodFailure("method closed its output stream (it exited or crashed)")
-            view[got:got + len(chunk)] = chunk
+            view[got : got + len(chunk)] = chunk
             got += len(chunk)
         return buf
 
@@ -108,8 +108,9 @@ class ContractSocket:
             ready = {key.fileobj for key, _ in sel.select(max(0.0, stdio.deadline - time.monotonic()))}
         if self.listener not in ready:
             if ready:
-                raise MethodFailure("method said it would connect to the contract socket, but wrote to stdout or "
-                                    "exited instead")
+                raise MethodFailure(
+                    "method said it would connect to the contract socket, but wrote to stdout or exited instead"
+                )
             raise MethodTimeout("method did not connect to the contract socket within the task's time limit")
         self.conn, _ = self.listener.accept()
         self.listener.close()
@@ -168,16 +169,20 @@ class MethodSession:
         header, _ = self.request("info", {"protocol": PROTOCOL_VERSION})
         raw = header.get("info")
         if not isinstance(raw, dict) or raw.get("protocol") != PROTOCOL_VERSION:
-            raise MethodFailure(f"handshake: method speaks protocol {isinstance(raw, dict) and raw.get('protocol')}, "
-                                f"harness {PROTOCOL_VERSION}")
+            raise MethodFailure(
+                f"handshake: method speaks protocol {isinstance(raw, dict) and raw.get('protocol')}, "
+                f"harness {PROTOCOL_VERSION}"
+            )
         info, problem = MethodInfo.parse(raw)
         if problem:
             raise MethodFailure(f"handshake: the method's info is incomplete: {problem}")
         self.info = info
         if info.transport != "stdio":
             if info.transport != "socket" or contract_socket is None or contract_socket.listener is None:
-                raise MethodFailure(f"handshake: method asks for transport {info.transport!r}; the harness "
-                                    "offers 'stdio' and, where $BENCH_CONTRACT_SOCKET is set, 'socket'")
+                raise MethodFailure(
+                    f"handshake: method asks for transport {info.transport!r}; the harness "
+                    "offers 'stdio' and, where $BENCH_CONTRACT_SOCKET is set, 'socket'"
+                )
             self.channel = contract_socket.accept(self.channel)
         self.request("setup", {"seed": seed, "task": task})
         return info

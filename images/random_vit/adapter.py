@@ -27,8 +27,11 @@ class RandomViT(Method):
         self.seed = seed
         torch.manual_seed(seed)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
-                                       dynamic_img_size=True).eval().to(self.device)
+        self.model = (
+            timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, dynamic_img_size=True)
+            .eval()
+            .to(self.device)
+        )
 
     @torch.inference_mode()
     def _tokens(self, images: np.ndarray) -> torch.Tensor:
@@ -41,7 +44,7 @@ class RandomViT(Method):
 
     def embed_dense(self, images):
         n, h, w, _ = images.shape
-        tokens = self._tokens(images)[:, self.model.num_prefix_tokens:]
+        tokens = self._tokens(images)[:, self.model.num_prefix_tokens :]
         return tokens.reshape(n, h // 16, w // 16, -1).float().cpu().numpy()
 
     def segment(self, images):
@@ -70,6 +73,7 @@ def _upsampled_in_token_span(tokens: np.ndarray, h: int, w: int) -> np.ndarray:
     coords = torch.from_numpy((u * s).T.reshape(1, -1, gh, gw))
     up = F.interpolate(coords, size=(h, w), mode="bilinear", align_corners=False)
     return up[0].reshape(len(s), h * w).T.numpy().astype(np.float32)
+
 
 if __name__ == "__main__":
     serve(RandomViT())

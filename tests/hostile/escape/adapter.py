@@ -51,8 +51,12 @@ def status(field):
 
 def probes():
     found = {"uid": os.getuid(), "cap_eff": status("CapEff"), "no_new_privs": status("NoNewPrivs")}
-    for name, path in (("root", "/escaped"), ("etc", "/etc/escaped"), ("method", "/method/escaped"),
-                       ("tmp", "/tmp/ok")):
+    for name, path in (
+        ("root", "/escaped"),
+        ("etc", "/etc/escaped"),
+        ("method", "/method/escaped"),
+        ("tmp", "/tmp/ok"),
+    ):
         found[f"write_{name}"] = write(path)
     weights = os.environ.get("BENCH_WEIGHTS", "unset")
     found["weights_env"], found["read_weights"], found["write_weights"] = weights, read(weights), write(weights)
@@ -61,13 +65,33 @@ def probes():
     found["connect_again"] = connect(contract)  # the harness accepts one connection, the SDK's, and no other
     found["exec_tmp"] = run_from_tmp()
     found["shadow"] = read("/etc/shadow")
-    for name, path in (("work", "/work"), ("docker_sock", "/var/run/docker.sock"), ("host_docker", "/var/lib/docker"),
-                       ("host_root", "/root/.bash_history")):
+    for name, path in (
+        ("work", "/work"),
+        ("docker_sock", "/var/run/docker.sock"),
+        ("host_docker", "/var/lib/docker"),
+        ("host_root", "/root/.bash_history"),
+    ):
         found[name] = "present" if os.path.exists(path) else "absent"
-    binds = [line.split()[4] for line in open("/proc/self/mountinfo") if line.split()[4] not in
-             ("/", "/proc", "/dev", "/dev/pts", "/sys", "/sys/fs/cgroup", "/dev/mqueue", "/dev/shm", "/tmp",
-              "/etc/resolv.conf", "/etc/hostname", "/etc/hosts")
-             and not line.split()[4].startswith(("/proc/", "/sys/", "/dev/"))]
+    binds = [
+        line.split()[4]
+        for line in open("/proc/self/mountinfo")
+        if line.split()[4]
+        not in (
+            "/",
+            "/proc",
+            "/dev",
+            "/dev/pts",
+            "/sys",
+            "/sys/fs/cgroup",
+            "/dev/mqueue",
+            "/dev/shm",
+            "/tmp",
+            "/etc/resolv.conf",
+            "/etc/hostname",
+            "/etc/hosts",
+        )
+        and not line.split()[4].startswith(("/proc/", "/sys/", "/dev/"))
+    ]
     found["extra_mounts"] = ",".join(binds) or "none"
     return found
 

@@ -9,8 +9,12 @@ from _hostile import Honest, protocol_fd, serve
 
 class Flood(Honest):
     def embed(self, images):
-        header = json.dumps({"ok": True, "arrays": [{"name": "features", "dtype": "float32",
-                                                      "shape": [len(images), (1 << 32) // len(images)]}]}).encode()
+        header = json.dumps(
+            {
+                "ok": True,
+                "arrays": [{"name": "features", "dtype": "float32", "shape": [len(images), (1 << 32) // len(images)]}],
+            }
+        ).encode()
         os.write(protocol_fd(), b"VRB1" + struct.pack("<I", len(header)) + header)
         zeros = bytes(1 << 20)
         while True:

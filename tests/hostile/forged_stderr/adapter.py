@@ -2,8 +2,9 @@
 
 import sys
 
-from benchsdk import serve
 from pixels import Pixels
+
+from benchsdk import serve
 
 
 class ForgedStderr(Pixels):

@@ -22,7 +22,9 @@ def probe():
     reached = attempt("dns pypi.org", lambda: socket.getaddrinfo("pypi.org", 443))
     for host, port in TARGETS:
         reached += attempt(f"tcp {host}:{port}", lambda: socket.create_connection((host, port), timeout=3).close())
-    reached += attempt("udp 8.8.8.8:53", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("8.8.8.8", 53)))
+    reached += attempt(
+        "udp 8.8.8.8:53", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("8.8.8.8", 53))
+    )
     return reached
 
 

@@ -34,6 +34,7 @@ if BEHAVIOUR == "exits_instead":
         _send(self, header, arrays)
         if "info" in header:
             os._exit(0)
+
     benchsdk._Server.send = _send_then_exit
 
 
@@ -83,7 +84,8 @@ class Misbehave(Method):
     def embed_dense(self, images):
         n, h, w, _ = images.shape
         return np.repeat(self.embed(images)[:, None, None, :], h // 16 * (w // 16), 1).reshape(
-            -1 if BEHAVIOUR != "wrong_count" else n - 1, h // 16, w // 16, 4)
+            -1 if BEHAVIOUR != "wrong_count" else n - 1, h // 16, w // 16, 4
+        )
 
 
 if __name__ == "__main__":
