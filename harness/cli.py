@@ -434,7 +434,14 @@ def cmd_data(args) -> int:
 
 
 def _add_image_parsers(sub) -> None:
-    """`bench validate IMAGE` and `bench submit IMAGE --name NAME`: the conformance kit for method images."""
+    """`bench build METHOD`, `bench validate IMAGE` and `bench submit IMAGE --name NAME`: method images."""
+    p = sub.add_parser("build", help="build a method's docker image (on BENCH_BASE_IMAGE) and print its image ID")
+    p.add_argument("method")
+    p.add_argument(
+        "--dockerfile",
+        action="store_true",
+        help="only print the Dockerfile it is built from (the folder's own, or the one generated for it)",
+    )
     for name, help_ in (
         ("validate", "check a method image against the contract, in the docker sandbox"),
         ("submit", "validate an image pushed to a registry and write images/NAME/method.yaml"),
@@ -473,6 +480,18 @@ def _validated(args):
     ok = all(c.ok is not False for c in checks)
     print(f"bench: {args.image}: {'conforms to' if ok else 'does NOT conform to'} the contract", file=sys.stderr)
     return resolved, info, ok
+
+
+def cmd_build(args) -> int:
+    from harness.runners.images import method_dockerfile, resolve_method
+
+    method = specs.get("method", args.method)
+    if args.dockerfile:
+        path = method_dockerfile(method)
+        print(f"# {path.relative_to(REPO_ROOT)}\n{path.read_text()}", end="")
+    else:
+        print(resolve_method(method).id)
+    return 0
 
 
 def cmd_validate(args) -> int:
@@ -522,6 +541,7 @@ COMMANDS = {
     "leaderboard": cmd_leaderboard,
     "schema": cmd_schema,
     "data": cmd_data,
+    "build": cmd_build,
     "validate": cmd_validate,
     "submit": cmd_submit,
 }

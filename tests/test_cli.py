@@ -118,6 +118,7 @@ def test_run_writes_one_typed_result_and_a_rerun_is_skipped(tmp_path, data_root)
     assert forced.returncode == 0 and path.stat().st_mtime_ns != mtime
 
 
+@pytest.mark.slow
 def test_matrix_records_crashes_and_timeouts_and_carries_on(tmp_path, data_root):
     (tmp_path / "bench" / "suites").mkdir(parents=True)
     (tmp_path / "bench" / "suites" / "misbehaving.yaml").write_text(
@@ -167,6 +168,7 @@ def test_matrix_records_crashes_and_timeouts_and_carries_on(tmp_path, data_root)
     assert "not comparable to published results" in text
 
 
+@pytest.mark.slow
 def test_smoke_suite_end_to_end_then_nothing_reruns(tmp_path, data_root):
     """Every smoke task with the raw-pixel baseline (random_vit's share is in the next test, to keep CI short)."""
     from harness import specs

@@ -471,31 +471,3 @@ def _download_wheels(
         elif _canonical(name) != "pip":
             pins.append(f"{name}=={version}\n")
     (dest / "requirements.txt").write_text("".join(pins))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.runners.images dockerfile|build METHOD`: print the Dockerfile a method is built from
-    (its own or the generated one), or build its image (on BENCH_BASE_IMAGE) and print the image ID."""
-    import argparse
-
-    from harness.specs import get
-
-    parser = argparse.ArgumentParser(prog="python -m harness.runners.images", description=main.__doc__)
-    parser.add_argument("what", choices=["dockerfile", "build"])
-    parser.add_argument("method")
-    args = parser.parse_args(argv)
-    try:
-        method = get("method", args.method)
-        if args.what == "dockerfile":
-            path = method_dockerfile(method)
-            print(f"# {path.relative_to(REPO_ROOT)}\n{path.read_text()}", end="")
-        else:
-            print(resolve_method(method).id)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
