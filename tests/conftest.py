@@ -124,6 +124,19 @@ def docker_ready():
     return client()
 
 
+def container_backends() -> list[str]:
+    """Every registered backend that sandboxes its methods: the sandbox and hostile-image tests run over each."""
+    from harness.runners import RUNNERS, runner_class
+
+    return [name for name in RUNNERS if runner_class(name).sandboxed]
+
+
+@pytest.fixture(params=container_backends())
+def backend(request, docker_ready) -> str:
+    """The name of a container backend (each in turn)."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def built(docker_ready):
     """Every hostile image and pixels, built once per session FROM the local base (with no network)."""

@@ -1,4 +1,5 @@
 """The docker backend against a real dockerd: the sandbox, the transport, and hostile images (tests/hostile/).
+The sandbox and hostile-image tests run over every container backend registered (conftest's `backend` fixture).
 
 Needs dockerd, the local registry and vrbench/base:bookworm (`make services base-image`; the fixture runs the
 same idempotent scripts). Outside CI a missing service skips these tests with the reason; under CI=true it fails.
@@ -26,10 +27,10 @@ from harness.results import RunResult
 from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, images, method_spec  # noqa: F401
 
 
-def start(name: str, timeout_s: float = 60):
-    from harness.runners.docker import DockerRunner
+def start(name: str, timeout_s: float = 60, backend: str = "docker"):
+    from harness.runners import get_runner
 
-    return DockerRunner().start(method_spec(name), 0, {"name": "test", "output": "global"}, timeout_s)
+    return get_runner(backend).start(method_spec(name), 0, {"name": "test", "output": "global"}, timeout_s)
 
 
 # --- the sandbox -------------------------------------------------------------------------------------------------
@@ -54,9 +55,9 @@ def test_every_container_runs_locked_down_with_only_the_contract_socket_mounted(
     assert not host.get("DeviceRequests")  # no GPU on this host, none asked for
 
 
-def test_the_sandbox_holds_against_writes_host_paths_and_privileges(built):
+def test_the_sandbox_holds_against_writes_host_paths_and_privileges(backend, built):
     with pytest.raises(MethodFailure, match="probe:") as err:
-        with start("escape"):
+        with start("escape", backend=backend):
             pass
     found = dict(token.split("=", 1) for token in str(err.value).split("probe: ", 1)[1].split())
     assert found["uid"] != "0" and found["cap_eff"] == "0000000000000000" and found["no_new_privs"] == "1"
@@ -71,9 +72,9 @@ def test_the_sandbox_holds_against_writes_host_paths_and_privileges(built):
     assert set(found["extra_mounts"].split(",")) == {"/usr/sbin/docker-init", "/weights/weights.bin", "/run/vrbench"}
 
 
-def test_a_method_that_tries_the_network_has_none(built):
+def test_a_method_that_tries_the_network_has_none(backend, built):
     urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=5).read()  # the registry is up on the host...
-    with start("netprobe") as running:
+    with start("netprobe", backend=backend) as running:
         out = running.session.embed(images())
     assert (out[:, 3] == 0).all()  # ...and the method reached nothing
     log = running.log_tail
@@ -101,16 +102,16 @@ def test_transport_is_byte_exact_for_large_batches_and_detach_key_bytes(built, t
     np.testing.assert_array_equal(docker_out, local_out)
 
 
-def test_a_hanging_method_times_out_and_its_container_is_removed(built, docker_ready):
+def test_a_hanging_method_times_out_and_its_container_is_removed(backend, built, docker_ready):
     t0 = time.monotonic()
     with pytest.raises(MethodTimeout):
-        with start("sleeper", timeout_s=3) as running:
+        with start("sleeper", timeout_s=3, backend=backend) as running:
             running.session.embed(images())
     assert time.monotonic() - t0 < 20
     assert "stopped by the harness" in running.log_tail
 
 
-def test_ctrl_c_stops_the_run_and_removes_the_container(built, docker_ready, data_root, tmp_path):
+def test_ctrl_c_stops_the_run_and_removes_the_container(backend, built, docker_ready, data_root, tmp_path):
     env = dict(os.environ, BENCH_BASE_IMAGE=BASE, BENCH_IMAGES=f"{HOSTILE}{os.pathsep}{REPO / 'images'}")
     proc = subprocess.Popen(
         [
@@ -123,7 +124,7 @@ def test_ctrl_c_stops_the_run_and_removes_the_container(built, docker_ready, dat
             "--task",
             "flowers102_knn",
             "--backend",
-            "docker",
+            backend,
             "--data",
             "synthetic",
             "--data-root",
@@ -218,7 +219,7 @@ HOSTILE_OUTCOMES = {  # method -> (status, what the error must say); None: ok
 }
 
 
-def test_a_matrix_of_hostile_images_records_each_failure_and_carries_on(built, data_root, tmp_path):
+def test_a_matrix_of_hostile_images_records_each_failure_and_carries_on(backend, built, data_root, tmp_path):
     (tmp_path / "bench" / "suites").mkdir(parents=True)
     (tmp_path / "bench" / "suites" / "hostile.yaml").write_text(
         f"name: hostile\ndescription: test\ntasks: [flowers102_knn]\nmethods: [{', '.join(HOSTILE_OUTCOMES)}]\n"
@@ -234,7 +235,7 @@ def test_a_matrix_of_hostile_images_records_each_failure_and_carries_on(built, d
         "--suite",
         "hostile",
         "--backend",
-        "docker",
+        backend,
         "--data-root",
         str(data_root),
         "--results",
@@ -260,4 +261,4 @@ def test_a_matrix_of_hostile_images_records_each_failure_and_carries_on(built, d
     assert "OOM-killed" in got["memhog"].log_tail
     # forged metrics on stderr are only log lines: the harness's own metric stands, equal to the honest pixels one
     assert got["forged_stderr"].metrics == got["pixels"].metrics and got["forged_stderr"].metrics["top1_best"] < 100
-    assert proc.stderr.count("docker backend") == len(HOSTILE_OUTCOMES)
+    assert proc.stderr.count(f"{backend} backend") == len(HOSTILE_OUTCOMES)

@@ -4,9 +4,6 @@ marked unsandboxed; task parameter overrides (`--set`) kept apart from the stock
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +11,10 @@ import pytest
 
 import benchsdk
 import harness
-from harness.cli import main
 from harness.errors import MethodFailure
 from harness.results import ResultStore, RunResult
+
+from conftest import bench, cli, one_line_error
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ["flowers102_knn", "coco_r2", "clevrtex_objseg"]  # one per output kind: global, dense, masks
@@ -29,12 +27,6 @@ def pixels() -> benchsdk.Method:
     return module.Pixels()  # a module Python has not registered: its class's source identifies it
 
 
-def run(capsys, *args) -> tuple[int, str]:
-    capsys.readouterr()
-    code = main([*args, "--no-progress"])
-    return code, capsys.readouterr().err
-
-
 def only(root: Path) -> RunResult:
     [result] = ResultStore(root).all()
     return result
@@ -42,9 +34,9 @@ def only(root: Path) -> RunResult:
 
 @pytest.mark.parametrize("task", TASKS)
 def test_inprocess_backend_and_evaluate_score_exactly_as_the_local_backend(task, data_root, tmp_path, capsys):
-    data = ["--data", "synthetic", "--data-root", str(data_root), "--workers", "0"]
+    data = ["--data", "synthetic", "--data-root", str(data_root), "--workers", "0", "--no-progress"]
     for backend in ("local", "inprocess"):
-        code, err = run(
+        code, _, err = cli(
             capsys,
             "run",
             "--method",
@@ -116,24 +108,17 @@ def test_an_incomplete_info_fails_the_handshake(data_root, tmp_path):
         InProcessSession(NoDim()).handshake(0, {}, None)
 
 
+def knn_run(data_root, results) -> list[str]:
+    """`bench run` of pixels on flowers102_knn, procedural data, no worker processes."""
+    return (
+        f"run --method pixels --task flowers102_knn --data synthetic --data-root {data_root} --workers 0 "
+        f"--results {results} --no-progress".split()
+    )
+
+
 def test_set_overrides_a_parameter_and_keeps_its_results_apart(data_root, tmp_path, capsys):
-    args = [
-        "run",
-        "--method",
-        "pixels",
-        "--task",
-        "flowers102_knn",
-        "--data",
-        "synthetic",
-        "--data-root",
-        str(data_root),
-        "--workers",
-        "0",
-        "--results",
-        str(tmp_path),
-    ]
-    assert run(capsys, *args)[0] == 0
-    code, err = run(capsys, *args, "--set", "ks=[5]", "--set", "temperature=0.1")
+    assert cli(capsys, *knn_run(data_root, tmp_path))[0] == 0
+    code, _, err = cli(capsys, *knn_run(data_root, tmp_path), "--set", "ks=[5]", "--set", "temperature=0.1")
     assert code == 0, err
     results = {r.key.task: r for r in ResultStore(tmp_path).all()}
     assert set(results) == {"flowers102_knn", "flowers102_knn+ks=[5]+temperature=0.1"}
@@ -148,36 +133,12 @@ def test_set_overrides_a_parameter_and_keeps_its_results_apart(data_root, tmp_pa
     "pair, message",
     [
         ("kk=5", "--set kk=5: Extra inputs are not permitted (task flowers102_knn, protocol knn)"),
-        ("ks=[0]", "--set ks=[0]"),
+        ("ks=[0]", "--set ks.0: Input should be greater than 0"),
         ("temperature=warm", "--set temperature=warm: Input should be a valid number"),
         ("temperature", "--set 'temperature': expected NAME=VALUE"),
     ],
 )
 def test_a_bad_override_is_one_line_and_writes_nothing(pair, message, data_root, tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "run",
-            "--method",
-            "pixels",
-            "--task",
-            "flowers102_knn",
-            "--data",
-            "synthetic",
-            "--data-root",
-            str(data_root),
-            "--results",
-            str(tmp_path / "r"),
-            "--set",
-            pair,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"bench: error: {message}"), proc.stderr
+    line = one_line_error(bench(*knn_run(data_root, tmp_path / "r"), "--set", pair))
+    assert line.startswith(f"bench: error: {message}"), line
     assert not (tmp_path / "r").exists()

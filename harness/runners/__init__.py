@@ -16,8 +16,12 @@ RUNNERS: dict[str, str] = {
 }
 
 
-def get_runner(name: str) -> Runner:
+def runner_class(name: str) -> type[Runner]:
     if name not in RUNNERS:
         raise UserError(f"unknown backend {name!r}; available: {', '.join(RUNNERS)}")
     module, _, cls = RUNNERS[name].partition(":")
-    return getattr(import_module(module), cls)()
+    return getattr(import_module(module), cls)
+
+
+def get_runner(name: str) -> Runner:
+    return runner_class(name)()
