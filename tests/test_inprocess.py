@@ -17,7 +17,7 @@ from harness.results import ResultStore, RunResult
 from conftest import bench, cli, one_line_error
 
 REPO = Path(__file__).resolve().parent.parent
-TASKS = ["flowers102_knn", "coco_r2", "clevrtex_objseg"]  # one per output kind: global, dense, masks
+TASKS = ["flowers102_knn", "coco_r2", "clevrtex_objseg", "clevr_objseg"]  # global, dense, masks (PIL, torch resizing)
 
 
 def pixels() -> benchsdk.Method:

@@ -128,3 +128,21 @@ def test_iter_batches_keeps_order_and_is_independent_of_workers_and_batch_size()
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(runs[0][1][4], load(4)[1])
+
+
+def test_tensor_resize_does_not_depend_on_torch_threads():
+    """A sample must be the same whether a data-loader worker (one thread) or the main process loads it."""
+    import torch
+
+    from harness.data.transforms import center_crop_resize
+
+    image = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    mask = np.zeros((240, 320), np.uint8)
+    threads, out = torch.get_num_threads(), []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out.append(center_crop_resize(image, mask, 1.0, 128, "tensor")[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(out[0], out[1]) and out[0].flags["C_CONTIGUOUS"]

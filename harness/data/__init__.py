@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import pkgutil
 import os
+import pkgutil
 import re
 import shutil
 import tempfile
@@ -24,9 +24,7 @@ SAMPLED_FILES = 256
 EDGE_BYTES = 64 * 1024
 
 
-def open_dataset(
-    name: str, data_root: Path, synthetic: bool, seed: int = 0, scale: str = "tiny"
-) -> DatasetReader:
+def open_dataset(name: str, data_root: Path, synthetic: bool, seed: int = 0, scale: str = "tiny") -> DatasetReader:
     """The real dataset under data_root/<subdir>, or (synthetic) its procedural stand-in, made if absent."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; known: {', '.join(sorted(DATASETS))}")
@@ -74,8 +72,10 @@ def _read_marker(root: Path) -> str:
     try:
         return (root / MARKER_FILE).read_text()
     except OSError:
-        raise DataError("incomplete procedural stand-in (no marker file); delete its folder to regenerate it",
-                        where=root / MARKER_FILE) from None
+        raise DataError(
+            "incomplete procedural stand-in (no marker file); delete its folder to regenerate it",
+            where=root / MARKER_FILE,
+        ) from None
 
 
 def is_procedural(root: Path) -> bool:
@@ -130,6 +130,8 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 for _reader in sorted(_readers(DatasetReader), key=lambda r: r.name):
     if _reader.name in DATASETS:
-        raise RuntimeError(f"two dataset readers are named {_reader.name!r}: {DATASETS[_reader.name].__module__}."
-                           f"{DATASETS[_reader.name].__qualname__} and {_reader.__module__}.{_reader.__qualname__}")
+        raise RuntimeError(
+            f"two dataset readers are named {_reader.name!r}: {DATASETS[_reader.name].__module__}."
+            f"{DATASETS[_reader.name].__qualname__} and {_reader.__module__}.{_reader.__qualname__}"
+        )
     DATASETS[_reader.name] = _reader

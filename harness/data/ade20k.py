@@ -68,8 +68,9 @@ class ADE20KSplit(SegmentationSplit):
         return read_rgb(self.image_path(i))
 
     def mask(self, i: int) -> np.ndarray:
-        return check_same_size(read_annotation(self.mask_path(i)), self.mask_path(i), self.image_path(i),
-                               what="annotation")
+        return check_same_size(
+            read_annotation(self.mask_path(i)), self.mask_path(i), self.image_path(i), what="annotation"
+        )
 
 
 class ADE20K(DatasetReader):

@@ -16,8 +16,9 @@ from harness.errors import DataError
 DEFAULT_SAMPLE = 16
 
 
-def check_folder(reader: type[DatasetReader], root: Path, sample: int = DEFAULT_SAMPLE, full: bool = False,
-                 progress: bool = True) -> list[str]:
+def check_folder(
+    reader: type[DatasetReader], root: Path, sample: int = DEFAULT_SAMPLE, full: bool = False, progress: bool = True
+) -> list[str]:
     """Open `root` with `reader` (its layout check) and return every problem found; [] = usable."""
     if not Path(root).is_dir():
         return [f"{root}: dataset folder missing; {reader.how_to_get}"]
@@ -28,8 +29,9 @@ def check_folder(reader: type[DatasetReader], root: Path, sample: int = DEFAULT_
     return problems(opened, sample, full, progress)
 
 
-def problems(reader: DatasetReader, sample: int = DEFAULT_SAMPLE, full: bool = False,
-             progress: bool = True) -> list[str]:
+def problems(
+    reader: DatasetReader, sample: int = DEFAULT_SAMPLE, full: bool = False, progress: bool = True
+) -> list[str]:
     """Every problem of an opened dataset: layout, each split opening, item counts against the official ones
     (real data only: procedural stand-ins are small by design), labels, and decoding of `sample` items per
     split evenly spread (every item when `full`), masks too where the split has them."""
@@ -47,12 +49,15 @@ def problems(reader: DatasetReader, sample: int = DEFAULT_SAMPLE, full: bool = F
             continue
         expected = reader.official_counts.get(name)
         if real and expected is not None and len(split) != expected:
-            found.append(f"{reader.root}: {reader.name} split '{name}' has {len(split):,} items; "
-                         f"the official count is {expected:,}")
+            found.append(
+                f"{reader.root}: {reader.name} split '{name}' has {len(split):,} items; "
+                f"the official count is {expected:,}"
+            )
         if isinstance(split, ClassificationSplit):
             found += _label_problems(reader.root, split)
-        found += _decode_problems(split, _indices(len(split), sample, full), desc=f"{reader.name} {name}",
-                                 bar=full and progress)
+        found += _decode_problems(
+            split, _indices(len(split), sample, full), desc=f"{reader.name} {name}", bar=full and progress
+        )
     return found
 
 
@@ -68,8 +73,10 @@ def _label_problems(root: Path, split: ClassificationSplit) -> list[str]:
         return [f"{root}: split '{split.name}' has {len(split)} images but labels of shape {labels.shape}"]
     bad = (labels < 0) | (labels >= split.num_classes)
     if bad.any():
-        return [f"{root}: split '{split.name}' item {split.ids[int(np.argmax(bad))]} has label "
-                f"{int(labels[bad][0])} outside 0..{split.num_classes - 1}"]
+        return [
+            f"{root}: split '{split.name}' item {split.ids[int(np.argmax(bad))]} has label "
+            f"{int(labels[bad][0])} outside 0..{split.num_classes - 1}"
+        ]
     return []
 
 

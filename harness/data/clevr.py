@@ -46,8 +46,8 @@ import numpy as np
 
 from harness.data import synthetic
 from harness.data.base import DatasetReader
-from harness.data.files import NpyMember, load_member, npz_members
 from harness.data.clevrtex import HEIGHT, WIDTH, ObjectSplit, SceneStyle, render_scene
+from harness.data.files import NpyMember, load_member, npz_members
 from harness.errors import DataError
 
 FORMAT, VERSION = "vrbench-clevr-npz", 1
@@ -106,8 +106,10 @@ class ClevrSplit(ObjectSplit):
         shard, j, _, masks = self._locate(i)
         mask = np.array(masks[j])
         if mask.max(initial=0) > MAX_OBJECTS:
-            raise DataError(f"masks[{j}] (scene {self.ids[i]}) holds object index {int(mask.max())}; "
-                            f"at most {MAX_OBJECTS} objects", where=shard.path)
+            raise DataError(
+                f"masks[{j}] (scene {self.ids[i]}) holds object index {int(mask.max())}; at most {MAX_OBJECTS} objects",
+                where=shard.path,
+            )
         return mask
 
 
@@ -128,8 +130,11 @@ class ClevrWithMasks(DatasetReader):
         procedural = (self.root / synthetic.MARKER_FILE).is_file()
         if not procedural and n_images <= OFFICIAL_TEST + OFFICIAL_VAL:
             needed = OFFICIAL_TEST + OFFICIAL_VAL
-            raise DataError(f"holds {n_images:,} scenes; the official splits need more than {needed:,} "
-                            "(test = first 15,000, val = next 15,000)", where=manifest)
+            raise DataError(
+                f"holds {n_images:,} scenes; the official splits need more than {needed:,} "
+                "(test = first 15,000, val = next 15,000)",
+                where=manifest,
+            )
         self.ranges = split_ranges(n_images, procedural)
 
     def split(self, name: str) -> ClevrSplit:
@@ -146,17 +151,26 @@ class ClevrWithMasks(DatasetReader):
         for number, count in enumerate(counts):
             scenes = [render_scene(np.random.default_rng([seed, 7, start + k]), CLEVR_STYLE) for k in range(count)]
             name = f"shard_{number:05d}.npz"
-            synthetic.save_npz(root / name, {"images": np.stack([s.image for s in scenes]),
-                                             "masks": np.stack([s.mask for s in scenes])})
+            synthetic.save_npz(
+                root / name,
+                {"images": np.stack([s.image for s in scenes]), "masks": np.stack([s.mask for s in scenes])},
+            )
             shards.append({"file": name, "start": start, "count": count})
             start += count
-        manifest = {"format": FORMAT, "version": VERSION, "num_images": start, "shards": shards,
-                    "source": f"procedural stand-in (harness.data.clevr, scale {scale}, seed {seed})"}
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_images": start,
+            "shards": shards,
+            "source": f"procedural stand-in (harness.data.clevr, scale {scale}, seed {seed})",
+        }
         (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
         synthetic.write_marker(root, cls.name, scale, seed)
         with open(root / synthetic.MARKER_FILE, "a") as marker:
-            marker.write("Splits are scaled to its size: test = first 15%, val = next 15%, train = the rest "
-                         "(the real export: first 15,000, next 15,000, rest).\n")
+            marker.write(
+                "Splits are scaled to its size: test = first 15%, val = next 15%, train = the rest "
+                "(the real export: first 15,000, next 15,000, rest).\n"
+            )
 
 
 def _read_manifest(path: Path) -> tuple[list[dict], int]:
@@ -179,9 +193,12 @@ def _read_manifest(path: Path) -> tuple[list[dict], int]:
         if not isinstance(fields.get("file"), str) or not integers:
             raise DataError(f"shards[{k}] needs 'file' (a name), 'start' and 'count' (integers)", where=path)
         if fields["start"] != expected_start or fields["count"] < 1:
-            raise DataError(f"shards[{k}] ({fields['file']}) starts at {fields['start']} with count "
-                            f"{fields['count']}; shards must be contiguous from 0, so it should start at "
-                            f"{expected_start}", where=path)
+            raise DataError(
+                f"shards[{k}] ({fields['file']}) starts at {fields['start']} with count "
+                f"{fields['count']}; shards must be contiguous from 0, so it should start at "
+                f"{expected_start}",
+                where=path,
+            )
         expected_start += fields["count"]
     if expected_start != n_images:
         raise DataError(f"num_images is {n_images:,} but the shards' counts add up to {expected_start:,}", where=path)
@@ -201,8 +218,11 @@ def _shard(root: Path, entry: dict, manifest: Path) -> Shard:
             raise DataError(f"array '{key}' missing (found: {', '.join(members) or 'none'})", where=path)
         member = members[key]
         if member.data_offset is None:
-            raise DataError(f"'{key}' is compressed; write shards with np.savez, not np.savez_compressed, so that "
-                            "they can be memory-mapped", where=path)
+            raise DataError(
+                f"'{key}' is compressed; write shards with np.savez, not np.savez_compressed, so that "
+                "they can be memory-mapped",
+                where=path,
+            )
         if member.dtype != np.uint8 or member.shape != shape:
             found = member.shape[0] if member.shape else None
             miscounted = found != count and member.shape[1:] == shape[1:]

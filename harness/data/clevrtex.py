@@ -165,18 +165,22 @@ def _index_folders(root: Path, variant: str, how_to_get: str) -> list[Path]:
                 found[kind][number] = folder
     images = found[".png"]
     if not images:
-        raise DataError(f"no CLEVRTEX_{variant}_<6 digits>.png images here or in its subfolders; {how_to_get}",
-                        where=root)
+        raise DataError(
+            f"no CLEVRTEX_{variant}_<6 digits>.png images here or in its subfolders; {how_to_get}", where=root
+        )
     stem = f"CLEVRTEX_{variant}_{{:06d}}"
     gap = next((k for k in range(max(images)) if k not in images), None)
     if gap is not None:
-        raise DataError(f"image numbers must run 0..{max(images)} without gaps; {gap} is missing",
-                        where=root / str(gap // 1000) / f"{stem.format(gap)}.png")
+        raise DataError(
+            f"image numbers must run 0..{max(images)} without gaps; {gap} is missing",
+            where=root / str(gap // 1000) / f"{stem.format(gap)}.png",
+        )
     for kind, what in (("_flat.png", "object mask"), (".json", "scene metadata")):
         lacking = next((k for k in range(len(images)) if found[kind].get(k) != images[k]), None)
         if lacking is not None:
-            raise DataError(f"{what} of {stem.format(lacking)}.png missing",
-                            where=images[lacking] / f"{stem.format(lacking)}{kind}")
+            raise DataError(
+                f"{what} of {stem.format(lacking)}.png missing", where=images[lacking] / f"{stem.format(lacking)}{kind}"
+            )
     return [images[k] for k in range(len(images))]
 
 
@@ -188,8 +192,11 @@ VARIANT_TABLE = {
 }  # fmt: skip
 VARIANTS = tuple(VARIANT_TABLE)
 CLEVRTEX_READERS: tuple[type[ClevrTex], ...] = tuple(
-    type(f"ClevrTex[{variant}]", (ClevrTex,),
-         {"variant": variant, "total": total, "has_splits": has_splits, "__module__": __name__})
+    type(
+        f"ClevrTex[{variant}]",
+        (ClevrTex,),
+        {"variant": variant, "total": total, "has_splits": has_splits, "__module__": __name__},
+    )
     for variant, (total, has_splits) in VARIANT_TABLE.items()
 )
 
@@ -201,8 +208,14 @@ MIN_GAP = 0.25  # scene units between object footprints (the official generator'
 MIN_VISIBLE_PIXELS = 200  # the official generator re-draws scenes where an object shows fewer pixels
 GROUND_SCALE = 140.0  # texture scale of the ground, in pixels
 COLOURS = {
-    "gray": (87, 87, 87), "red": (173, 35, 35), "blue": (42, 75, 215), "green": (29, 105, 20),
-    "brown": (129, 74, 25), "purple": (129, 38, 192), "cyan": (41, 208, 208), "yellow": (255, 238, 51),
+    "gray": (87, 87, 87),
+    "red": (173, 35, 35),
+    "blue": (42, 75, 215),
+    "green": (29, 105, 20),
+    "brown": (129, 74, 25),
+    "purple": (129, 38, 192),
+    "cyan": (41, 208, 208),
+    "yellow": (255, 238, 51),
 }  # fmt: skip  (CLEVR's object colours)
 
 
@@ -229,8 +242,13 @@ _SHAPES, _SIZES = ("cube", "sphere", "cylinder", "monkey"), {"large": 0.9, "medi
 STYLES = {
     "full": SceneStyle(_SHAPES, _SIZES, "textured", "textured"),
     "camo": SceneStyle(_SHAPES, _SIZES, "textured", "camouflaged"),
-    "outd": SceneStyle(("cone", "icosahedron", "torus", "teapot"), {"large": 1.0, "medium": 0.8, "small": 0.6},
-                       "textured", "textured", materials=tuple(range(40, 52))),
+    "outd": SceneStyle(
+        ("cone", "icosahedron", "torus", "teapot"),
+        {"large": 1.0, "medium": 0.8, "small": 0.6},
+        "textured",
+        "textured",
+        materials=tuple(range(40, 52)),
+    ),
     "pbg": SceneStyle(_SHAPES, _SIZES, "plain", "textured"),
     "vbg": SceneStyle(_SHAPES, _SIZES, "textured", "coloured"),
     "grassbg": SceneStyle(_SHAPES, _SIZES, "grass", "textured"),

@@ -100,8 +100,14 @@ def _log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def fetch(name: str, data_root: Path, sources_file: Path | None = None, progress: bool = True,
-          retries: int = 3, log: Callable[[str], None] = _log) -> Path:
+def fetch(
+    name: str,
+    data_root: Path,
+    sources_file: Path | None = None,
+    progress: bool = True,
+    retries: int = 3,
+    log: Callable[[str], None] = _log,
+) -> Path:
     """Download, verify, extract and install dataset `name` under data_root (nothing to do when it is already
     there); returns its folder."""
     if name not in DATASETS:
@@ -109,8 +115,10 @@ def fetch(name: str, data_root: Path, sources_file: Path | None = None, progress
     reader = DATASETS[name]
     sources = load_sources(sources_file)
     if name not in sources:
-        raise DataError(f"no official archive with a published checksum is registered for '{name}' "
-                        f"in {sources_path(sources_file)}; {reader.how_to_get}")
+        raise DataError(
+            f"no official archive with a published checksum is registered for '{name}' "
+            f"in {sources_path(sources_file)}; {reader.how_to_get}"
+        )
     source, target = sources[name], Path(data_root) / reader.subdir
     if _opens(reader, target):
         log(f"{name}: already installed at {target}")
@@ -144,8 +152,10 @@ def _unpack_and_install(source: Source, parts: list[Path], staging: Path, target
         CONVERTERS[source.convert](staging, progress)
     root = (staging / source.root).resolve()
     if not root.is_dir() or not root.is_relative_to(staging.resolve()):
-        raise DataError(f"the archives hold no folder '{source.root}' (the registry's 'root')",
-                        where=", ".join(a.name for a in source.files))
+        raise DataError(
+            f"the archives hold no folder '{source.root}' (the registry's 'root')",
+            where=", ".join(a.name for a in source.files),
+        )
     root.chmod(0o755)  # mkdtemp makes it private
     install(root, target)
 
@@ -167,8 +177,11 @@ def download(url: str, part: Path, size: int | None, progress: bool = True, retr
     """Complete `part` from `url`, resuming from its current length; retries cut connections `retries` times."""
     missing = (size or 0) - (part.stat().st_size if part.exists() else 0)
     if missing > shutil.disk_usage(part.parent).free:
-        raise DataError(f"{missing / 2**30:.1f} GiB to download but only "
-                        f"{shutil.disk_usage(part.parent).free / 2**30:.1f} GiB free", where=part.parent)
+        raise DataError(
+            f"{missing / 2**30:.1f} GiB to download but only "
+            f"{shutil.disk_usage(part.parent).free / 2**30:.1f} GiB free",
+            where=part.parent,
+        )
     error: Exception | None = None
     for _ in range(retries + 1):
         try:
@@ -181,8 +194,11 @@ def download(url: str, part: Path, size: int | None, progress: bool = True, retr
         except (OSError, http.client.HTTPException) as err:
             error = err
     have = part.stat().st_size if part.exists() else 0
-    raise DataError(f"download of {url} interrupted after {have:,} bytes ({type(error).__name__}: {error}); "
-                    "run the same command again to resume", where=part)
+    raise DataError(
+        f"download of {url} interrupted after {have:,} bytes ({type(error).__name__}: {error}); "
+        "run the same command again to resume",
+        where=part,
+    )
 
 
 def _download_once(url: str, part: Path, size: int | None, progress: bool) -> None:
@@ -204,10 +220,19 @@ def _download_once(url: str, part: Path, size: int | None, progress: bool) -> No
             have, total = 0, int(length) if length else None
         if size is not None and total is not None and total != size:
             raise DataError(f"server sends {total:,} bytes but the registry says {size:,}", where=url)
-        with open(part, "ab" if have else "wb") as out, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=part.stem,
-            disable=not progress, leave=False,
-        ) as bar:
+        with (
+            open(part, "ab" if have else "wb") as out,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.stem,
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             while chunk := response.read(CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))
@@ -225,15 +250,28 @@ def verify(part: Path, archive: Archive, progress: bool = True) -> None:
     """Check the published checksum; on a mismatch delete the download and raise DataError."""
     algorithm, expected = archive.checksum.split(":", 1)
     digest = hashlib.new(algorithm)
-    with open(part, "rb") as f, tqdm(total=part.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-                                     desc=f"verify {archive.name}", disable=not progress, leave=False) as bar:
+    with (
+        open(part, "rb") as f,
+        tqdm(
+            total=part.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"verify {archive.name}",
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
         while block := f.read(CHUNK):
             digest.update(block)
             bar.update(len(block))
     if digest.hexdigest() != expected:
         part.unlink()
-        raise DataError(f"{algorithm} mismatch: expected {expected}, got {digest.hexdigest()} "
-                        f"(published by {archive.published_by}); the download was deleted", where=archive.name)
+        raise DataError(
+            f"{algorithm} mismatch: expected {expected}, got {digest.hexdigest()} "
+            f"(published by {archive.published_by}); the download was deleted",
+            where=archive.name,
+        )
 
 
 def unpack(part: Path, filename: str, staging: Path, progress: bool = True) -> None:
@@ -245,8 +283,9 @@ def unpack(part: Path, filename: str, staging: Path, progress: bool = True) -> N
                     tar.extract(member, staging, filter="data")
         elif filename.endswith(".zip"):
             with zipfile.ZipFile(part) as archive:
-                for member in tqdm(archive.infolist(), desc=f"extract {filename}", unit="file",
-                                   disable=not progress, leave=False):
+                for member in tqdm(
+                    archive.infolist(), desc=f"extract {filename}", unit="file", disable=not progress, leave=False
+                ):
                     archive.extract(member, staging)
         else:
             try:

@@ -38,15 +38,19 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DataError(f"cannot read image header ({err})", where=path) from None
 
 
-def read_label_png(path: Path, modes: tuple[str, ...], num_labels: int, also_allowed: tuple[int, ...] = (),
-                   what: str = "mask") -> np.ndarray:
+def read_label_png(
+    path: Path, modes: tuple[str, ...], num_labels: int, also_allowed: tuple[int, ...] = (), what: str = "mask"
+) -> np.ndarray:
     """Label indices of a PNG in one of `modes` ('P': palette indices, 'L': grey values), uint8 (H, W);
     every value must be below `num_labels` or in `also_allowed` (e.g. an ignore index)."""
     try:
         with Image.open(path) as img:
             if img.mode not in modes:
-                raise DataError(f"{what} has mode {img.mode}; expected a PNG of label indices in mode "
-                                f"{' or '.join(repr(m) for m in modes)}", where=path)
+                raise DataError(
+                    f"{what} has mode {img.mode}; expected a PNG of label indices in mode "
+                    f"{' or '.join(repr(m) for m in modes)}",
+                    where=path,
+                )
             labels = np.array(img)
     except DECODE_ERRORS as err:
         raise DataError(f"cannot decode {what} ({err})", where=path) from None
@@ -61,8 +65,10 @@ def check_same_size(labels: np.ndarray, labels_path: Path, image_path: Path, wha
     """`labels` unchanged when it has its image's size, else a DataError naming both files."""
     width, height = image_size(image_path)
     if labels.shape != (height, width):
-        raise DataError(f"{what} is {labels.shape[1]}x{labels.shape[0]} but its image {Path(image_path).name} "
-                        f"is {width}x{height}", where=labels_path)
+        raise DataError(
+            f"{what} is {labels.shape[1]}x{labels.shape[0]} but its image {Path(image_path).name} is {width}x{height}",
+            where=labels_path,
+        )
     return labels
 
 
@@ -70,7 +76,12 @@ class ImageFileSplit(ClassificationSplit):
     """Images at root/<files[i]> with 0-based labels; ids are the dataset's own names for them (default: files)."""
 
     def __init__(
-        self, name: str, root: Path, files: list[str], labels: np.ndarray, num_classes: int,
+        self,
+        name: str,
+        root: Path,
+        files: list[str],
+        labels: np.ndarray,
+        num_classes: int,
         ids: list[str] | None = None,
     ):
         self.name, self.root, self.files = name, Path(root), files

@@ -89,4 +89,3 @@ class Flowers102(DatasetReader):
         }
         synthetic.save_mat(root / "setid.mat", set_ids)
         synthetic.write_marker(root, cls.name, scale, seed)
-

@@ -62,8 +62,12 @@ def iter_batches(
     unchanged, whichever process raised it.
     """
     loader = DataLoader(
-        _Samples(n_items, load_fn), batch_size=batch_size, shuffle=False, drop_last=False,
-        num_workers=num_workers, collate_fn=_stack,
+        _Samples(n_items, load_fn),
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        collate_fn=_stack,
     )
     with tqdm(total=n_items, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for batch in loader:

@@ -141,9 +141,7 @@ def object_fill(
     return colour * shading + 6 * rng.standard_normal((len(xs), 3), dtype=np.float32)
 
 
-def paint_object(
-    rng: np.random.Generator, canvas: np.ndarray, c: int, cx: float, cy: float, r: float
-) -> np.ndarray:
+def paint_object(rng: np.random.Generator, canvas: np.ndarray, c: int, cx: float, cy: float, r: float) -> np.ndarray:
     """Paint one object of class `c` onto `canvas` (float32, in place); returns its boolean mask."""
     h, w = canvas.shape[:2]
     mask = shape_mask(class_style(c).shape, h, w, cx, cy, r, rng.uniform(0, 2 * np.pi))
@@ -242,19 +240,27 @@ def solid_mask(solid: str, h: int, w: int, cx: float, cy: float, r: float, rot: 
         side = 1 if np.cos(rot) >= 0 else -1  # spout to the right or to the left
         draw.ellipse((cx - 0.75 * r, cy - 0.5 * r, cx + 0.75 * r, cy + 0.6 * r), fill=1)
         draw.ellipse((cx - 0.25 * r, cy - 0.75 * r, cx + 0.25 * r, cy - 0.35 * r), fill=1)
-        draw.polygon([(cx + side * 0.5 * r, cy), (cx + side * 1.05 * r, cy - 0.5 * r),
-                      (cx + side * 1.1 * r, cy - 0.35 * r), (cx + side * 0.6 * r, cy + 0.3 * r)], fill=1)
+        draw.polygon(
+            [
+                (cx + side * 0.5 * r, cy),
+                (cx + side * 1.05 * r, cy - 0.5 * r),
+                (cx + side * 1.1 * r, cy - 0.35 * r),
+                (cx + side * 0.6 * r, cy + 0.3 * r),
+            ],
+            fill=1,
+        )
         handle = (cx - side * 1.0 * r, cy - 0.35 * r, cx - side * 0.5 * r, cy + 0.35 * r)
-        draw.ellipse((min(handle[0], handle[2]), handle[1], max(handle[0], handle[2]), handle[3]),
-                     outline=1, width=max(1, round(0.12 * r)))
+        draw.ellipse(
+            (min(handle[0], handle[2]), handle[1], max(handle[0], handle[2]), handle[3]),
+            outline=1,
+            width=max(1, round(0.12 * r)),
+        )
     else:
         raise ValueError(f"unknown solid '{solid}'; known: {', '.join(SOLIDS)}")
     return np.asarray(canvas, bool)
 
 
-def solid_shading(
-    solid: str, xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, r: float, rot: float
-) -> np.ndarray:
+def solid_shading(solid: str, xs: np.ndarray, ys: np.ndarray, cx: float, cy: float, r: float, rot: float) -> np.ndarray:
     """Diffuse light factor (about 0.35-1) at pixels (xs, ys) of `solid_mask(solid, ...)`, float32 (n,)."""
     u, v = (xs - cx) / r, (ys - cy) / r
     if solid == "cube":  # two vertical faces, split along the turned diagonal

@@ -6,6 +6,7 @@ Randomness comes only from the numpy Generator passed in, so a sample's augmenta
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -108,6 +109,18 @@ def squash_resize_linear(img: np.ndarray | Image.Image, size: int) -> np.ndarray
     return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+@contextmanager
+def one_torch_thread():
+    """Run torch's CPU kernels on one thread: its bilinear resize rounds differently on two threads than on one (40 of
+    49,152 uint8 values of a 128x128 image differ after rounding), so a sample would depend on whether it was loaded
+    in a data-loader worker (one thread, as the reference's DataLoader) or in the main process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
 
 def center_crop_resize(
     img: np.ndarray | Image.Image, mask: np.ndarray, fraction: float, size: int, resample: str = "pil"
@@ -124,9 +137,10 @@ def center_crop_resize(
     mask = np.asarray(mask, dtype=np.uint8)[top : top + side, left : left + side]
     if resample == "tensor":
         crop = torch.from_numpy(np.array(img)[top : top + side, left : left + side]).permute(2, 0, 1)[None]
-        resized = F.interpolate(crop.float() / 255, size=(size, size), mode="bilinear", align_corners=False)
+        with one_torch_thread():
+            resized = F.interpolate(crop.float() / 255, size=(size, size), mode="bilinear", align_corners=False)
         image = (resized[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-        return image, resize_mask_nearest(mask, size)
+        return np.ascontiguousarray(image), resize_mask_nearest(mask, size)
     if resample != "pil":
         raise ValueError(f"resample must be 'pil' or 'tensor', got {resample!r}")
     image = img.crop((left, top, left + side, top + side)).resize((size, size), resample=Image.Resampling.BILINEAR)

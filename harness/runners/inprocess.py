@@ -4,7 +4,8 @@ What a researcher uses from a notebook or a test (`harness.evaluate(MyMethod(), 
 `evaluate` and lm-eval's `simple_evaluate` are used), and `bench run --backend inprocess` for a method folder's
 adapter. Requests go to the SDK's own dispatcher (the code a served method runs), and every reply gets the same
 validation as a live one, but nothing is isolated: no sandbox, no time limit (a call cannot be pre-empted), and the
-method shares the harness's memory, so images are handed over read-only and replies are copied. Results say
+method shares the harness's memory, so images are handed over read-only and replies are copied (both in C order, as
+the wire has them, so that every number equals the other backends' bit for bit). Results say
 `sandboxed: false`.
 """
 
@@ -48,7 +49,8 @@ class InProcessSession(MethodSession):
         finally:
             self.method_seconds += time.monotonic() - t0
         self.bytes_sent += sum(a.nbytes for a in arrays.values())
-        return {"ok": True, **header}, {k: np.array(v) for k, v in (out or {}).items()}
+        # copied, in C order, as the wire delivers them: numpy's reductions depend on the layout
+        return {"ok": True, **header}, {k: np.array(v, order="C") for k, v in (out or {}).items()}
 
     def fit(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], with_labels: bool) -> None:
         def stream():
