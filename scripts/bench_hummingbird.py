@@ -140,7 +140,16 @@ def _our_eval_sample(split, size, i):
 
 
 class _TokenSession:
-    info = {"patch_size": PATCH, "embed_dim": DIM}
+    """Dense features looked up by the token a sample stands for (the protocol's own loaders send tokens, not
+    images, so the session's image checks are left out: this measures the evaluator)."""
+
+    patch = PATCH
+
+    @property
+    def info(self):
+        from harness.contract import MethodInfo
+
+        return MethodInfo(name="tokens", version="0", outputs=["dense"], patch_size=self.patch, embed_dim=DIM)
 
     def embed_dense(self, tokens: np.ndarray) -> np.ndarray:
         names = {v: k for k, v in SPLIT_IDS.items()}
@@ -325,7 +334,7 @@ def run_overcluster(cfg: dict) -> dict:
         return np.array([SPLIT_IDS["val"], 0, i]), resize_mask_nearest(mask, mask_size)
 
     class _Session(_TokenSession):
-        info = {"patch_size": 14, "embed_dim": DIM}
+        patch = 14
 
     oc.neco_eval_sample = eval_sample
     params = oc.OverclusterParams(k=cfg["k"], input_size=448)

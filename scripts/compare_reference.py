@@ -77,6 +77,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from harness.contract import MethodInfo  # noqa: E402
 from harness.data import open_dataset  # noqa: E402
 from harness.data.base import DatasetReader  # noqa: E402
 from harness.protocols import PROTOCOLS, hummingbird  # noqa: E402
@@ -216,7 +217,7 @@ class TableSession:
 
     def __init__(self, table: FeatureTable):
         self.table = table
-        self.info = {"patch_size": PATCH, "embed_dim": FEATURE_DIM}
+        self.info = MethodInfo(name="table", version="0", outputs=["dense"], patch_size=PATCH, embed_dim=FEATURE_DIM)
 
     def embed_dense(self, images: np.ndarray) -> np.ndarray:
         return self.table.lookup(images, "ours")

@@ -81,10 +81,15 @@ def images(n=3, h=32, w=48, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
-def method_spec(name: str) -> MethodSpec:
-    """A method folder's spec, from tests/methods, tests/hostile or images/."""
-    folder = next(d / name for d in (TEST_METHODS, HOSTILE, REPO / "images") if (d / name).is_dir())
+def method_spec(name: str, folders: tuple[Path, ...] = (TEST_METHODS, REPO / "images")) -> MethodSpec:
+    """A method folder's spec, from the first of `folders` that has it (default: tests/methods, then images/)."""
+    folder = next(d / name for d in folders if (d / name).is_dir())
     return load_spec(MethodSpec, folder / "method.yaml")
+
+
+def hostile_spec(name: str) -> MethodSpec:
+    """A hostile test image's spec (tests/hostile, whose names may also be test methods'), or one of images/."""
+    return method_spec(name, (HOSTILE, REPO / "images"))
 
 
 def session_of(method: benchsdk.Method, seed: int = 0):
@@ -204,7 +209,7 @@ def built(docker_ready):
     from harness.runners.images import build
 
     names = ["pixels"] + sorted(p.parent.name for p in HOSTILE.glob("*/method.yaml"))
-    return {name: build(method_spec(name), base=BASE, quiet=True) for name in names}
+    return {name: build(hostile_spec(name), base=BASE, quiet=True) for name in names}
 
 
 def ours_or_orphaned(container) -> bool:

@@ -24,13 +24,13 @@ from harness.errors import MethodFailure, MethodTimeout
 from harness.provenance import hash_path
 from harness.results import RunResult
 
-from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, images, method_spec  # noqa: F401
+from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, hostile_spec, images  # noqa: F401
 
 
 def start(name: str, timeout_s: float = 60, backend: str = "docker"):
     from harness.runners import get_runner
 
-    return get_runner(backend).start(method_spec(name), 0, {"name": "test", "output": "global"}, timeout_s)
+    return get_runner(backend).start(hostile_spec(name), 0, {"name": "test", "output": "global"}, timeout_s)
 
 
 # --- the sandbox -------------------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def test_a_method_that_tries_the_network_has_none(backend, built):
 def test_transport_is_byte_exact_for_large_batches_and_detach_key_bytes(built, transport, monkeypatch):
     from harness.runners.local import LocalRunner
 
-    with LocalRunner().start(method_spec("pixels"), 0, {}, 60) as running:
+    with LocalRunner().start(hostile_spec("pixels"), 0, {}, 60) as running:
         x = images(48, 512, 512, seed=3)
         x[:, ::2, :, 0], x[:, ::2, :, 1] = 16, 17  # ctrl-p ctrl-q, Docker's detach keys, all over the stream
         local_out = running.session.embed_dense(x)
@@ -158,7 +158,7 @@ def test_containers_of_a_killed_harness_are_reaped_by_the_next_launch(built, doc
     from harness.runners.docker import container_config
 
     dead = 1 << 23  # above the kernel's largest pid_max: no such process can exist
-    config = container_config(sandbox_for(method_spec("sleeper")), "sleeper")
+    config = container_config(sandbox_for(hostile_spec("sleeper")), "sleeper")
     config["labels"][f"{LABEL}.owner"] = f"{socket.gethostname()}:{dead}"
     orphan = docker_ready.containers.create(built["sleeper"].id, **config)
     orphan.start()
@@ -254,7 +254,7 @@ def test_a_matrix_of_hostile_images_records_each_failure_and_carries_on(backend,
         assert got[method].status == status, (method, got[method].error)
         if error:
             assert error in got[method].error, (method, got[method].error)
-        weights = method_spec(method).weights_path  # keyed by the image, and the weights when it has some
+        weights = hostile_spec(method).weights_path  # keyed by the image, and the weights when it has some
         assert got[method].key.method_ref == built[method].ref + (
             f"+weights-sha256:{hash_path(weights)}" if weights else ""
         )

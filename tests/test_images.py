@@ -21,7 +21,7 @@ from harness.results import RunResult
 from harness.runners.images import IMAGE_ID, REFERENCE, resolve
 
 from conftest import BASE, REGISTRY, REPO, bench, cli, one_line_error
-from conftest import method_spec as spec
+from conftest import hostile_spec as spec
 
 DOCKERFILES = sorted(p.relative_to(REPO) for p in (REPO / "images").glob("*/Dockerfile")) + sorted(
     p.relative_to(REPO) for p in (REPO / "tests" / "hostile").glob("*/Dockerfile")

@@ -152,9 +152,9 @@ def test_the_hummingbird_tasks_carry_the_published_settings():
 
 
 def test_protocol_runs_with_each_backend():
-    from test_hummingbird import ColourSession, run_protocol
+    from test_hummingbird import Colour, run_protocol
 
     for search, options in [("faiss", {"gpu": False}), ("scann", {"num_leaves": 8, "num_leaves_to_search": 8})]:
-        outcome, ctx = run_protocol(ColourSession(), search=search, search_options=options)
+        outcome, ctx = run_protocol(Colour(), search=search, search_options=options)
         assert outcome.metrics["miou"] == pytest.approx(100), search
         assert outcome.metrics["miou_identity"] == pytest.approx(100), search
