@@ -24,7 +24,7 @@ from harness.errors import MethodFailure, MethodTimeout
 from harness.provenance import hash_path
 from harness.results import RunResult
 
-from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, hostile_spec, images  # noqa: F401
+from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, hostile_spec, images, method_spec  # noqa: F401
 
 
 def start(name: str, timeout_s: float = 60, backend: str = "docker"):
