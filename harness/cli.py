@@ -64,9 +64,19 @@ def _add_run_options(
         )
     p.add_argument("--force", action="store_true", help=force_help)
     if runner:
+        _add_weights_root(p)
         p.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: the task's)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_weights_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights-root",
+        type=Path,
+        default=None,
+        help="where declared weights files live, as <root>/<method>/<file> (env BENCH_WEIGHTS_ROOT, default ./weights)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,8 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of result files")
     p.add_argument("--out", type=Path, default=None)
     _add_data_parser(sub)
+    _add_weights_parser(sub)
     _add_image_parsers(sub)
     return parser
+
+
+def _add_weights_parser(sub) -> None:
+    """`bench weights list|fetch`."""
+    p = sub.add_parser("weights", help="list or download the weights files methods declare")
+    weights = p.add_subparsers(dest="weights_command", required=True)
+    p = weights.add_parser("list", help="every method and variant with weights: file, expected path, checksum")
+    _add_weights_root(p)
+    p = weights.add_parser(
+        "fetch", help="download, verify and install a method's weights (records a checksum where none is published)"
+    )
+    p.add_argument("methods", nargs="+", metavar="METHOD[@VARIANT]")
+    _add_weights_root(p)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _add_data_parser(sub) -> None:
@@ -179,6 +204,7 @@ def _options(args):
         backend=args.backend,
         synthetic=args.data == "synthetic",
         data_root=args.data_root,
+        weights_root=getattr(args, "weights_root", None),
         force=args.force,
         timeout_s=args.timeout,
         progress=not args.no_progress,
@@ -197,13 +223,15 @@ def cmd_list(args) -> int:
                 m.version,
                 ",".join(m.outputs),
                 m.patch_size or "",
-                "yes" if m.baseline else "",
-                m.image or "(built from images/" + m.name + ")",
+                m.embed_dim or "",
+                "yes" if m.baseline and not m.variant_name else "",
+                m.weights if isinstance(m.weights, str) else m.weights.file if m.weights else "",
+                m.image or "(built from images/" + m.base + ")",
                 m.description,
             )
             for m in specs.load_all("method")
         ]
-        headers = ["method", "version", "outputs", "patch", "baseline", "image", "description"]
+        headers = ["method", "version", "outputs", "patch", "dim", "baseline", "weights", "image", "description"]
     else:
         rows = [
             (
@@ -433,6 +461,29 @@ def cmd_data(args) -> int:
     return DATA_COMMANDS[args.data_command](args)
 
 
+def cmd_weights(args) -> int:
+    from harness import weights
+
+    if args.weights_command == "list":
+        rows = []
+        for m in specs.load_all("method"):
+            if m.weights is not None:
+                m = m.model_copy(update={"weights_root": args.weights_root}) if args.weights_root else m
+                rows.append((m.name, *weights.status(m)))
+        if not rows:
+            print("no method declares weights")
+            return 0
+        headers = ["method", "file", "expected at", "present", "checksum"]
+        print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+        return 0
+    methods = [specs.get("method", name) for name in dict.fromkeys(args.methods)]  # every name checked first
+    for method in methods:
+        if args.weights_root:
+            method = method.model_copy(update={"weights_root": args.weights_root})
+        print(weights.fetch(method, progress=not args.no_progress))
+    return 0
+
+
 def _add_image_parsers(sub) -> None:
     """`bench build METHOD`, `bench validate IMAGE` and `bench submit IMAGE --name NAME`: method images."""
     p = sub.add_parser("build", help="build a method's docker image (on BENCH_BASE_IMAGE) and print its image ID")
@@ -541,6 +592,7 @@ COMMANDS = {
     "leaderboard": cmd_leaderboard,
     "schema": cmd_schema,
     "data": cmd_data,
+    "weights": cmd_weights,
     "build": cmd_build,
     "validate": cmd_validate,
     "submit": cmd_submit,

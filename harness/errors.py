@@ -24,6 +24,14 @@ class DataError(UserError):
     """A dataset that is missing, malformed, or does not match its official layout."""
 
 
+class WeightsError(UserError):
+    """A method's declared weights file that is missing, unverifiable or not the expected one."""
+
+
+class WeightsMissing(WeightsError):
+    """The declared weights file is not under the weights root (on procedural data: a random init instead)."""
+
+
 class HarnessBug(RuntimeError):
     """A condition that only a bug in the harness can cause. Never caught as a user error: it keeps its traceback
     (and Python's exit code 1), so it gets reported and fixed rather than mistaken for bad input."""

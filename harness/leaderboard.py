@@ -33,17 +33,36 @@ EXTERNAL_NOTE = (
 )
 
 
+RANDOM_INIT_MARK = " (random-init)"
+RANDOM_INIT_NOTE = (
+    "(random-init): the method declares weights but ran without them (procedural data only), from a seeded random "
+    "init of its architecture: not the method's numbers."
+)
+
+
+def weights_column(method_ref: str) -> str:
+    """The short form of the weights in a result key: 12 hex digits of their sha256, `random-init`, or ""."""
+    if method_ref.endswith("+weights:random-init"):
+        return "random-init"
+    _, found, digest = method_ref.partition("+weights-sha256:")
+    return digest[:12] if found else ""
+
+
 def _frame(results: list[RunResult]) -> pd.DataFrame:
     rows = []
     for r in results:
         k = r.key
+        weights = weights_column(k.method_ref)
         rows.append(
             {
                 "task": k.task,
                 "version": k.task_version,
                 "data": k.data,
-                "method": k.method + (f" {EXTERNAL_MARK}" if r.external else ""),
+                "method": k.method
+                + (RANDOM_INIT_MARK if weights == "random-init" else "")
+                + (f" {EXTERNAL_MARK}" if r.external else ""),
                 "ref": k.short_ref,
+                "weights": weights,
                 "seed": k.seed,
                 "status": r.status,
                 "error": r.error,
@@ -84,7 +103,7 @@ def _task_table(df: pd.DataFrame, task: str) -> str:
     headers = {c: c[2:] for c in metric_cols}
     if metric_cols:
         headers[metric_cols[0]] += " ↑" if higher else " ↓"
-    rows = []
+    rows, with_weights = [], (df.weights != "").any()
     for (method, ref), g in df.groupby(["method", "ref"], sort=True):
         ok, bad = g[g.status == "ok"], g[g.status != "ok"]
         status = f"ok {len(ok)}/{len(g)}"
@@ -97,6 +116,7 @@ def _task_table(df: pd.DataFrame, task: str) -> str:
                 {
                     "method": method,
                     "ref": ref,
+                    **({"weights": g.weights.iloc[0]} if with_weights else {}),
                     **{headers[c]: _cell(ok[c]) for c in metric_cols},
                     "n": len(ok),
                     "status": status,
@@ -120,6 +140,7 @@ def render(results: list[RunResult]) -> str:
             continue
         for (task, version), g in part.groupby(["task", "version"], sort=True):
             note = f"\n{EXTERNAL_NOTE}\n" if g.method.str.endswith(EXTERNAL_MARK).any() else ""
+            note += f"\n{RANDOM_INIT_NOTE}\n" if g.method.str.contains(RANDOM_INIT_MARK, regex=False).any() else ""
             parts.append(f"### {task} (v{version})\n\n{_task_table(g.dropna(axis=1, how='all'), task)}\n{note}")
     parts.append(_footer(results))
     return "\n".join(parts)

@@ -49,6 +49,23 @@ def _hash_files(files: tuple[tuple[Path, str, int, int], ...]) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (as `sha256sum` prints it), streamed; remembered while its size and modification time
+    are unchanged."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return _file_sha256(path, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

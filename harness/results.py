@@ -63,6 +63,11 @@ class Provenance(_Model):
     task_overrides: dict[str, Any] = Field(default={}, description="parameters set with --set (in the task's name too)")
     backend: str
     sandboxed: bool | None = Field(default=None, description="the method ran in a sandbox (docker); None: not recorded")
+    weights: str | None = Field(
+        default=None,
+        description="`sha256:<hex>` of the weights that ran (as in the key); `random-init`: the method declares "
+        "weights but ran without them (procedural data only); None: it declares none",
+    )
     host: str
     platform: str
     python: str

@@ -18,6 +18,9 @@ from harness.provenance import gpu_name, machine, now
 from harness.results import DatasetInfo, Provenance, ResultKey, ResultStore, RunResult, Timings
 from harness.runners import get_runner
 from harness.runners.base import Runner, RunningMethod
+from harness.weights import RANDOM_INIT, expected_path, fetch_command, resolve
+
+WEIGHTS_ABSENT = "declared weights absent: a random init of the architecture"
 
 
 @dataclass
@@ -25,6 +28,7 @@ class RunOptions:
     backend: str = "local"
     synthetic: bool = False
     data_root: Path = Path(os.environ.get("BENCH_DATA", "data"))
+    weights_root: Path | None = None  # None: $BENCH_WEIGHTS_ROOT or ./weights
     force: bool = False
     timeout_s: float | None = None  # None: the task's own
     progress: bool = True
@@ -54,6 +58,7 @@ def run_cell(
     (a matrix passes one, so each method is prepared once)."""
     if reason := incompatibility(method, task):
         raise UserError(reason)
+    method = with_weights(method, opts)
     runner = runner or get_runner(opts.backend)
     key = ResultKey(
         method=method.name,
@@ -72,7 +77,20 @@ def run_cell(
         runner.name,
         lambda: runner.start(method, seed, task_info, opts.timeout_s or task.timeout_s),
         sandboxed=runner.sandboxed,
+        weights=RANDOM_INIT if method.random_init else f"sha256:{d}" if (d := method.weights_digest) else None,
     )
+
+
+def with_weights(method: specs.MethodSpec, opts: RunOptions) -> specs.MethodSpec:
+    """The method with its weights found and verified (harness.weights.resolve), before anything runs or is
+    written; a random init, said once, where declared weights are absent on procedural data."""
+    resolved = resolve(method, opts.weights_root, opts.synthetic)
+    if resolved.random_init and not method.random_init:
+        _log(
+            f"{method.name}: no weights at {expected_path(resolved)}: on procedural data it runs with a random "
+            f"init, recorded as weights: {RANDOM_INIT} ({fetch_command(resolved)} gets them)"
+        )
+    return resolved
 
 
 @dataclass
@@ -114,6 +132,7 @@ def score_cell(
     start: Callable[[], ContextManager[RunningMethod]],
     external: bool = False,
     sandboxed: bool = False,
+    weights: str | None = None,
 ) -> RunResult:
     """Score one cell with the session that `start()` provides and store the result, or return the stored
     result of an equal key. The session comes from a runner (a started method) or, for external outputs,
@@ -147,7 +166,8 @@ def score_cell(
         metrics=outcome.metrics if outcome else {},
         details=outcome.details if outcome else {},
         notes=(outcome.notes if outcome else [])
-        + (["procedural stand-in data: not comparable to published numbers"] if opts.synthetic else []),
+        + (["procedural stand-in data: not comparable to published numbers"] if opts.synthetic else [])
+        + ([f"{WEIGHTS_ABSENT}: not the method's numbers"] if weights == RANDOM_INIT else []),
         provenance=Provenance(
             **machine(),
             task_spec_hash=task.spec_hash,
@@ -155,6 +175,7 @@ def score_cell(
             task_overrides=task.overrides,
             backend=backend,
             sandboxed=sandboxed,
+            weights=weights,
             dataset=run.dataset_info,
             method_info=session.info.model_dump(mode="json") if session and session.info else {},
             started_at=started,
@@ -187,7 +208,10 @@ def run_matrix(
 ) -> list[RunResult]:
     """Every compatible (method, task, seed) cell of a suite; a failing cell never stops the others."""
     tasks = [specs.get("task", t).with_overrides(overrides or {}) for t in suite.tasks]
-    method_specs = [specs.get("method", m) for m in dict.fromkeys(methods or suite.methods or specs.baseline_methods())]
+    method_specs = [  # every method's weights checked before the first cell runs
+        with_weights(specs.get("method", m), opts)
+        for m in dict.fromkeys(methods or suite.methods or specs.baseline_methods())
+    ]
     runner = get_runner(opts.backend)
     results = []
     for task in tasks:

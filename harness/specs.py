@@ -14,12 +14,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness import REPO_ROOT
+from harness import REPO_ROOT, weights
 from harness.contract import OutputKind
 from harness.errors import SpecError, UserError
+from harness.provenance import file_sha256, hash_path
 from harness.yamlfile import line_of, validation_error_line
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
+# a method variant's name carries its method's (`dino@vitb16`); a user-given name stays NAME_PATTERN
+METHOD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?$"
 # a variant's name carries its task's; --set overrides follow as +name=value
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?(\+[a-z0-9_]+=[^+/\s]+)*$"
 
@@ -29,6 +32,23 @@ def check_method_name(name: str, what: str) -> str:
     if not re.fullmatch(NAME_PATTERN, name):
         raise UserError(f"{what} {name!r}: use lower-case letters, digits and _ (starting with a letter or digit)")
     return name
+
+
+def _check_variant_names(variants: dict) -> dict:
+    for name in variants:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError(f"variant name {name!r} must match {NAME_PATTERN}")
+    return variants
+
+
+def _variant_of(spec: "TaskSpec | MethodSpec", kind: str, name: str):
+    """Variant `name` of a task or method spec; an unknown one is one line listing the known ones."""
+    if name not in spec.variants:
+        raise SpecError(
+            f"{kind} {spec.name!r} has no variant {name!r}; variants: {', '.join(spec.variants) or '(none)'}",
+            where=spec.path,
+        )
+    return spec.variants[name]
 
 
 class _Spec(BaseModel):
@@ -66,10 +86,7 @@ class TaskSpec(_Spec):
     @field_validator("variants")
     @classmethod
     def _variant_names(cls, v: dict) -> dict:
-        for name in v:
-            if not re.fullmatch(NAME_PATTERN, name):
-                raise ValueError(f"variant name {name!r} must match {NAME_PATTERN}")
-        return v
+        return _check_variant_names(v)
 
     @field_validator("protocol")
     @classmethod
@@ -91,12 +108,7 @@ class TaskSpec(_Spec):
 
     def variant(self, name: str) -> "TaskSpec":
         """This task with variant `name` applied, named `<task>@<name>`, as a task of its own."""
-        if name not in self.variants:
-            raise SpecError(
-                f"task {self.name!r} has no variant {name!r}; variants: {', '.join(self.variants) or '(none)'}",
-                where=self.path,
-            )
-        v = self.variants[name]
+        v = _variant_of(self, "task", name)
         body = self.model_dump(exclude={"variants", "name", "params", "dataset", "description"})
         return TaskSpec(
             **body,
@@ -196,10 +208,54 @@ class Resources(BaseModel):
     gpus: int = 0
 
 
-class MethodSpec(_Spec):
-    """images/<name>/method.yaml: what a method is, what it produces, and how to start it."""
+class WeightsSource(BaseModel):
+    """`weights: {file, url, sha256}`: an official checkpoint, downloaded by `bench weights fetch` to
+    `<weights root>/<method>/<file>` and verified against `sha256` (null: none is published, and the first fetch
+    records one in the method directory's weights.lock.json)."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    file: str = Field(pattern=r"^[A-Za-z0-9_][\w.-]*$")  # a file name: no folders
+    url: str = Field(pattern=r"^https?://")
+    sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$")  # required: the published checksum, or null for none
+
+
+def _weights_field(v: Any) -> Any:
+    """A mapping becomes a WeightsSource, its first problem one message on `weights` (not pydantic's two union
+    branches); a string is a host path, as before."""
+    if isinstance(v, dict):
+        try:
+            return WeightsSource(**v)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            raise ValueError(f"{where + ': ' if where else ''}{first['msg']} (a mapping takes file, url, sha256)")
+    return v
+
+
+class MethodVariant(BaseModel):
+    """A named variation of a method (`<method>@<variant>`): another architecture or checkpoint of one adapter,
+    which reads the variant's name from $BENCH_VARIANT."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    description: str | None = None
+    patch_size: int | None = Field(default=None, ge=1)
+    embed_dim: int | None = Field(default=None, ge=1)
+    weights: str | WeightsSource | None = None  # given (null included): replaces the method's
+    resources: dict[str, Any] | None = None  # merged into the method's
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights_mapping(cls, v: Any) -> Any:
+        return _weights_field(v)
+
+
+class MethodSpec(_Spec):
+    """images/<name>/method.yaml: what a method is, what it produces, and how to start it.
+
+    `variants` name variations run as methods of their own, e.g. `dino@vitb16`. `weights_root` and `random_init`
+    are set by the harness for a run (harness.weights.resolve), never in a YAML file."""
+
+    name: str = Field(pattern=METHOD_NAME_PATTERN)
     version: str
     description: str
     outputs: list[OutputKind] = Field(min_length=1)
@@ -210,13 +266,27 @@ class MethodSpec(_Spec):
     runtime: str = Field(
         default="plain", pattern=NAME_PATTERN
     )  # docker builds: the image under it, images/_base/<runtime>.txt
-    weights: str | None = None  # a weights file or folder on the host, relative to this file's folder or absolute
+    # a host path (file or folder, relative to this file's folder or absolute), or {file, url, sha256}
+    weights: str | WeightsSource | None = None
     fit: bool = False  # has a fit stage on the task's training split
     baseline: bool = False  # part of the default method set of suites
     paper: str | None = None
     code: str | None = None
     license: str | None = None
     resources: Resources = Resources()
+    variants: dict[str, MethodVariant] = Field(default_factory=dict)
+    weights_root: Path | None = Field(default=None, exclude=True)  # None: $BENCH_WEIGHTS_ROOT or ./weights
+    random_init: bool = Field(default=False, exclude=True)  # declared weights absent, procedural data: none given
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights_mapping(cls, v: Any) -> Any:
+        return _weights_field(v)
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v: dict) -> dict:
+        return _check_variant_names(v)
 
     @property
     def folder(self) -> Path:
@@ -224,14 +294,63 @@ class MethodSpec(_Spec):
         return self.path.parent
 
     @property
+    def base(self) -> str:
+        """The method's own name, its folder's: `dino` for `dino@vitb16`."""
+        return self.name.partition("@")[0]
+
+    @property
+    def variant_name(self) -> str:
+        """The variant that runs (`vitb16` for `dino@vitb16`), "" for the base form: the method's $BENCH_VARIANT."""
+        return self.name.partition("@")[2]
+
+    def variant(self, name: str) -> "MethodSpec":
+        """This method with variant `name` applied, named `<method>@<name>`, as a method of its own."""
+        v = _variant_of(self, "method", name)
+        update = {k: getattr(v, k) for k in v.model_fields_set - {"resources"}}
+        if v.resources:
+            update["resources"] = {**self.resources.model_dump(), **v.resources}
+        update.setdefault("description", f"{self.description} [{name}]")
+        body = self.model_dump(exclude={"variants", "name", *update})
+        return MethodSpec(
+            **body,
+            **update,
+            name=f"{self.name}@{name}",
+            path=self.path,
+            weights_root=self.weights_root,
+            random_init=self.random_init,
+        )
+
+    @property
     def weights_path(self) -> Path | None:
-        """The `weights:` file or folder, which must exist: mounted read-only for the method, never copied."""
-        if self.weights is None:
+        """The weights file or folder, which must exist: mounted read-only for the method, never copied. For
+        `{file, url, sha256}` weights, `<weights root>/<method>/<file>`, checked against its checksum (a missing or
+        different file raises WeightsError); None under a random init."""
+        if self.weights is None or self.random_init:
             return None
+        if isinstance(self.weights, WeightsSource):
+            return weights.verified(self)
         path = (self.folder / Path(self.weights).expanduser()).resolve()
         if not path.exists():
             raise SpecError(f"weights: {path} does not exist", where=self.path)
         return path
+
+    @property
+    def weights_digest(self) -> str | None:
+        """The sha256 that joins the code's in result keys: of the file's bytes for `{file, url, sha256}` weights
+        (comparable with the published one), hash_path's of a host path; None without weights."""
+        path = self.weights_path
+        if path is None:
+            return None
+        return file_sha256(path) if isinstance(self.weights, WeightsSource) else hash_path(path)
+
+
+def _check_method(spec: MethodSpec, path: Path, root: yaml.Node) -> None:
+    """Validate every variant now rather than mid-run."""
+    for name in spec.variants:
+        try:
+            spec.variant(name)
+        except ValidationError as e:
+            raise SpecError(validation_error_line(path, e, root, prefix=("variants", name))) from None
 
 
 def _check_task(spec: TaskSpec, path: Path, root: yaml.Node) -> None:
@@ -303,10 +422,23 @@ def load_spec(cls: type[_Spec], path: Path) -> Any:
             "overrides: set with `bench run --set`, not in a task file; use params or a variant",
             where=f"{path}:{line_of(root, ('overrides',))}",
         )
+    if cls is MethodSpec and "@" in str(data.get("name", "")):
+        raise SpecError(
+            f"name: {data['name']!r}: a variant is declared under `variants:` and addressed as <method>@<variant>",
+            where=f"{path}:{line_of(root, ('name',))}",
+        )
+    for field in ("weights_root", "random_init") if cls is MethodSpec else ():
+        if field in data:
+            raise SpecError(
+                f"{field}: set by the harness for a run (--weights-root), not in method.yaml",
+                where=f"{path}:{line_of(root, (field,))}",
+            )
     try:
         spec = cls(**data, path=path)
         if isinstance(spec, TaskSpec):
             _check_task(spec, path, root)
+        if isinstance(spec, MethodSpec):
+            _check_method(spec, path, root)
     except ValidationError as e:
         raise SpecError(validation_error_line(path, e, root)) from None
     if isinstance(spec, SuiteSpec):
@@ -344,7 +476,7 @@ _CLASSES = {"task": TaskSpec, "suite": SuiteSpec, "method": MethodSpec}
 
 def get(kind: str, name: str):
     """Load a task (`name` or `name@variant`), suite or method by name; an unknown name lists the known ones."""
-    base, _, variant = name.partition("@") if kind == "task" else (name, "", "")
+    base, _, variant = name.partition("@") if kind in ("task", "method") else (name, "", "")
     catalog = _catalog(kind)
     if base not in catalog:
         raise SpecError(f"unknown {kind} {name!r}; known: {', '.join(catalog) or '(none)'}")
@@ -353,12 +485,14 @@ def get(kind: str, name: str):
 
 
 def load_all(kind: str) -> list:
-    """Every spec of a kind; tasks come with each of their variants after them."""
+    """Every spec of a kind; tasks and methods come with each of their variants after them."""
     specs = [load_spec(_CLASSES[kind], p) for p in _catalog(kind).values()]
-    if kind == "task":
+    if kind in ("task", "method"):
         specs = [t for spec in specs for t in (spec, *(spec.variant(v) for v in spec.variants))]
     return specs
 
 
 def baseline_methods() -> list[str]:
-    return [m.name for m in load_all("method") if m.baseline]
+    """The default methods of suites: every baseline's base form (a variant runs when a suite or --methods names
+    it)."""
+    return [m.name for m in load_all("method") if m.baseline and not m.variant_name]

@@ -245,3 +245,29 @@ def test_weights_reach_the_method_and_are_part_of_the_result_key(tmp_path):
             assert (running.session.embed(images())[:, 3] == first).all()
         refs.append(LocalRunner().result_ref(spec))
     assert refs[0] != refs[1] and all(r.startswith(LocalRunner().prepare(spec) + "+weights-sha256:") for r in refs)
+
+
+VARIANTS = "variants:\n  dim6: {embed_dim: 6}\n  big: {embed_dim: 8}\n"
+
+
+def test_the_variant_that_runs_reaches_the_method_as_bench_variant(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_VARIANT", "dim9")  # the harness's own environment is not the method's
+    spec = adhoc(tmp_path, "variable", more_yaml="embed_dim: 4\n" + VARIANTS)
+    for method, width in ((spec.variant("dim6"), 6), (spec, 4)):
+        with LocalRunner().start(method, 0, {}, 60) as running:
+            assert running.session.embed(images()).shape == (3, width)
+            assert running.session.info.embed_dim == width
+
+
+def test_a_variant_the_adapter_does_not_honour_fails_the_handshake(tmp_path):
+    spec = adhoc(tmp_path, "variable", more_yaml="embed_dim: 4\n" + VARIANTS).variant("big")
+    with pytest.raises(MethodFailure, match=r"declares embed_dim 8 for variable@big but the method's info says 4 "):
+        with LocalRunner().start(spec, 0, {}, 60):
+            pass
+
+
+def test_a_method_without_weights_gets_no_bench_weights_from_the_harness_environment(tmp_path, monkeypatch):
+    (tmp_path / "decoy.bin").write_bytes(b"\x63")
+    monkeypatch.setenv("BENCH_WEIGHTS", str(tmp_path / "decoy.bin"))
+    with LocalRunner().start(adhoc(tmp_path, "weighted"), 0, {}, 60) as running:
+        assert (running.session.embed(images())[:, 3] == -1).all()  # its 4th feature: -1 without weights

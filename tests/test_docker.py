@@ -24,7 +24,7 @@ from harness.errors import MethodFailure, MethodTimeout
 from harness.provenance import hash_path
 from harness.results import RunResult
 
-from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, hostile_spec, images  # noqa: F401
+from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, hostile_spec, images, method_spec  # noqa: F401
 
 
 def start(name: str, timeout_s: float = 60, backend: str = "docker"):
@@ -262,3 +262,27 @@ def test_a_matrix_of_hostile_images_records_each_failure_and_carries_on(backend,
     # forged metrics on stderr are only log lines: the harness's own metric stands, equal to the honest pixels one
     assert got["forged_stderr"].metrics == got["pixels"].metrics and got["forged_stderr"].metrics["top1_best"] < 100
     assert proc.stderr.count(f"{backend} backend") == len(HOSTILE_OUTCOMES)
+
+
+def test_the_variant_and_only_its_weights_file_reach_the_container(docker_ready, tmp_path):
+    from harness.runners.docker import DockerRunner
+    from harness.weights import resolve
+
+    root = tmp_path / "weights"
+    (root / "weighted").mkdir(parents=True)
+    (root / "weighted" / "weighted.bin").write_bytes(b"\x07weights")  # the sha256 tests/methods/weighted publishes
+    spec, runner = method_spec("weighted"), DockerRunner()
+    cases = (
+        (resolve(spec, root, synthetic=False), 4, 7, "BENCH_VARIANT=", "BENCH_WEIGHTS=/weights/weighted.bin"),
+        (resolve(spec.variant("dim6"), root, synthetic=True), 6, -1, "BENCH_VARIANT=dim6", None),  # random init
+    )
+    for method, width, fourth, variant, weights in cases:
+        with runner.start(method, 0, {"name": "test"}, 120) as running:
+            [c] = docker_ready.containers.list(filters={"label": f"{LABEL}.owner={socket.gethostname()}:{os.getpid()}"})
+            env, binds = c.attrs["Config"]["Env"], c.attrs["HostConfig"]["Binds"]
+            out = running.session.embed(images())
+        assert out.shape == (3, width) and (out[:, 3] == fourth).all()  # 4th feature: the weights' first byte
+        assert variant in env and [e for e in env if e.startswith("BENCH_WEIGHTS")] == ([weights] if weights else [])
+        mounted = [b for b in binds if not b.endswith(":/run/vrbench:ro")]
+        expected = f"{(root / 'weighted' / 'weighted.bin').resolve()}:/weights/weighted.bin:ro"
+        assert mounted == ([expected] if weights else [])

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import shutil
-import socket
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -24,61 +20,9 @@ from harness.data.fetch import BASE_URL_ENV, DOWNLOADS, fetch, load_sources
 from harness.data.voc import read_mask
 from harness.errors import DataError, SpecError
 
+from conftest import ArchiveServer
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-class ArchiveServer:
-    """Serves `files` by name with Range support; `cuts[name] = [n, ...]` drops the connection after n bytes of
-    the body, once per listed n (consumed in order)."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files, self.cuts, self.requests = files, {}, []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                name = self.path.lstrip("/")
-                server.requests.append((name, self.headers.get("Range")))
-                if name not in server.files:
-                    self.send_error(404)
-                    return
-                data = server.files[name]
-                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                start = int(match.group(1)) if match else 0
-                if start >= len(data) and match:
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(data)}")
-                    self.end_headers()
-                    return
-                self.send_response(206 if match else 200)
-                if match:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                cut = server.cuts.get(name, [])
-                if cut:
-                    self.wfile.write(body[: cut.pop(0)])
-                    self.wfile.flush()
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def tar_bytes(root: Path, members: list[str], mode: str = "w:gz") -> bytes:

@@ -95,3 +95,18 @@ def test_a_lower_is_better_main_metric_ranks_the_smallest_first(monkeypatch):
     rows[0].metrics, rows[1].metrics = {"mse": 0.5}, {"mse": 0.1}
     text = render(rows)
     assert "mse ↓" in text and text.index("| better") < text.index("| worse")
+
+
+def test_each_variant_is_its_own_row_with_its_weights_short_hash_and_a_random_init_is_marked():
+    code = "code-sha256:" + "1" * 64
+    rows = [
+        result("net", 0, 50.0, ref=f"{code}+weights-sha256:{'ab' * 32}"),
+        result("net@b8", 0, 60.0, ref=f"{code}+weights-sha256:{'cd' * 32}"),
+        result("net@b8", 0, 5.0, ref=f"{code}+weights:random-init"),
+    ]
+    text = render(rows)
+    lines = [line for line in text.splitlines() if line.startswith("| net")]
+    assert [line.split("|")[1].strip() for line in lines] == ["net@b8", "net", "net@b8 (random-init)"]
+    assert [line.split("|")[3].strip() for line in lines] == ["cd" * 6, "ab" * 6, "random-init"]
+    assert "not the method's numbers" in text
+    assert "| weights " not in render([result("m", 0, 1.0)])  # no column where no result has weights

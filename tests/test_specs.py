@@ -126,3 +126,96 @@ def test_a_bad_suite_selection_is_one_line_naming_file_line_and_field(bench_dir,
     with pytest.raises(SpecError) as err:
         specs.get("suite", "s")
     assert where in str(err.value) and "\n" not in str(err.value)
+
+
+# --- method variants: `<method>@<variant>` is a method of its own ---------------------------------------------------
+
+METHOD = """name: net
+version: "1"
+description: base net
+outputs: [global, dense]
+patch_size: 16
+embed_dim: 384
+baseline: true
+weights: {file: net_s16.pth, url: "https://example.org/net_s16.pth", sha256: null}
+resources: {memory_gb: 4, shm_gb: 2}
+variants:
+  b8:
+    description: the base model, patch 8
+    patch_size: 8
+    embed_dim: 768
+    weights: {file: net_b8.pth, url: "https://example.org/net_b8.pth", sha256: null}
+    resources: {memory_gb: 16}
+  plain:
+    weights: null
+"""
+
+
+@pytest.fixture()
+def images_dir(tmp_path, monkeypatch):
+    (tmp_path / "net").mkdir()
+    monkeypatch.setenv("BENCH_IMAGES", str(tmp_path))
+    return tmp_path
+
+
+def test_a_method_variant_overrides_its_fields_and_keeps_the_rest(images_dir):
+    (images_dir / "net" / "method.yaml").write_text(METHOD)
+    base, b8, plain = (specs.get("method", n) for n in ("net", "net@b8", "net@plain"))
+    assert (b8.name, b8.base, b8.variant_name, base.variant_name) == ("net@b8", "net", "b8", "")
+    assert (b8.patch_size, b8.embed_dim, b8.description, b8.version) == (8, 768, "the base model, patch 8", "1")
+    assert b8.weights.file == "net_b8.pth" and b8.folder == base.folder
+    assert (b8.resources.memory_gb, b8.resources.shm_gb) == (16, 2)  # resources merge into the method's
+    assert plain.weights is None and plain.patch_size == 16 and plain.description == "base net [plain]"
+    assert [m.name for m in specs.load_all("method")] == ["net", "net@b8", "net@plain"]
+    assert specs.baseline_methods() == ["net"]  # a variant runs when a suite or --methods names it
+
+
+def test_bench_list_methods_shows_each_variant_as_a_row(images_dir, capsys):
+    (images_dir / "net" / "method.yaml").write_text(METHOD)
+    assert cli.main(["list", "methods"]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [[c.strip() for c in r[:5]] for r in rows] == [
+        ["net", "1", "global,dense", "16", "384"],
+        ["net@b8", "1", "global,dense", "8", "768"],
+        ["net@plain", "1", "global,dense", "16", "384"],
+    ]
+
+
+def test_an_unknown_method_variant_lists_the_known_ones(images_dir):
+    (images_dir / "net" / "method.yaml").write_text(METHOD)
+    with pytest.raises(SpecError, match="method 'net' has no variant 'huge'; variants: b8, plain"):
+        specs.get("method", "net@huge")
+
+
+@pytest.mark.parametrize(
+    "old, new, where",
+    [
+        ("    patch_size: 8\n", "    patch_size: 0\n", "method.yaml:13: variants.b8.patch_size: Input should be"),
+        ("{memory_gb: 16}", "{memory_gb: lots}", "method.yaml:16: variants.b8.resources.memory_gb: Input should be"),
+        ("  plain:\n", "  Plain:\n", "method.yaml:11: variants: Value error, variant name 'Plain' must match"),
+        ("    weights: null\n", "    colour: red\n", "method.yaml:18: variants.plain.colour: Extra inputs"),
+        ("sha256: null}\nres", "sha: null}\nres", "method.yaml:8: weights: Value error, sha256: Field required"),
+        ("file: net_s16.pth", "file: ../net_s16.pth", "method.yaml:8: weights: Value error, file: String should"),
+        ('"https://example.org/net_b8.pth"', "ftp://x", "method.yaml:15: variants.b8.weights: Value error, url:"),
+        ("name: net\n", "name: net@b8\n", "method.yaml:1: name: 'net@b8': a variant is declared under `variants:`"),
+        ("baseline: true\n", "random_init: true\n", "method.yaml:7: random_init: set by the harness for a run"),
+    ],
+)
+def test_a_bad_method_variant_or_weights_mapping_is_one_line_naming_file_line_and_field(images_dir, old, new, where):
+    assert old in METHOD
+    (images_dir / "net" / "method.yaml").write_text(METHOD.replace(old, new, 1))
+    with pytest.raises(SpecError) as err:
+        specs.get("method", "net")
+    assert where in str(err.value) and "\n" not in str(err.value)
+
+
+def test_user_given_method_names_stay_strict_while_variants_name_results():
+    from harness.errors import UserError
+    from harness.results import ResultKey
+
+    with pytest.raises(UserError, match="use lower-case letters, digits and _"):
+        specs.check_method_name("net@b8", "--name")
+    key = ResultKey(
+        method="net@b8", method_ref="code-sha256:" + "0" * 64, task="t", task_version=1, data="real", seed=0
+    )
+    assert key.relpath().parts[3] == "net@b8"

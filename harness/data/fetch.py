@@ -169,8 +169,13 @@ def _opens(reader, root: Path) -> bool:
 
 
 def _url(archive: Archive) -> str:
+    return mirrored(archive.url, archive.name)
+
+
+def mirrored(url: str, filename: str) -> str:
+    """`url`, or `<BENCH_FETCH_BASE_URL>/<filename>` when a mirror is set (datasets' archives and weights alike)."""
     base = os.environ.get(BASE_URL_ENV)
-    return f"{base.rstrip('/')}/{archive.name}" if base else archive.url
+    return f"{base.rstrip('/')}/{filename}" if base else url
 
 
 def download(url: str, part: Path, size: int | None, progress: bool = True, retries: int = 3) -> None:

@@ -22,9 +22,9 @@ from typing import ClassVar, Iterator, Protocol
 
 from harness.contract import MethodInfo
 from harness.errors import MethodFailure
-from harness.provenance import hash_path
 from harness.runners.session import Channel, ContractSocket, MethodSession
 from harness.specs import MethodSpec
+from harness.weights import RANDOM_INIT
 
 LOG_TAIL_BYTES = 8192
 LOG_CAP_BYTES = 16 << 20  # per stream the harness copies into a method's log
@@ -87,11 +87,11 @@ def sandbox_for(method: MethodSpec, contract_socket: Path | None = None) -> Sand
     r = method.resources
     memory = int(r.memory_gb * (1 << 30))
     env = {"HOME": "/tmp", "XDG_CACHE_HOME": "/tmp/.cache", "PYTHONDONTWRITEBYTECODE": "1"}
-    mounts = []
+    mounts, target = [], None
     if weights := method.weights_path:  # a file keeps its name under /weights
         target = WEIGHTS_DIR if weights.is_dir() else f"{WEIGHTS_DIR}/{weights.name}"
         mounts.append(Mount(weights, target))
-        env["BENCH_WEIGHTS"] = target
+    env.update(method_env(method, target))
     if contract_socket:
         mounts.append(Mount(contract_socket.parent, CONTRACT_DIR))
         env["BENCH_CONTRACT_SOCKET"] = f"{CONTRACT_DIR}/{contract_socket.name}"
@@ -108,10 +108,24 @@ def sandbox_for(method: MethodSpec, contract_socket: Path | None = None) -> Sand
 
 
 def check_outputs(method: MethodSpec, info: MethodInfo) -> None:
-    """The method must produce what its method.yaml promises."""
+    """The method must produce what its method.yaml (its variant's entry, for a variant) promises."""
     missing = set(method.outputs) - set(info.outputs)
     if missing:
         raise MethodFailure(f"method.yaml declares outputs {sorted(missing)} that the method's info lacks")
+    for name in ("patch_size", "embed_dim"):
+        declared, told = getattr(method, name), getattr(info, name)
+        if declared is not None and told is not None and declared != told:
+            hint = f" (BENCH_VARIANT={method.variant_name}: does the adapter read it?)" if method.variant_name else ""
+            raise MethodFailure(
+                f"method.yaml declares {name} {declared} for {method.name} but the method's info says {told}{hint}"
+            )
+
+
+def method_env(method: MethodSpec, weights: str | None) -> dict[str, str]:
+    """What every backend tells a method in its environment: the variant that runs ("" for the base form) and, when
+    it has weights, where they are. A method without weights gets no BENCH_WEIGHTS at all (the caller removes one
+    inherited from the harness's own environment)."""
+    return {"BENCH_VARIANT": method.variant_name, **({"BENCH_WEIGHTS": weights} if weights else {})}
 
 
 class Runner(ABC):
@@ -129,10 +143,12 @@ class Runner(ABC):
         the contract socket (when there is one) at $BENCH_CONTRACT_SOCKET."""
 
     def result_ref(self, method: MethodSpec) -> str:
-        """prepare()'s reference, plus the sha256 of the weights when method.yaml names some: part of every
-        result's key."""
-        weights = method.weights_path
-        return self.prepare(method) + (f"+weights-sha256:{hash_path(weights)}" if weights else "")
+        """prepare()'s reference, plus the sha256 of the weights when method.yaml names some (or `+weights:random-init`
+        when declared weights were absent on procedural data): part of every result's key."""
+        if method.random_init:
+            return self.prepare(method) + f"+weights:{RANDOM_INIT}"
+        digest = method.weights_digest
+        return self.prepare(method) + (f"+weights-sha256:{digest}" if digest else "")
 
     @contextmanager
     def start(self, method: MethodSpec, seed: int, task: dict, timeout_s: float) -> Iterator["RunningMethod"]:

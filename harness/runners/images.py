@@ -190,7 +190,7 @@ def method_dockerfile(method: MethodSpec) -> Path:
         return own.resolve()
     if not any(method.folder.glob("*.py")):
         raise UserError(f"{method.path}: no `image:`, no Dockerfile and no Python files in {method.folder} to build")
-    text, path = generated_dockerfile(method), GENERATED / method.name / "Dockerfile"
+    text, path = generated_dockerfile(method), GENERATED / method.base / "Dockerfile"
     if not path.is_file() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}")
@@ -236,18 +236,18 @@ def build(method: MethodSpec, base: str | None = None, quiet: bool = False, dc=N
         parent = _layer(
             dc,
             "extras",
-            method.name,
+            method.base,
             parent,
             method.folder / "requirements.txt",
             offline=True,
             say=say,
             what=str(method.folder / "requirements.txt"),
             base_name=f"runtime {method.runtime}",
-            wheelhouse=WHEELHOUSE / method.name,
+            wheelhouse=WHEELHOUSE / method.base,
         )
     code_hash = hash_path(method.folder)
     key = hashlib.sha256(json.dumps([code_hash, dockerfile.read_text(), parent]).encode()).hexdigest()
-    tag = f"{BUILT_REPO}/{method.name}:{key[:16]}"
+    tag = f"{BUILT_REPO}/{method.base}:{key[:16]}"
     existing = _image_or_none(dc, tag)
     if existing is not None and existing.labels.get("vrbench.build_key") == key:
         return ResolvedImage(existing.id, existing.id)
@@ -264,11 +264,11 @@ def build(method: MethodSpec, base: str | None = None, quiet: bool = False, dc=N
             buildargs={"RUNTIME": parent},
             network_mode="none" if base else None,
             labels={
-                "vrbench.method": method.name,
+                "vrbench.method": method.base,
                 "vrbench.code_sha256": code_hash,
                 "vrbench.build_key": key,
                 "vrbench.runtime": method.runtime,
-                "org.opencontainers.image.title": method.name,
+                "org.opencontainers.image.title": method.base,
             },
         )
     except docker.errors.BuildError as e:
@@ -382,7 +382,7 @@ def prepare_wheelhouse(method: MethodSpec, image: str, dc=None) -> Path:
         dc or client(),
         method.folder / "requirements.txt",
         image,
-        WHEELHOUSE / method.name,
+        WHEELHOUSE / method.base,
         str(method.folder / "requirements.txt"),
         constrained=True,
     )

@@ -27,7 +27,7 @@ import numpy as np
 import benchsdk
 from harness.errors import MethodFailure, SpecError
 from harness.provenance import hash_path
-from harness.runners.base import Runner, RunningMethod, check_outputs
+from harness.runners.base import Runner, RunningMethod, check_outputs, method_env
 from harness.runners.session import MethodSession
 from harness.specs import MethodSpec
 
@@ -82,7 +82,7 @@ def load_adapter(method: MethodSpec) -> benchsdk.Method:
     path = method.folder / method.entrypoint
     if not path.is_file():
         raise SpecError(f"entrypoint: {path} does not exist", where=method.path)
-    module_name = f"vrbench_adapter_{method.name}"
+    module_name = f"vrbench_adapter_{method.base}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.parent))  # the adapter's own helper modules
@@ -123,17 +123,19 @@ class InProcessRunner(Runner):
 
     @contextmanager
     def start(self, method: MethodSpec, seed: int, task: dict, timeout_s: float) -> Iterator[RunningMethod]:
-        instance = self.instance if self.instance is not None else load_adapter(method)
-        weights, saved = method.weights_path, os.environ.get("BENCH_WEIGHTS")
-        if weights:  # as the other backends tell a method where its weights are
-            os.environ["BENCH_WEIGHTS"] = str(weights)
-        try:
+        weights = method.weights_path
+        env = method_env(method, str(weights) if weights else None)
+        saved = {name: os.environ.get(name) for name in ("BENCH_VARIANT", "BENCH_WEIGHTS")}
+        os.environ.pop("BENCH_WEIGHTS", None)  # as the other backends tell the method, for this session only
+        os.environ.update(env)
+        try:  # the adapter is loaded with its environment in place: it may pick its variant when it is imported
+            instance = self.instance if self.instance is not None else load_adapter(method)
             session = InProcessSession(instance)
             check_outputs(method, session.handshake(seed, task, None))
             yield RunningMethod(log=None, session=session)
         finally:
-            if weights:
-                os.environ.pop("BENCH_WEIGHTS") if saved is None else os.environ.update(BENCH_WEIGHTS=saved)
+            for name, value in saved.items():
+                os.environ.pop(name, None) if value is None else os.environ.update({name: value})
 
 
 def instance_ref(instance: benchsdk.Method) -> str:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from harness.provenance import hash_path
-from harness.runners.base import EXIT_WAIT_S, Runner
+from harness.runners.base import EXIT_WAIT_S, Runner, method_env
 from harness.specs import REPO_ROOT, MethodSpec
 
 
@@ -63,8 +63,9 @@ class LocalRunner(Runner):
             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
             PYTHONUNBUFFERED="1",
         )
-        if method.weights_path:
-            env["BENCH_WEIGHTS"] = str(method.weights_path)
+        env.pop("BENCH_WEIGHTS", None)  # the harness's own, if set, is not the method's
+        weights = method.weights_path
+        env.update(method_env(method, str(weights) if weights else None))
         if contract_socket:
             env["BENCH_CONTRACT_SOCKET"] = str(contract_socket)
         with open(log, "ab") as log_file:  # appending: the harness may add the method's stray stdout

@@ -1,6 +1,7 @@
 """A test method whose behaviour is chosen by the name of the folder it runs from (its method.yaml's folder).
 
-weighted: its 4th feature is the first byte of its $BENCH_WEIGHTS file.
+weighted: its 4th feature is the first byte of its $BENCH_WEIGHTS file, -1 without one (a random init).
+Any behaviour: the variant `dimN` ($BENCH_VARIANT) makes its features N wide (the extra ones zero), else 4.
 crasher: exits abruptly on the first batch.  dies_at_start: exits before the handshake, saying why on stderr.  hanger: never answers.  nan_out: NaN features.
 wrong_count: one row too few.  raiser: raises inside embed.  chatty: prints to stdout (must still work).
 fitter: learns the mean training image in `fit` and returns it (plus the label sum) as every embedding.
@@ -20,6 +21,7 @@ import benchsdk
 from benchsdk import Method, serve
 
 BEHAVIOUR = Path.cwd().name
+VARIANT = os.environ.get("BENCH_VARIANT", "")
 
 FAKE_TRANSPORT = {"no_connect": "socket", "exits_instead": "socket", "pigeon": "pigeon"}.get(BEHAVIOUR)
 if FAKE_TRANSPORT:  # announce a transport without connecting to anything
@@ -41,11 +43,11 @@ if BEHAVIOUR == "exits_instead":
 class Misbehave(Method):
     name, version = BEHAVIOUR, "0"
     outputs = ("global", "dense")
-    patch_size, embed_dim = 16, 4
+    patch_size, embed_dim = 16, int(VARIANT[3:]) if VARIANT.startswith("dim") else 4
 
     def setup(self, seed, task):
         self.mean, self.label_sum, self.batches = np.zeros(3, np.float32), -1.0, 0
-        if BEHAVIOUR == "weighted":
+        if BEHAVIOUR == "weighted" and "BENCH_WEIGHTS" in os.environ:
             self.label_sum = float(Path(os.environ["BENCH_WEIGHTS"]).read_bytes()[0])
 
     def fit(self, batches):
@@ -75,6 +77,7 @@ class Misbehave(Method):
             os.write(1, b"raw bytes on fd 1\n")
         out = np.tile(np.r_[self.mean, self.label_sum, self.batches][None, :4], (n, 1)).astype(np.float32)
         out[:, :3] += images.reshape(n, -1, 3).mean(1)
+        out = np.pad(out, ((0, 0), (0, self.embed_dim - 4)))
         if BEHAVIOUR == "nan_out":
             out[0, 0] = np.nan
         if BEHAVIOUR == "wrong_count":
@@ -84,7 +87,7 @@ class Misbehave(Method):
     def embed_dense(self, images):
         n, h, w, _ = images.shape
         return np.repeat(self.embed(images)[:, None, None, :], h // 16 * (w // 16), 1).reshape(
-            -1 if BEHAVIOUR != "wrong_count" else n - 1, h // 16, w // 16, 4
+            -1 if BEHAVIOUR != "wrong_count" else n - 1, h // 16, w // 16, self.embed_dim
         )
 
 
