@@ -18,8 +18,8 @@ Position embeddings follow NeCo's `interpolate_pos_encoding` (vit_v2.py L204-232
 antialias argument commented out): bicubic by scale factor ((H/14 + 0.1)/37, (W/14 + 0.1)/37), no antialias,
 computed once per input size and set on the model with its patch embedding resized to that size
 (scripts/compare_backbones.py checks it against NeCo's forward).
-Deliberate differences: timm's attention (scaled_dot_product_attention, as NeCo's without xFormers); no projection
-head (it only serves training); fp32. No `fit` stage: NeCo's fine-tuning is not reproduced here.
+Deliberate differences: timm's attention is scaled_dot_product_attention where NeCo's (without xFormers) is
+explicit (q·kᵀ, softmax): about 3e-6 apart in fp32; no projection head (it only serves training); fp32. No `fit` stage: NeCo's fine-tuning is not reproduced here.
 This folder is self-contained (its code hash and image cover only it), so images/dino and images/dinov2 repeat the
 few lines of pos-embedding and key checking they share with it.
 """
@@ -158,10 +158,18 @@ class Neco(Method):
         return shapes
 
     def load(self, model, path: str) -> None:
-        """The official state dict at `path` into the timm model, every key checked (see the module docstring)."""
+        """A NeCo backbone state dict at `path` into the timm model, every key checked (see the module docstring)."""
         state = read_state_dict(path)
         what = f"{self.name}@{self.variant} (official file: {self.arch.url})"
-        state = check_keys(state, self.official_shapes(model), path, what, self.extra_prefixes)
+        try:
+            state = check_keys(state, self.official_shapes(model), path, what, self.extra_prefixes)
+        except ValueError as e:
+            if not isinstance(state.get("state_dict"), dict):
+                raise
+            raise ValueError(
+                f"{e}. This looks like a Lightning training checkpoint: its student backbone is the state_dict's "
+                "`model.*` entries without the prefix (NeCo's experiments/utils.py get_backbone_weights)"
+            ) from None
         model.load_state_dict(checkpoint_filter_fn(dict(state), model), strict=True)
 
     def setup(self, seed, task):
