@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"fp32, CPU ({torch.get_num_threads()} threads), torch {torch.__version__}, timm {timm.__version__}; "
             f"references: {', '.join(f'{f} {paths[f]}' for f in families)}; max |official − ours| over "
-            f"{'/'.join(str(c) for c in sorted({c.images for c in CASES}))} seeded images; pass: ≤ {TOLERANCE:g}",
+            f"{'/'.join(str(c) for c in sorted({c.images for c in CASES}))} seeded images; pass: ≤ {TOLERANCE:g}. "
+            "Seconds: the official forward once, ours embed and embed_dense (two forwards); indicative only",
         ]
     )
     print(text)
