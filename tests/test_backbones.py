@@ -105,6 +105,29 @@ def test_variant_from_argument_or_environment(monkeypatch):
         dino.Dino(variant="vits8")
 
 
+@pytest.mark.parametrize("family", ["dino", "dinov2", "neco"])
+def test_method_yaml_agrees_with_the_adapter(family):
+    """method.yaml's variants (read as plain YAML: the harness's MethodSpec does not take them yet) are the
+    adapter's, with its patch size, embed dim and download URL; the top level is the default variant."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "images" / family / "method.yaml").read_text())
+    module = adapter(family)
+    cls = getattr(module, {"dino": "Dino", "dinov2": "Dinov2", "neco": "Neco"}[family])
+    assert list(spec["variants"]) == list(module.VARIANTS) and spec["runtime"] == "torch"
+    for name, variant in spec["variants"].items():
+        method = cls(variant=name)
+        assert (variant["patch_size"], variant["embed_dim"]) == (method.patch_size, method.embed_dim), name
+        assert variant["weights"]["url"] == method.arch.url and set(variant["weights"]) == {"file", "url", "sha256"}
+    default = spec["variants"][module.DEFAULT]
+    assert (spec["patch_size"], spec["embed_dim"], spec["weights"]) == (
+        default["patch_size"],
+        default["embed_dim"],
+        default["weights"],
+    )
+    assert spec["name"] == cls.name == family and str(spec["version"]) == cls.version
+
+
 def test_random_init_is_seeded_and_said_in_info():
     dino = adapter("dino")
     x = images(n=2, h=32, w=48)
