@@ -215,6 +215,9 @@ def test_a_wrong_file_names_itself_and_its_keys(tmp_path, monkeypatch):
     assert message.endswith(
         "The file holds: blocks.* (144), patch_embed.* (2), cls_token, pos_embed, norm.* (1), fc.* (1)"
     )
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    with pytest.raises(ValueError, match="tensor.pth holds a Tensor, not a state dict"):
+        loaded("dinov2", "vits14", tmp_path / "tensor.pth", monkeypatch)
     _, state = random_backbone("dino", "vits16", seed=0)
     torch.save(state, tmp_path / "small.pth")
     with pytest.raises(ValueError, match=r"shapes differ: blocks\.0\.attn\.proj\.bias \(384,\) \(expected \(768,\)\)"):

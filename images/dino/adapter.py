@@ -68,10 +68,11 @@ CHECKPOINT_KEY = "teacher"  # utils.load_pretrained_weights' default checkpoint_
 def interpolate_pos_embed(
     pos_embed: torch.Tensor, h: int, w: int, patch: int, prefix: int, offset: float, antialias: bool
 ) -> torch.Tensor:
-    """DINO's (and DINOv2's) `interpolate_pos_encoding` for an h×w input: `pos_embed` (1, prefix + M², D) on an M×M grid ->
-    (1, prefix + (h/p)(w/p), D). Unchanged when the grid is M×M and h == w, as the official code. With an offset:
-    bicubic by scale factor ((h/p + offset)/M, (w/p + offset)/M); without: bicubic to the size. prefix: the leading
-    tokens that are not on the grid (1, the CLS position, in the official layout; 0 in timm's no-embed-class one)."""
+    """DINO's (and DINOv2's) `interpolate_pos_encoding` for an h×w input: `pos_embed` (1, prefix + M², D) on an
+    M×M grid -> (1, prefix + (h/p)(w/p), D). Unchanged when the grid is M×M and h == w, as the official code. With an
+    offset: bicubic by scale factor ((h/p + offset)/M, (w/p + offset)/M); without: bicubic to the size. prefix: the
+    leading tokens that are not on the grid (1, the CLS position, in the official layout; 0 in timm's no-embed-class
+    one)."""
     n = pos_embed.shape[1] - prefix
     m, h0, w0 = math.isqrt(n), h // patch, w // patch
     assert m * m == n, f"pos_embed holds {n} grid positions, not a square"
@@ -90,9 +91,12 @@ def read_state_dict(path: str) -> dict:
     argparse.Namespace of plain values) is the one class allowed."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def describe_keys(state: dict) -> str:

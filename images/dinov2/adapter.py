@@ -68,10 +68,11 @@ DEFAULT = "vits14"
 def interpolate_pos_embed(
     pos_embed: torch.Tensor, h: int, w: int, patch: int, prefix: int, offset: float, antialias: bool
 ) -> torch.Tensor:
-    """DINOv2's `interpolate_pos_encoding` for an h×w input: `pos_embed` (1, prefix + M², D) on an M×M grid ->
-    (1, prefix + (h/p)(w/p), D). Unchanged when the grid is M×M and h == w, as the official code. With an offset:
-    bicubic by scale factor ((h/p + offset)/M, (w/p + offset)/M); without: bicubic to the size. prefix: the leading
-    tokens that are not on the grid (1, the CLS position, in the official layout; 0 in timm's no-embed-class one)."""
+    """DINOv2's `interpolate_pos_encoding` for an h×w input: `pos_embed` (1, prefix + M², D) on an
+    M×M grid -> (1, prefix + (h/p)(w/p), D). Unchanged when the grid is M×M and h == w, as the official code. With an
+    offset: bicubic by scale factor ((h/p + offset)/M, (w/p + offset)/M); without: bicubic to the size. prefix: the
+    leading tokens that are not on the grid (1, the CLS position, in the official layout; 0 in timm's no-embed-class
+    one)."""
     n = pos_embed.shape[1] - prefix
     m, h0, w0 = math.isqrt(n), h // patch, w // patch
     assert m * m == n, f"pos_embed holds {n} grid positions, not a square"
@@ -88,9 +89,12 @@ def interpolate_pos_embed(
 def read_state_dict(path: str) -> dict:
     """torch.load without arbitrary unpickling (weights_only), on CPU."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def describe_keys(state: dict) -> str:

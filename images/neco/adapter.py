@@ -19,7 +19,8 @@ antialias argument commented out): bicubic by scale factor ((H/14 + 0.1)/37, (W/
 computed once per input size and set on the model with its patch embedding resized to that size
 (scripts/compare_backbones.py checks it against NeCo's forward).
 Deliberate differences: timm's attention is scaled_dot_product_attention where NeCo's (without xFormers) is
-explicit (q·kᵀ, softmax): about 3e-6 apart in fp32; no projection head (it only serves training); fp32. No `fit` stage: NeCo's fine-tuning is not reproduced here.
+explicit (q·kᵀ, softmax): about 3e-6 apart in fp32; no projection head (it only serves training); fp32. No `fit`
+stage: NeCo's fine-tuning is not reproduced here.
 This folder is self-contained (its code hash and image cover only it), so images/dino and images/dinov2 repeat the
 few lines of pos-embedding and key checking they share with it.
 """
@@ -66,10 +67,11 @@ DEFAULT = "vits14"
 def interpolate_pos_embed(
     pos_embed: torch.Tensor, h: int, w: int, patch: int, prefix: int, offset: float, antialias: bool
 ) -> torch.Tensor:
-    """NeCo's (DINOv2's) `interpolate_pos_encoding` for an h×w input: `pos_embed` (1, prefix + M², D) on an M×M grid ->
-    (1, prefix + (h/p)(w/p), D). Unchanged when the grid is M×M and h == w, as the official code. With an offset:
-    bicubic by scale factor ((h/p + offset)/M, (w/p + offset)/M); without: bicubic to the size. prefix: the leading
-    tokens that are not on the grid (1, the CLS position, in the official layout; 0 in timm's no-embed-class one)."""
+    """NeCo's (DINOv2's) `interpolate_pos_encoding` for an h×w input: `pos_embed` (1, prefix + M², D) on an
+    M×M grid -> (1, prefix + (h/p)(w/p), D). Unchanged when the grid is M×M and h == w, as the official code. With an
+    offset: bicubic by scale factor ((h/p + offset)/M, (w/p + offset)/M); without: bicubic to the size. prefix: the
+    leading tokens that are not on the grid (1, the CLS position, in the official layout; 0 in timm's no-embed-class
+    one)."""
     n = pos_embed.shape[1] - prefix
     m, h0, w0 = math.isqrt(n), h // patch, w // patch
     assert m * m == n, f"pos_embed holds {n} grid positions, not a square"
@@ -86,9 +88,12 @@ def interpolate_pos_embed(
 def read_state_dict(path: str) -> dict:
     """torch.load without arbitrary unpickling (weights_only), on CPU."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def describe_keys(state: dict) -> str:
