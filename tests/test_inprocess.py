@@ -14,7 +14,7 @@ import harness
 from harness.errors import MethodFailure
 from harness.results import ResultStore, RunResult
 
-from conftest import bench, cli, one_line_error
+from conftest import bench, cli, one_line_error, shared_code_method
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ["flowers102_knn", "coco_r2", "clevrtex_objseg", "clevr_objseg"]  # global, dense, masks (PIL, torch resizing)
@@ -142,3 +142,18 @@ def test_a_bad_override_is_one_line_and_writes_nothing(pair, message, data_root,
     line = one_line_error(bench(*knn_run(data_root, tmp_path / "r"), "--set", pair))
     assert line.startswith(f"bench: error: {message}"), line
     assert not (tmp_path / "r").exists()
+
+
+def test_the_loaded_adapter_imports_from_its_included_folders_and_they_key_its_results(tmp_path, monkeypatch):
+    import sys
+
+    from harness.runners.inprocess import InProcessRunner, load_adapter
+
+    monkeypatch.delitem(sys.modules, "shared_width", raising=False)
+    spec = shared_code_method(tmp_path, width=7)
+    path = list(sys.path)
+    assert load_adapter(spec).embed_dim == 7 and sys.path == path  # on sys.path only while the adapter loads
+    sys.modules.pop("shared_width")
+    before = InProcessRunner().prepare(spec)
+    (tmp_path / "_shared" / "shared_width.py").write_text("WIDTH = 12\n")
+    assert before != InProcessRunner().prepare(spec) == "code-sha256:" + spec.code_hash
