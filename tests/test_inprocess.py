@@ -157,3 +157,19 @@ def test_the_loaded_adapter_imports_from_its_included_folders_and_they_key_its_r
     before = InProcessRunner().prepare(spec)
     (tmp_path / "_shared" / "shared_width.py").write_text("WIDTH = 12\n")
     assert before != InProcessRunner().prepare(spec) == "code-sha256:" + spec.code_hash
+
+
+def test_an_adapter_that_defines_a_dataclass_loads(tmp_path):
+    """The module is in sys.modules while it executes, as for an import (dataclasses look their module up there)."""
+    from harness.runners.inprocess import load_adapter
+
+    folder = tmp_path / "dc"
+    folder.mkdir()
+    (folder / "adapter.py").write_text(
+        "from __future__ import annotations\n\nfrom dataclasses import dataclass\n\nimport numpy as np\n\nfrom benchsdk import Method\n\n\n"
+        "@dataclass(frozen=True)\nclass Arch:\n    dim: int\n\n\nclass Dc(Method):\n    name, version = 'dc', '0'\n"
+        "    outputs, embed_dim = ('global',), Arch(3).dim\n\n    def embed(self, images):\n"
+        "        return np.zeros((len(images), 3), np.float32)\n"
+    )
+    (folder / "method.yaml").write_text("name: dc\nversion: '0'\ndescription: x\noutputs: [global]\n")
+    assert load_adapter(harness.specs.load_spec(harness.specs.MethodSpec, folder / "method.yaml")).embed_dim == 3

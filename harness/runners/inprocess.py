@@ -85,6 +85,7 @@ def load_adapter(method: MethodSpec) -> benchsdk.Method:
     module_name = f"vrbench_adapter_{method.base}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # as for an import: a dataclass (dino's Arch) looks its module up there
     folders = [str(path.parent), *map(str, method.code_folders[1:])]  # its own helper modules, then its includes
     sys.path[:0] = folders
     try:
