@@ -20,15 +20,23 @@ LIBRARIES = ("numpy", "scipy", "scikit-learn", "torch", "torchvision", "timm", "
 def hash_path(path: Path) -> str:
     """sha256 of a file's bytes, or of a folder's relative paths and file contents (caches ignored), streamed.
     Remembered while no file's size or modification time changes: weights are read once per matrix, not per cell."""
-    return hash_files(
-        [(path, "")]
-        if path.is_file()
-        else [
-            (p, str(p.relative_to(path)))
-            for p in sorted(path.rglob("*"))
-            if p.is_file() and "__pycache__" not in p.parts
-        ]
-    )
+    return hash_files([(path, "")] if path.is_file() else _folder_files(path))
+
+
+def hash_folders(folders: list[Path]) -> str:
+    """hash_path of one folder; of several (a method folder and the folders it includes), every file's contents
+    named by its folder's place in the list and its path in the folder, so that a change to any of them shows."""
+    if len(folders) == 1:
+        return hash_path(folders[0])
+    return hash_files([(p, f"{i}/{name}") for i, folder in enumerate(folders) for p, name in _folder_files(folder)])
+
+
+def _folder_files(folder: Path) -> list[tuple[Path, str]]:
+    return [
+        (p, str(p.relative_to(folder)))
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
 
 
 def hash_files(files: list[tuple[Path, str]]) -> str:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import REPO_ROOT, weights
 from harness.contract import OutputKind
 from harness.errors import SpecError, UserError
-from harness.provenance import file_sha256, hash_path
+from harness.provenance import file_sha256, hash_folders, hash_path
 from harness.yamlfile import line_of, validation_error_line
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
@@ -274,6 +274,9 @@ class MethodSpec(_Spec):
     code: str | None = None
     license: str | None = None
     resources: Resources = Resources()
+    # folders of Python modules the adapter imports (`../_vit`), relative to this file's folder, in the same methods
+    # directory: they join the code hash, the image (their *.py into /method/) and the adapter's import path
+    include: list[str] = Field(default_factory=list)
     variants: dict[str, MethodVariant] = Field(default_factory=dict)
     weights_root: Path | None = Field(default=None, exclude=True)  # None: $BENCH_WEIGHTS_ROOT or ./weights
     random_init: bool = Field(default=False, exclude=True)  # declared weights absent, procedural data: none given
@@ -292,6 +295,17 @@ class MethodSpec(_Spec):
     def folder(self) -> Path:
         assert self.path is not None
         return self.path.parent
+
+    @property
+    def code_folders(self) -> list[Path]:
+        """The folders whose files are the method's code: its own, then each of `include` (resolved)."""
+        return [self.folder, *((self.folder / p).resolve() for p in self.include)]
+
+    @property
+    def code_hash(self) -> str:
+        """sha256 of the method's code (hash_folders of code_folders): what the local and in-process backends key
+        results by, and what a docker build is keyed by."""
+        return hash_folders(self.code_folders)
 
     @property
     def base(self) -> str:
@@ -344,8 +358,32 @@ class MethodSpec(_Spec):
         return file_sha256(path) if isinstance(self.weights, WeightsSource) else hash_path(path)
 
 
+def _include_problem(spec: MethodSpec, entry: str) -> str | None:
+    """Why `include:` entry `entry` cannot be used, or None: it must name an existing folder of Python modules under
+    the methods directory the method's folder is in (images/ or a BENCH_IMAGES folder), outside the method's own."""
+    if Path(entry).is_absolute():
+        return "give a folder relative to the method's folder, e.g. ../_vit"
+    folder, methods = spec.folder.resolve(), spec.folder.resolve().parent
+    target = (folder / entry).resolve()
+    if not target.is_dir():
+        return f"{target} is not a folder"
+    if target == methods or not target.is_relative_to(methods):
+        return f"{target} is not a folder under the methods directory {methods}"
+    if target.is_relative_to(folder):
+        return "names the method's own folder or one inside it, which its code hash and image cover already"
+    if not any(target.glob("*.py")):
+        return f"{target} holds no Python modules (*.py)"
+    return None
+
+
 def _check_method(spec: MethodSpec, path: Path, root: yaml.Node) -> None:
-    """Validate every variant now rather than mid-run."""
+    """Validate `include:` and every variant now rather than mid-run."""
+    for i, entry in enumerate(spec.include):
+        why = _include_problem(spec, entry)
+        if why is None and entry in spec.include[:i]:
+            why = "listed twice"
+        if why:
+            raise SpecError(f"include: {entry!r}: {why}", where=f"{path}:{line_of(root, ('include', i))}")
     for name in spec.variants:
         try:
             spec.variant(name)

@@ -202,10 +202,19 @@ def save_official(refs: dict, case: Case, model, path: Path) -> None:
 
 
 def load_adapter(family: str):
+    """images/<family>/adapter.py, its method.yaml's included folders (images/_vit) on sys.path while it loads, as
+    every backend has them."""
+    from harness.specs import MethodSpec, load_spec
+
     path = REPO / "images" / family / "adapter.py"
+    included = [str(f) for f in load_spec(MethodSpec, path.with_name("method.yaml")).code_folders[1:]]
     spec = importlib.util.spec_from_file_location(f"compare_{family}_adapter", path)
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    sys.path[:0] = included
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.path[: len(included)]
     return module
 
 
@@ -231,9 +240,11 @@ def control(case: Case, weights: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def normalise(images: np.ndarray, module) -> torch.Tensor:
+def normalise(images: np.ndarray) -> torch.Tensor:
+    """As the adapters normalise: ImageNet mean/std of images/_vit/vit_backbone.py, which they import."""
+    vit = sys.modules["vit_backbone"]
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-    return (x - module.MEAN) / module.STD
+    return (x - vit.MEAN) / vit.STD
 
 
 def compare_case(refs, adapters, case: Case, seed: int, folder: Path) -> list[dict]:
@@ -246,7 +257,7 @@ def compare_case(refs, adapters, case: Case, seed: int, folder: Path) -> list[di
     rows = []
     for h, w in SIZES[case.patch]:
         images = np.random.default_rng(seed).integers(0, 256, (case.images, h, w, 3), dtype=np.uint8)
-        x = normalise(images, adapters[case.family])
+        x = normalise(images)
         t0 = time.perf_counter()
         cls_ref, patch_ref = official_outputs(refs, case, official, x)
         t_ref = time.perf_counter() - t0

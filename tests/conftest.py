@@ -87,6 +87,43 @@ def method_spec(name: str, folders: tuple[Path, ...] = (TEST_METHODS, REPO / "im
     return load_spec(MethodSpec, folder / "method.yaml")
 
 
+SHARED_ADAPTER = """import numpy as np
+
+from benchsdk import Method, serve
+from shared_width import WIDTH  # from the included folder ../_shared
+
+
+class Shared(Method):
+    name, version, outputs = "shared_user", "0", ("global",)
+    embed_dim = WIDTH
+
+    def setup(self, seed, task):
+        pass
+
+    def embed(self, images):
+        return np.full((len(images), WIDTH), WIDTH, dtype=np.float32)
+
+
+if __name__ == "__main__":
+    serve(Shared())
+"""
+
+
+def shared_code_method(methods: Path, width: int = 5) -> MethodSpec:
+    """`methods`/shared_user, a method whose adapter imports its width from `include: [../_shared]`
+    (`methods`/_shared/shared_width.py, written with `width`)."""
+    (methods / "_shared").mkdir(parents=True, exist_ok=True)
+    (methods / "_shared" / "shared_width.py").write_text(f"WIDTH = {width}\n")
+    folder = methods / "shared_user"
+    folder.mkdir(exist_ok=True)
+    (folder / "adapter.py").write_text(SHARED_ADAPTER)
+    (folder / "method.yaml").write_text(
+        "name: shared_user\nversion: '0'\ndescription: x\noutputs: [global]\ninclude: [../_shared]\n"
+        "variants:\n  other: {description: y}\n"
+    )
+    return load_spec(MethodSpec, folder / "method.yaml")
+
+
 def hostile_spec(name: str) -> MethodSpec:
     """A hostile test image's spec (tests/hostile, whose names may also be test methods'), or one of images/."""
     return method_spec(name, (HOSTILE, REPO / "images"))

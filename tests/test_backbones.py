@@ -1,4 +1,5 @@
-"""The DINO, DINOv2 and NeCo adapters (images/dino, images/dinov2, images/neco), without their official repositories.
+"""The DINO, DINOv2 and NeCo adapters (images/dino, images/dinov2, images/neco) and the ViT backbone they share
+(images/_vit/vit_backbone.py, their `include: [../_vit]`), without their official repositories.
 
 The position-embedding formulas are checked against tests/fixtures/pos_embed_official.npz, which
 `scripts/compare_backbones.py --write-fixture` computed with each official `interpolate_pos_encoding`; the whole
@@ -18,19 +19,33 @@ import numpy as np
 import pytest
 import torch
 
+from harness.specs import MethodSpec, load_all, load_spec
+
 from conftest import REPO, images, session_of
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pos_embed_official.npz"
 
 
 def adapter(family: str):
-    """images/<family>/adapter.py as a module (each folder is self-contained and named adapter.py)."""
+    """images/<family>/adapter.py as a module, its method.yaml's included folders on sys.path while it loads (as
+    every backend has them)."""
     name = f"test_backbones_{family}"
     if name not in sys.modules:
+        included = [str(f) for f in load_spec(MethodSpec, REPO / "images" / family / "method.yaml").code_folders[1:]]
         spec = importlib.util.spec_from_file_location(name, REPO / "images" / family / "adapter.py")
         sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        sys.path[:0] = included
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.path[: len(included)]
     return sys.modules[name]
+
+
+def vit():
+    """images/_vit/vit_backbone.py, as the adapters import it."""
+    adapter("dino")
+    return sys.modules["vit_backbone"]
 
 
 @pytest.fixture(autouse=True)
@@ -40,15 +55,42 @@ def no_bench_env(monkeypatch):
     torch.set_num_threads(1)
 
 
-def test_the_shared_helpers_are_the_same_in_every_folder():
-    """Each method folder is self-contained (its code hash and its image cover only the folder), so the three
-    adapters carry their own copies of these helpers: they must not drift apart."""
-    import inspect
+@pytest.mark.parametrize("family", ["dino", "dinov2", "neco"])
+def test_each_adapter_subclasses_the_shared_backbone_which_is_part_of_its_code_and_image(family):
+    """One ViTBackbone (images/_vit, no method of its own), in each family's code hash, image and import path; the
+    in-process backend finds the family's own class only."""
+    from harness.runners.images import generated_dockerfile
+    from harness.runners.inprocess import load_adapter
 
-    for name in ("interpolate_pos_embed", "describe_keys", "check_keys"):
-        sources = {family: inspect.getsource(getattr(adapter(family), name)) for family in ("dino", "dinov2", "neco")}
-        docless = {f: src.split('"""')[0] + src.split('"""')[-1] for f, src in sources.items()}
-        assert len(set(docless.values())) == 1, f"{name} differs between {sorted(docless)}"
+    spec = load_spec(MethodSpec, REPO / "images" / family / "method.yaml")
+    assert spec.code_folders == [REPO / "images" / family, REPO / "images" / "_vit"] and spec.include == ["../_vit"]
+    assert all(spec.variant(v).code_folders == spec.code_folders for v in spec.variants)
+    assert generated_dockerfile(spec).splitlines()[-2:] == [
+        "COPY images/_vit/*.py /method/",
+        f"COPY images/{family}/*.py /method/",
+    ]
+    method = load_adapter(spec)
+    assert (
+        isinstance(method, vit().ViTBackbone)
+        and type(method).__name__ == {"dino": "Dino", "dinov2": "Dinov2", "neco": "Neco"}[family]
+    )
+    assert "_vit" not in [m.name for m in load_all("method")]
+
+
+def test_read_state_dict_builds_only_the_classes_it_is_allowed(tmp_path):
+    """weights_only: a full DINO checkpoint's argparse.Namespace only where the adapter allows it (DINO's load)."""
+    torch.save({"args": argparse.Namespace(arch="vit_small"), "w": torch.ones(1)}, tmp_path / "full.pth")
+    with pytest.raises(ValueError, match="full.pth: cannot be read as a weights-only torch checkpoint"):
+        vit().read_state_dict(str(tmp_path / "full.pth"))
+    assert vit().read_state_dict(str(tmp_path / "full.pth"), allowed=(argparse.Namespace,))["args"].arch == "vit_small"
+
+
+def test_check_keys_takes_exactly_the_expected_keys_and_the_allowed_extras():
+    state = {"a": torch.zeros(2), "b": torch.zeros(3, 1), "head.w": torch.zeros(1)}
+    taken = vit().check_keys(state, {"a": (2,), "b": (3, 1)}, "f.pth", "net", extra_prefixes=("head.",))
+    assert list(taken) == ["a", "b"]
+    with pytest.raises(ValueError, match=r"^f\.pth is not a net state dict: 1 unexpected keys \(head\.w\)\. The file"):
+        vit().check_keys(state, {"a": (2,), "b": (3, 1)}, "f.pth", "net")
 
 
 # --- position embeddings ------------------------------------------------------------------------------------------
@@ -69,10 +111,10 @@ def test_pos_embed_matches_the_official_interpolation(formula):
     pos = torch.from_numpy(fixture["pos_embed"])
     for h0, w0 in fixture["sizes"]:
         expected = fixture[f"{formula}_{h0}x{w0}"]
-        got = adapter(family).interpolate_pos_embed(pos, h0 * patch, w0 * patch, patch, prefix, offset, antialias)
+        got = vit().interpolate_pos_embed(pos, h0 * patch, w0 * patch, patch, prefix, offset, antialias)
         np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-6, err_msg=f"{formula} {h0}x{w0}")
         if formula == "dinov2_reg":  # the adapter's timm layout: no CLS position on the grid (folded into cls_token)
-            grid = adapter(family).interpolate_pos_embed(pos[:, 1:], h0 * patch, w0 * patch, patch, 0, 0.0, True)
+            grid = vit().interpolate_pos_embed(pos[:, 1:], h0 * patch, w0 * patch, patch, 0, 0.0, True)
             np.testing.assert_allclose(grid.numpy(), expected[:, 1:], rtol=0, atol=1e-6)
 
 

@@ -15,7 +15,7 @@ from harness.errors import MethodFailure, MethodTimeout, SpecError, UserError
 from harness.runners.local import LocalRunner
 from harness.specs import MethodSpec, load_spec
 
-from conftest import images, method_spec
+from conftest import images, method_spec, shared_code_method
 
 TESTS = Path(__file__).parent
 IMAGES = TESTS.parent / "images"
@@ -271,3 +271,14 @@ def test_a_method_without_weights_gets_no_bench_weights_from_the_harness_environ
     monkeypatch.setenv("BENCH_WEIGHTS", str(tmp_path / "decoy.bin"))
     with LocalRunner().start(adhoc(tmp_path, "weighted"), 0, {}, 60) as running:
         assert (running.session.embed(images())[:, 3] == -1).all()  # its 4th feature: -1 without weights
+
+
+def test_an_included_folder_is_on_the_adapters_path_and_part_of_its_result_key(tmp_path):
+    spec = shared_code_method(tmp_path / "methods")
+    refs = []
+    for width in (5, 12):  # the included module changes: so do the outputs and the result key
+        shared_code_method(tmp_path / "methods", width)
+        with LocalRunner().start(spec, 0, {}, 60) as running:
+            assert (running.session.embed(images()) == width).all() and running.session.info.embed_dim == width
+        refs.append(LocalRunner().result_ref(spec))
+    assert refs[0] != refs[1] and refs[1] == "code-sha256:" + spec.code_hash

@@ -20,7 +20,7 @@ from harness.errors import UserError
 from harness.results import RunResult
 from harness.runners.images import IMAGE_ID, REFERENCE, resolve
 
-from conftest import BASE, REGISTRY, REPO, bench, cli, one_line_error
+from conftest import BASE, REGISTRY, REPO, bench, cli, one_line_error, shared_code_method
 from conftest import hostile_spec as spec
 
 DOCKERFILES = sorted(p.relative_to(REPO) for p in (REPO / "images").glob("*/Dockerfile")) + sorted(
@@ -202,6 +202,42 @@ def test_method_images_on_one_runtime_share_its_layers_and_add_only_their_own(bu
     for name, own in [("nan_out", 2), ("sleeper", 2), ("needs_pypi", 4), ("pixels", 3)]:
         mine = layers(built[name].id)
         assert mine[: len(runtime)] == runtime and len(mine) == len(runtime) + own, name
+
+
+def test_included_folders_are_copied_into_the_image_and_key_its_build(docker_ready):
+    """`include: [../_shared]`: the generated Dockerfile copies the folder's *.py into /method/ too (before the
+    method's own), and a change there is a new build key, so a new image and new results."""
+    from harness.runners.images import GENERATED, build, generated_dockerfile
+
+    methods = REPO / "tests" / f".include-{os.getpid()}"  # inside the build context, removed afterwards
+    try:
+        spec = shared_code_method(methods, width=5)
+        rel = methods.relative_to(REPO).as_posix()
+        assert generated_dockerfile(spec).splitlines()[-2:] == [
+            f"COPY {rel}/_shared/*.py /method/",
+            f"COPY {rel}/shared_user/*.py /method/",
+        ]
+        widths, keys = [], []
+        for width in (5, 12):
+            shared_code_method(methods, width)
+            image = docker_ready.images.get(build(spec, base=BASE, quiet=True).id)
+            keys.append(image.labels["vrbench.build_key"])
+            assert image.labels["vrbench.code_sha256"] == spec.code_hash
+            out = docker_ready.containers.run(
+                image.id,
+                ["python3", "-c", "import shared_width; print(shared_width.WIDTH)"],
+                entrypoint=[],
+                working_dir="/method",
+                network_mode="none",
+                remove=True,
+            )
+            widths.append(int(out.decode()))
+        assert widths == [5, 12] and keys[0] != keys[1]
+    finally:
+        shutil.rmtree(methods, ignore_errors=True)
+        shutil.rmtree(GENERATED / "shared_user", ignore_errors=True)
+        for image in docker_ready.images.list(name="vrbench-built/shared_user"):
+            docker_ready.images.remove(image.id, force=True)
 
 
 def spec_at(folder: Path):

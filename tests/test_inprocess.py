@@ -14,7 +14,7 @@ import harness
 from harness.errors import MethodFailure
 from harness.results import ResultStore, RunResult
 
-from conftest import bench, cli, one_line_error
+from conftest import bench, cli, one_line_error, shared_code_method
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ["flowers102_knn", "coco_r2", "clevrtex_objseg", "clevr_objseg"]  # global, dense, masks (PIL, torch resizing)
@@ -142,3 +142,34 @@ def test_a_bad_override_is_one_line_and_writes_nothing(pair, message, data_root,
     line = one_line_error(bench(*knn_run(data_root, tmp_path / "r"), "--set", pair))
     assert line.startswith(f"bench: error: {message}"), line
     assert not (tmp_path / "r").exists()
+
+
+def test_the_loaded_adapter_imports_from_its_included_folders_and_they_key_its_results(tmp_path, monkeypatch):
+    import sys
+
+    from harness.runners.inprocess import InProcessRunner, load_adapter
+
+    monkeypatch.delitem(sys.modules, "shared_width", raising=False)
+    spec = shared_code_method(tmp_path, width=7)
+    path = list(sys.path)
+    assert load_adapter(spec).embed_dim == 7 and sys.path == path  # on sys.path only while the adapter loads
+    sys.modules.pop("shared_width")
+    before = InProcessRunner().prepare(spec)
+    (tmp_path / "_shared" / "shared_width.py").write_text("WIDTH = 12\n")
+    assert before != InProcessRunner().prepare(spec) == "code-sha256:" + spec.code_hash
+
+
+def test_an_adapter_that_defines_a_dataclass_loads(tmp_path):
+    """The module is in sys.modules while it executes, as for an import (dataclasses look their module up there)."""
+    from harness.runners.inprocess import load_adapter
+
+    folder = tmp_path / "dc"
+    folder.mkdir()
+    (folder / "adapter.py").write_text(
+        "from __future__ import annotations\n\nfrom dataclasses import dataclass\n\nimport numpy as np\n\nfrom benchsdk import Method\n\n\n"
+        "@dataclass(frozen=True)\nclass Arch:\n    dim: int\n\n\nclass Dc(Method):\n    name, version = 'dc', '0'\n"
+        "    outputs, embed_dim = ('global',), Arch(3).dim\n\n    def embed(self, images):\n"
+        "        return np.zeros((len(images), 3), np.float32)\n"
+    )
+    (folder / "method.yaml").write_text("name: dc\nversion: '0'\ndescription: x\noutputs: [global]\n")
+    assert load_adapter(harness.specs.load_spec(harness.specs.MethodSpec, folder / "method.yaml")).embed_dim == 3

@@ -1,9 +1,13 @@
 """Task variants: `<task>@<variant>` is a task of its own, validated when its file is loaded."""
 
+import re
+
 import pytest
 
 from harness import cli, specs
 from harness.errors import SpecError
+
+from conftest import shared_code_method
 
 TASK = """name: seg
 version: 2
@@ -219,3 +223,41 @@ def test_user_given_method_names_stay_strict_while_variants_name_results():
         method="net@b8", method_ref="code-sha256:" + "0" * 64, task="t", task_version=1, data="real", seed=0
     )
     assert key.relpath().parts[3] == "net@b8"
+
+
+# --- include: code shared between method folders ------------------------------------------------------------------
+
+
+def test_included_folders_are_code_of_the_method_and_of_its_variants(images_dir):
+    spec = shared_code_method(images_dir)
+    assert specs.get("method", "shared_user").include == ["../_shared"]
+    for method in (spec, spec.variant("other")):
+        assert method.code_folders == [images_dir / "shared_user", (images_dir / "_shared").resolve()]
+    before = spec.code_hash
+    (images_dir / "_shared" / "shared_width.py").write_text("WIDTH = 12\n")
+    assert spec.code_hash != before and spec.variant("other").code_hash == spec.code_hash
+    assert "shared_user" in [m.name for m in specs.load_all("method")] and "_shared" not in specs._catalog("method")
+
+
+@pytest.mark.parametrize(
+    "entry, why",
+    [
+        ("../_missing", "is not a folder"),
+        ("../..", "is not a folder under the methods directory"),
+        ("..", "is not a folder under the methods directory"),
+        (".", "names the method's own folder or one inside it"),
+        ("../_empty", "holds no Python modules (*.py)"),
+        ("/tmp", "give a folder relative to the method's folder"),
+    ],
+)
+def test_a_bad_include_is_one_line_naming_file_line_and_why(images_dir, entry, why):
+    shared_code_method(images_dir)
+    (images_dir / "_empty").mkdir()
+    yaml_file = images_dir / "shared_user" / "method.yaml"
+    yaml_file.write_text(
+        yaml_file.read_text().replace("include: [../_shared]", f"include:\n  - ../_shared\n  - {entry}")
+    )
+    with pytest.raises(SpecError) as err:
+        specs.get("method", "shared_user")
+    assert re.search(rf"/method\.yaml:7: include: {re.escape(repr(entry))}: .*{re.escape(why)}", str(err.value))
+    assert "\n" not in str(err.value)

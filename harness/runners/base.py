@@ -135,7 +135,8 @@ class Runner(ABC):
     @abstractmethod
     def prepare(self, method: MethodSpec) -> str:
         """Make the method ready to start (resolve, pull or build it; at most once per runner) and return what
-        identifies the exact code that runs: an image digest or a hash of the method folder."""
+        identifies the exact code that runs: an image digest or MethodSpec.code_hash (the method folder and the
+        folders it includes)."""
 
     @abstractmethod
     def launch(self, method: MethodSpec, log: Path, contract_socket: Path | None) -> Launched:

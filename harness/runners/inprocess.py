@@ -85,11 +85,14 @@ def load_adapter(method: MethodSpec) -> benchsdk.Method:
     module_name = f"vrbench_adapter_{method.base}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))  # the adapter's own helper modules
+    sys.modules[module_name] = module  # as for an import: a dataclass (dino's Arch) looks its module up there
+    folders = [str(path.parent), *map(str, method.code_folders[1:])]  # its own helper modules, then its includes
+    sys.path[:0] = folders
     try:
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(path.parent))
+        for folder in folders:
+            sys.path.remove(folder)
     classes = [
         c
         for _, c in inspect.getmembers(module, inspect.isclass)
@@ -116,7 +119,7 @@ class InProcessRunner(Runner):
     def prepare(self, method: MethodSpec) -> str:
         if self.instance is not None:
             return instance_ref(self.instance)
-        return "code-sha256:" + hash_path(method.folder)
+        return "code-sha256:" + method.code_hash
 
     def launch(self, method, log, contract_socket):
         raise NotImplementedError("the in-process backend starts no process")

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.provenance import hash_path
 from harness.runners.base import EXIT_WAIT_S, Runner, method_env
 from harness.specs import REPO_ROOT, MethodSpec
 
@@ -55,12 +54,15 @@ class LocalRunner(Runner):
     sandboxed = False
 
     def prepare(self, method: MethodSpec) -> str:
-        return "code-sha256:" + hash_path(method.folder)
+        return "code-sha256:" + method.code_hash
 
     def launch(self, method: MethodSpec, log: Path, contract_socket: Path | None) -> LocalProcess:
         env = dict(
             os.environ,
-            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            # after the adapter's own folder (its cwd and sys.path[0]): the folders it includes, then benchsdk's
+            PYTHONPATH=os.pathsep.join(
+                filter(None, [*map(str, method.code_folders[1:]), str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            ),
             PYTHONUNBUFFERED="1",
         )
         env.pop("BENCH_WEIGHTS", None)  # the harness's own, if set, is not the method's
