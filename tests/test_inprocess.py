@@ -173,3 +173,18 @@ def test_an_adapter_that_defines_a_dataclass_loads(tmp_path):
     )
     (folder / "method.yaml").write_text("name: dc\nversion: '0'\ndescription: x\noutputs: [global]\n")
     assert load_adapter(harness.specs.load_spec(harness.specs.MethodSpec, folder / "method.yaml")).embed_dim == 3
+
+
+def test_an_object_without_its_weights_is_marked_random_init(data_root, tmp_path):
+    class Unweighted(Liar):
+        name = "unweighted"
+
+        def info(self):
+            return {**super().info(), "weights": "random-init"}
+
+        def embed(self, images):
+            return images.mean(axis=(1, 2)).astype(np.float32)
+
+    result = harness.evaluate(Unweighted(), "flowers102_knn", data_root=data_root, results=tmp_path)
+    assert result.status == "ok" and result.provenance.weights == "random-init"
+    assert result.key.method_ref.endswith("+weights:random-init")

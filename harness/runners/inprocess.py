@@ -156,7 +156,9 @@ def instance_ref(instance: benchsdk.Method) -> str:
 
 
 def spec_for(instance: benchsdk.Method) -> MethodSpec:
-    """A method.yaml-equivalent spec for a Method object, from what its info declares."""
+    """A method.yaml-equivalent spec for a Method object, from what its info declares. An info saying
+    `"weights": "random-init"` (the reference backbones' adapters without $BENCH_WEIGHTS) makes the result say so,
+    as a method.yaml run without its declared weights does: never shown as the real method."""
     info = instance.info()
     return MethodSpec(
         name=_name(info.get("name")),
@@ -165,6 +167,7 @@ def spec_for(instance: benchsdk.Method) -> MethodSpec:
         outputs=list(info.get("outputs") or []),
         patch_size=info.get("patch_size"),
         embed_dim=info.get("embed_dim"),
+        random_init=info.get("weights") == "random-init",
     )
 
 
