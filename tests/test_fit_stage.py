@@ -163,3 +163,18 @@ def test_info_declares_the_fit_stage_and_a_global_width():
     assert problem is None and info.fit is True and info.global_dim == 24
     assert "global dim 24" in info.summary() and "fit stage" in info.summary()
     assert MethodInfo.parse(dict(benchsdk.Method().info(), outputs=["global"], embed_dim=3))[0].fit is False
+
+
+def test_procedural_data_too_small_for_the_task_keeps_every_patch_and_image_with_a_note(data_root, tmp_path):
+    """The fungi suite's @m1024000 / @m10240000 memories and the data-efficient 83 images need more training images
+    than the procedural VOC has: there every patch of every image is used, with a note; on real data, an error."""
+    task = specs.get("task", "voc_hummingbird_efficient").with_overrides(
+        {"input_size": 64, "memory_size": 10_240_000, "k": 5, "aug_epochs": 1, "search": "exact", "search_options": {}}
+    )
+    result = harness.evaluate(Recorder(), task, data_root=data_root, results=tmp_path)
+    assert result.status == "ok" and result.details["memory_rows"] == 60 * 16 and result.details["train_images"] == 60
+    assert any("the procedural stand-in has 60, all used" in n for n in result.notes)
+    assert any("every patch of every augmented image is kept" in n for n in result.notes)
+    with pytest.raises(UserError, match="num_train_samples=83 exceeds the 60 training images"):
+        protocol, ctx = task.make_protocol(), RunContext(session=session_of(Recorder()), seed=0)
+        protocol.plan(open_dataset("voc", data_root, synthetic=True), ctx)  # the same data, read as real

@@ -174,7 +174,8 @@ def load_eval_sample(split: SegmentationSplit, size: int, i: int) -> tuple[np.nd
 class MemoryPlan(NamedTuple):
     """What a run builds its memory from: the splits, the training images used (indices), the input size, the
     method's patch size and width, patches kept per augmented image and the memory's rows. On procedural data a
-    memory_size larger than its few training images can fill keeps every patch, with a note (real data: an error)."""
+    memory_size larger than its few training images can fill keeps every patch, and a num_train_samples above them
+    takes them all, each with a note (real data: an error)."""
 
     train: SegmentationSplit
     val: SegmentationSplit
@@ -185,7 +186,7 @@ class MemoryPlan(NamedTuple):
     per_image: int
     rows: int
     every_patch: bool  # the memory keeps every patch (unbounded, or on procedural data too few images)
-    note: str | None = None
+    notes: list[str]  # where procedural data cannot give what the task asks
 
 
 class HummingbirdProtocol(Protocol):
@@ -199,25 +200,26 @@ class HummingbirdProtocol(Protocol):
         p = self.params
         patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
         train, val = train_eval_splits(data, p.train_split, p.eval_split)
-        ids = train_subset(len(train), p.num_train_samples, ctx.seed)
-        n_patches, note = (size // patch) ** 2, None
+        n_patches, samples, notes = (size // patch) ** 2, p.num_train_samples, []
+        if ctx.procedural and samples is not None and samples > len(train):
+            samples = None
+            notes.append(f"num_train_samples={p.num_train_samples}: the procedural stand-in has {len(train)}, all used")
+        ids = train_subset(len(train), samples, ctx.seed)
+        every_patch = p.memory_size is None
         try:
             per_image = patches_per_image(p.memory_size, len(ids), p.aug_epochs, n_patches)
         except UserError:
             if not ctx.procedural:
                 raise
-            per_image, note = (
-                n_patches,
-                (
-                    f"memory_size={p.memory_size} needs more training images than the procedural stand-in has "
-                    f"({len(ids)}): every patch of every augmented image is kept"
-                ),
+            per_image, every_patch = n_patches, True
+            notes.append(
+                f"memory_size={p.memory_size} needs more training images than the procedural stand-in has "
+                f"({len(ids)}): every patch of every augmented image is kept"
             )
         rows = per_image * len(ids) * p.aug_epochs
         if p.k > rows:
             raise UserError(f"k={p.k} neighbours exceeds the {rows} patches of the memory")
-        every_patch = p.memory_size is None or note is not None
-        return MemoryPlan(train, val, ids, size, patch, dim, per_image, rows, every_patch, note)
+        return MemoryPlan(train, val, ids, size, patch, dim, per_image, rows, every_patch, notes)
 
     def memory_batches(
         self, m: MemoryPlan, ctx: RunContext
@@ -260,11 +262,9 @@ class HummingbirdProtocol(Protocol):
             "train_images": len(ids),
             "eval_images": len(val),
         }
-        if p.num_train_samples is not None:
+        if len(ids) < len(train):
             details["train_ids"] = [train.ids[i] for i in ids]
-        notes = [f"search '{p.search}' (the published HummingBird numbers use approximate ScaNN)"] + (
-            [m.note] if m.note else []
-        )
+        notes = [f"search '{p.search}' (the published HummingBird numbers use approximate ScaNN)", *m.notes]
         if size != p.input_size:
             notes.append(f"input_size {p.input_size} rounded down to {size}, a multiple of the patch size {patch}")
         return segmentation_outcome(conf, details, notes)
