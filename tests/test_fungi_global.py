@@ -69,8 +69,8 @@ def data():
     return batch(NEG, 1), batch(3, 2)
 
 
-def ours(model, negatives, views="image", seed=SEED):
-    gf = module().GlobalFungi(model, seed, views=views, target_layer=LAYER, num_negatives=NEG)
+def ours(model, negatives, views="image", seed=SEED, per_call=1):
+    gf = module().GlobalFungi(model, seed, views=views, images_per_call=per_call, target_layer=LAYER, num_negatives=NEG)
     assert gf.fit_negatives(negatives[:5]) is True and gf.needs_more
     assert gf.fit_negatives(negatives[5:]) is False and not gf.needs_more
     return gf
@@ -101,17 +101,19 @@ def reference(model, negatives, queries, views):
     return torch.cat([emb, grads.detach()], dim=-1).numpy()
 
 
-@pytest.mark.parametrize("views", ["image", "stream"])
-def test_features_equal_fungivision_wrapper_output(data, views):
+@pytest.mark.parametrize("views, per_call", [("image", 1), ("image", 3), ("stream", 2)])
+def test_features_equal_fungivision_wrapper_output(data, views, per_call):
+    """The reference calls the wrapper once per image for views="image" and once on all three for "stream"; ours
+    calls it on per_call images at a time."""
     negatives, queries = data
     model = tiny_vit()
     ref = reference(copy.deepcopy(model), negatives, queries, views)
     state = torch.manual_seed(12345).get_state()  # not where the reference left it, which is where ours ends
-    got = ours(model, negatives, views).features(queries)
+    got = ours(model, negatives, views, per_call=per_call).features(queries)
     assert torch.equal(torch.get_rng_state(), state), "GlobalFungi moved the caller's global RNG"
     assert got.shape == ref.shape == (3, 4 * 32) and got.dtype == np.float32
     diff = np.abs(got - ref).max()
-    print(f"views={views}: max abs diff {diff:.3g}")
+    print(f"views={views} images_per_call={per_call}: max abs diff {diff:.3g}")
     assert diff <= 1e-5
 
 

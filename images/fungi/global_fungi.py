@@ -41,7 +41,9 @@ Seeding. fungivision draws everything random from torch's global CPU RNG. Every 
 2. The same stream, continued, in `fit_negatives` once the 64 images are in: SimCLR's `setup` draws
    `torch.randperm(64)` (the order of the negatives).
 3. For the DINO crops of each image (the only random views), by default (`views="image"`) the RNG is re-seeded with
-   `view_seed(seed, image)` (from a SHA-256 of the seed and the image's bytes) before the wrapper sees that image. So a
+   `view_seed(seed, image)` (from a SHA-256 of the seed and the image's bytes) just before fungivision's own
+   `DINOTransform` makes that image's 12 crops (the DINO extractor's `transform` attribute is set to a callable that
+   seeds and then calls the package's transform, unchanged; nothing else draws while views are made). So a
    feature is a function of (seed, pixels) only: the same whatever the batch size, the order of the requests or the
    other images sent, and a duplicated image gets the same feature. The README's loop instead continues one stream
    over the dataset, so there an image's crops depend on its position; `views="stream"` reproduces that exactly
@@ -63,8 +65,9 @@ fungivision 0.0.2's defects, worked around without touching it:
 
 Cost: 1 + 12 + 49 = 62 forward passes at 224 per image (backward only from the loss to blocks.11.attn.proj, which is
 all that requires grad) plus the embedding forward, and 64 × 49 = 3,136 no-grad forwards once for the negatives.
-Images go to the wrapper one at a time (bounded memory: 49 views; needed for per-image seeding). docs/fungi_global.md
-has the measured times.
+`images_per_call` images go to the wrapper per call (default 1: 49 views in a batch, bounded memory; more batches the
+views of several images, which changes no draw and only the float rounding of batched matmuls, about 2e-6, and gave no
+speed-up on the 2-core CPU; it may on a GPU). docs/fungi_global.md has the measured times.
 """
 
 from __future__ import annotations
@@ -108,6 +111,18 @@ def view_seed(seed: int, image: np.ndarray) -> int:
     return int.from_bytes(h.digest()[:8], "little") & (2**63 - 1)
 
 
+class SeededViews:
+    """fungivision's DINOTransform (unchanged), called with the torch RNG seeded from view_seed(seed, image) first:
+    the DINO extractor's `transform` under views="image"."""
+
+    def __init__(self, transform, seed: int):
+        self.transform, self.seed = transform, int(seed)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        torch.manual_seed(view_seed(self.seed, np.asarray(image)))
+        return self.transform(image)
+
+
 def to_pil(image: np.ndarray) -> Image.Image:
     """One harness image (H, W, 3) uint8 RGB as the PIL image fungivision takes."""
     return Image.fromarray(np.ascontiguousarray(image))  # (H, W, 3) uint8: mode RGB
@@ -134,7 +149,8 @@ class GlobalFungi:
 
     model: the timm ViT (images/dino builds `timm.create_model("vit_small_patch16_224", num_classes=0)`); frozen and
     hooked in place. seed: the setup seed (Seeding, in the module docstring). views: "image" (default) or "stream".
-    target_layer and num_negatives: fungivision's (tests use a shallower model and fewer negatives)."""
+    images_per_call: images per wrapper call. target_layer and num_negatives: fungivision's (tests use a shallower
+    model and fewer negatives)."""
 
     def __init__(
         self,
@@ -143,6 +159,7 @@ class GlobalFungi:
         device: str | torch.device = "cpu",
         *,
         views: str = "image",
+        images_per_call: int = 1,
         target_layer: str = TARGET_LAYER,
         num_negatives: int = NUM_NEGATIVES,
     ):
@@ -150,7 +167,10 @@ class GlobalFungi:
             raise ValueError(f"views must be one of {VIEWS}, not {views!r}")
         if hasattr(model, "autograd_hacks_hooks"):
             raise ValueError("this model is already wrapped by fungivision (its hooks are on it): give a fresh copy")
+        if images_per_call < 1:
+            raise ValueError(f"images_per_call must be at least 1, not {images_per_call}")
         self.seed, self.views, self.num_negatives = int(seed), views, int(num_negatives)
+        self.images_per_call = int(images_per_call)
         self.device = torch.device(device)
         self.model = model.eval()
         with self._rng(seed=self.seed):
@@ -167,6 +187,9 @@ class GlobalFungi:
         simclr = self.wrapper.extractors[2]
         if simclr.transform.patch_size * 2 != INPUT_DIM:  # the input_dim defect is harmless only at 224
             raise RuntimeError(f"fungivision's Patchify windows are {simclr.transform.patch_size} px, not 112")
+        if views == "image":
+            dino = self.wrapper.extractors[1]
+            dino.transform = SeededViews(dino.transform, self.seed)
         self._negatives: list[np.ndarray] = []
         self.ready = False
 
@@ -216,7 +239,8 @@ class GlobalFungi:
             return self.model.forward_features(x)[:, 0].float()
 
     def gradients(self, images: np.ndarray) -> torch.Tensor:
-        """fungivision's three L2-normalised gradient blocks, (N, 3E) float32, one image per wrapper call."""
+        """fungivision's three L2-normalised gradient blocks, (N, 3E) float32, images_per_call images per wrapper
+        call."""
         images = _check_batch(images, "gradients")
         if self.needs_more:
             raise RuntimeError(
@@ -224,13 +248,11 @@ class GlobalFungi:
                 f"it has {len(self._negatives)}: give more to fit_negatives"
             )
         out = []
-        for image in images:
-            if self.views == "image":
-                with self._rng(seed=view_seed(self.seed, image)):
-                    out.append(self.wrapper([to_pil(image)]).detach())
-            else:
-                with self._rng(self._stream):
-                    out.append(self.wrapper([to_pil(image)]).detach())
+        for start in range(0, len(images), self.images_per_call):
+            chunk = [to_pil(image) for image in images[start : start + self.images_per_call]]
+            with self._rng(self._stream):  # views="image": SeededViews re-seeds per image
+                out.append(self.wrapper(chunk).detach())
+                if self.views == "stream":
                     self._stream = torch.get_rng_state()
         return torch.cat(out).float() if out else torch.zeros(0, 3 * self.embed_dim)
 
