@@ -1,6 +1,6 @@
 """images/fungi/global_fungi.py against fungivision 0.0.2's own FUNGIWrapper, called as its README does.
 
-A tiny timm ViT (width 32, 2 blocks, patch 16: fungivision's views are always 224 px) and 8 negatives instead of 64
+A tiny timm ViT (width 32, 2 blocks, patch 16: fungivision's views are always 224 px) and 4 negatives instead of 64
 (`num_negatives`; the 64-image default is checked on its own) keep it fast. The reference builds its wrapper on a
 deep copy of the same weights after `torch.manual_seed(seed)`, calls `setup` with a dataset of (PIL image, label)
 pairs and then the wrapper on PIL images, re-seeding per image with `view_seed` for views="image" and not at all
@@ -25,7 +25,7 @@ timm = pytest.importorskip("timm")
 from fungivision.wrapper import FUNGIWrapper  # noqa: E402
 from PIL import Image  # noqa: E402
 
-SEED, NEG, LAYER = 7, 8, "blocks.1.attn.proj"
+SEED, NEG, LAYER = 7, 4, "blocks.1.attn.proj"
 # the reference's direct fungivision calls repeat these on every call (global_fungi.py silences them for its own)
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The transform `ToTensor:UserWarning"),
@@ -71,8 +71,8 @@ def data():
 
 def ours(model, negatives, views="image", seed=SEED, per_call=1):
     gf = module().GlobalFungi(model, seed, views=views, images_per_call=per_call, target_layer=LAYER, num_negatives=NEG)
-    assert gf.fit_negatives(negatives[:5]) is True and gf.needs_more
-    assert gf.fit_negatives(negatives[5:]) is False and not gf.needs_more
+    assert gf.fit_negatives(negatives[:2]) is True and gf.needs_more
+    assert gf.fit_negatives(negatives[2:]) is False and not gf.needs_more
     return gf
 
 
