@@ -19,24 +19,37 @@ import os
 import socket
 import sys
 import traceback
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from benchsdk.wire import PROTOCOL_VERSION, WireError, encode, read_frame
 
-__all__ = ["Method", "serve", "PROTOCOL_VERSION"]
+__all__ = ["FitBatch", "Method", "serve", "PROTOCOL_VERSION"]
 __version__ = "1.0.0"
 
 
+class FitBatch(NamedTuple):
+    """One batch of a fit stage (images/CONTRACT.md, "Fit stages"). `labels`: int64 (N,) class labels, only where
+    the task allows them (`fit_labels: true`) and the protocol has them; `patches`: int64 (N, K) row-major indices of
+    the patches a protocol itself keeps from each image (HummingBird: its memory's label-driven sampling), or None."""
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    patches: np.ndarray | None = None
+
+
 class Method:
-    """Base class of a method adapter. Override what you declare in `outputs`."""
+    """Base class of a method adapter. Override what you declare in `outputs`; a method with a fit stage sets
+    `fit_stage = True` (as its method.yaml says `fit: true`) and overrides `fit`."""
 
     name: str = "unnamed"
     version: str = "0"
     outputs: tuple[str, ...] = ()  # subset of ("global", "dense", "masks")
     patch_size: int | None = None  # for dense outputs: pixels per patch side
     embed_dim: int | None = None
+    global_dim: int | None = None  # the width of global outputs where it differs from embed_dim (the dense one)
+    fit_stage: bool = False  # the harness runs `fit` on the task's training split before any work
 
     def info(self) -> dict:
         return {
@@ -45,6 +58,8 @@ class Method:
             "outputs": list(self.outputs),
             "patch_size": self.patch_size,
             "embed_dim": self.embed_dim,
+            **({"global_dim": self.global_dim} if self.global_dim is not None else {}),
+            "fit": self.fit_stage,
         }
 
     def setup(self, seed: int, task: dict) -> None:
@@ -62,8 +77,9 @@ class Method:
         """uint8 (N, H, W, 3) RGB -> masks (N, K, H, W), or (masks, reconstructions (N, 3, H, W))."""
         raise NotImplementedError("this method does not produce object masks")
 
-    def fit(self, batches: Iterator[tuple[np.ndarray, np.ndarray | None]]) -> None:
-        """Optional training stage: iterate (images, labels-or-None) batches of the training split."""
+    def fit(self, batches: Iterator[FitBatch]) -> None:
+        """Optional training stage: iterate FitBatch (images, labels, patches) batches of the training split, in
+        the protocol's order. Returning before the end stops the stream: the harness sends no more."""
 
 
 class _Server:
@@ -162,31 +178,37 @@ class _Server:
         """fit_start, fit_batch*, fit_end: every frame gets a reply; the method pulls batches lazily.
 
         A batch is acknowledged when the method asks for the next one, so an error raised while the
-        method works on a batch becomes the reply to that batch."""
+        method works on a batch becomes the reply to that batch. When the method returns before the stream ends,
+        the batch it last took (or the next one) is answered `done: true`, and the harness sends fit_end."""
         state = {"pending": False, "ended": False}
 
-        def next_batch():
-            if state["pending"]:
-                self.send({"ok": True})
-                state["pending"] = False
+        def read_batch():
             header, arrays = read_frame(self.read_exact)
             if header.get("op") == "fit_end":
                 state["ended"] = True
                 return None
             if header.get("op") != "fit_batch":
                 raise WireError(f"expected fit_batch or fit_end, got {header.get('op')!r}")
-            state["pending"] = True
-            return arrays["images"], arrays.get("labels")
+            return FitBatch(arrays["images"], arrays.get("labels"), arrays.get("patches"))
 
         def batches():
-            while not state["ended"] and (batch := next_batch()) is not None:
+            while not state["ended"]:
+                if state["pending"]:
+                    self.send({"ok": True})
+                    state["pending"] = False
+                batch = read_batch()
+                if batch is None:
+                    return
+                state["pending"] = True
                 yield batch
 
         self.send({"ok": True})
         try:
             self.method.fit(batches())
-            while not state["ended"]:  # drain what the method did not consume
-                next_batch()
+            while not state["ended"]:  # the method has had enough: every further batch is answered done
+                if state["pending"] or read_batch() is not None:
+                    self.send({"ok": True, "done": True})
+                    state["pending"] = False
             self.send({"ok": True})
         except Exception as exc:
             if not (state["pending"] or state["ended"]):

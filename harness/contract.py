@@ -9,6 +9,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from benchsdk import FitBatch  # one batch of a fit stage: the SDK's type is the contract's
+
+__all__ = ["FitBatch", "MethodInfo", "OPS", "OUTPUTS", "Output", "OutputKind"]
+
 OutputKind = Literal["global", "dense", "masks"]
 
 
@@ -27,7 +31,7 @@ class Output:
         """The shape a reply to `images_shape` (N, H, W, 3) has; `slots`: masks per image (the method's choice)."""
         n, h, w, _ = images_shape
         if self.kind == "global":
-            return n, info.embed_dim
+            return n, info.global_dim or info.embed_dim
         if self.kind == "dense":
             return n, h // info.patch_size, w // info.patch_size, info.embed_dim
         return n, slots, h, w
@@ -53,6 +57,8 @@ class MethodInfo(BaseModel):
     outputs: list[OutputKind] = Field(min_length=1)
     patch_size: int | None = Field(default=None, gt=0)
     embed_dim: int | None = Field(default=None, gt=0)
+    global_dim: int | None = Field(default=None, gt=0)  # global outputs' width where it differs from embed_dim
+    fit: StrictBool = False  # has a fit stage (method.yaml `fit: true`)
     masks_have_background: StrictBool = True  # masks: is slot 0 the background? (true or false, nothing else)
     protocol: int | None = None
     sdk: str | None = None
@@ -77,4 +83,5 @@ class MethodInfo(BaseModel):
         return (None, problem) if (problem := model.missing()) else (model, None)
 
     def summary(self) -> str:
-        return f"{', '.join(self.outputs)}; patch {self.patch_size}, dim {self.embed_dim}"
+        dims = f"dim {self.embed_dim}" + (f", global dim {self.global_dim}" if self.global_dim else "")
+        return f"{', '.join(self.outputs)}; patch {self.patch_size}, {dims}" + ("; fit stage" if self.fit else "")

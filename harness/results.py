@@ -82,7 +82,8 @@ class Provenance(_Model):
 
 class Timings(_Model):
     total_s: float
-    method_s: float = Field(description="waiting on the method, transport included")
+    method_s: float = Field(description="waiting on the method, transport included (its fit stage apart)")
+    fit_s: float = Field(default=0.0, description="waiting on the method's fit stage")
     data_s: float = Field(description="waiting on decoding and preprocessing")
     evaluator_s: float
     harness_s: float = Field(description="everything else: start-up, dataset checks, bookkeeping")

@@ -42,6 +42,8 @@ def _log(msg: str) -> None:
 def incompatibility(method: specs.MethodSpec, task: specs.TaskSpec) -> str | None:
     if task.output not in method.outputs:
         return f"method {method.name} produces {method.outputs}, task {task.name} needs {task.output!r} outputs"
+    if method.fit and not task.protocol_class.has_fit_stage():
+        return f"method {method.name} has a fit stage, and task {task.name}'s protocol {task.protocol!r} has none yet"
     return None
 
 
@@ -77,6 +79,7 @@ def run_cell(
         runner.name,
         lambda: runner.start(method, seed, task_info, opts.timeout_s or task.timeout_s),
         sandboxed=runner.sandboxed,
+        fit=method.fit,
         weights=RANDOM_INIT if method.random_init else f"sha256:{d}" if (d := method.weights_digest) else None,
     )
 
@@ -103,8 +106,9 @@ class Prepared:
     ctx: RunContext
 
 
-def prepare(task: specs.TaskSpec, seed: int, opts: RunOptions) -> Prepared:
-    """Open the task's dataset and make its protocol and run context; bad data raises UserError."""
+def prepare(task: specs.TaskSpec, seed: int, opts: RunOptions, fit: bool = False) -> Prepared:
+    """Open the task's dataset and make its protocol and run context (`fit`: the method has a fit stage); bad data
+    raises UserError."""
     dataset = open_dataset(task.dataset, opts.data_root, synthetic=opts.synthetic)
     dataset_info = DatasetInfo(
         name=task.dataset,
@@ -115,6 +119,9 @@ def prepare(task: specs.TaskSpec, seed: int, opts: RunOptions) -> Prepared:
     ctx = RunContext(
         session=None,
         seed=seed,
+        fit=fit,
+        fit_labels=task.fit_labels,
+        procedural=opts.synthetic,
         device="cuda" if gpu_name() else "cpu",
         batch_size=task.batch_size,
         num_workers=opts.num_workers,
@@ -132,31 +139,33 @@ def score_cell(
     start: Callable[[], ContextManager[RunningMethod]],
     external: bool = False,
     sandboxed: bool = False,
+    fit: bool = False,
     weights: str | None = None,
 ) -> RunResult:
     """Score one cell with the session that `start()` provides and store the result, or return the stored
     result of an equal key. The session comes from a runner (a started method) or, for external outputs,
-    from replayed files."""
+    from replayed files. `fit`: the method has a fit stage, which the protocol runs first (timed as fit_s)."""
     cached = store.get(key)
     if cached is not None and cached.status == "ok" and not opts.force:
         _log(f"{key.method} x {task.name} seed {key.seed} ({key.data}): cached, skipped ({store.path(key)})")
         return cached
 
     t0, started = time.perf_counter(), now()
-    run = prepare(task, key.seed, opts)
+    run = prepare(task, key.seed, opts, fit=fit)
     ctx = run.ctx
     _log(f"{key.method} x {task.name} seed {key.seed} ({key.data} data, {backend} backend)")
     status, error, log_tail, outcome, running = "ok", None, "", None, None
     try:
         with start() as running:
             ctx.session = running.session
-            outcome = run.protocol.run(run.dataset, ctx)
+            outcome = run.protocol.execute(run.dataset, ctx)
     except MethodFailure as e:
         status, error, log_tail = "timeout" if isinstance(e, MethodTimeout) else "failed", str(e), e.log_tail
 
     session = running.session if running else None
     total = time.perf_counter() - t0
     method_s = session.method_seconds if session else 0.0
+    fit_s = session.fit_seconds if session else 0.0
     data_s, evaluator_s = ctx.stopwatch.totals["data"], ctx.stopwatch.totals["evaluator"]
     result = RunResult(
         key=key,
@@ -184,9 +193,10 @@ def score_cell(
         timings=Timings(
             total_s=total,
             method_s=method_s,
+            fit_s=fit_s,
             data_s=data_s,
             evaluator_s=evaluator_s,
-            harness_s=max(0.0, total - method_s - data_s - evaluator_s),
+            harness_s=max(0.0, total - method_s - fit_s - data_s - evaluator_s),
             images_sent=session.images_sent if session else 0,
             bytes_sent=session.bytes_sent if session else 0,
         ),

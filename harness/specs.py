@@ -155,10 +155,14 @@ class TaskSpec(_Spec):
     def protocol_params(self):
         return self._params_class()(**self.params)
 
-    def make_protocol(self):
+    @property
+    def protocol_class(self):
         from harness.protocols import PROTOCOLS
 
-        return PROTOCOLS[self.protocol](self.protocol_params)
+        return PROTOCOLS[self.protocol]
+
+    def make_protocol(self):
+        return self.protocol_class(self.protocol_params)
 
     @property
     def output(self) -> str:

@@ -21,14 +21,15 @@ class Check:
     detail: str
 
 
-def _run_sessions(spec: MethodSpec, timeout_s: float, work) -> tuple[object, str | None]:
-    """work(session) in one sandboxed session of `spec`; returns (its value, None) or (None, why it failed)."""
+def _run_sessions(spec: MethodSpec, timeout_s: float, work, output: str | None = None) -> tuple[object, str | None]:
+    """work(session) in one sandboxed session of `spec` (set up for `output`); returns (its value, None) or (None, why
+    it failed)."""
     from harness.runners.docker import DockerRunner
 
     running = None
     try:
         with DockerRunner().start(
-            spec, 0, {"name": "validate", "version": 0, "output": None, "seed": 0}, timeout_s
+            spec, 0, {"name": "validate", "version": 0, "output": output, "seed": 0}, timeout_s
         ) as running:
             return work(running.session), None
     except MethodFailure as e:
@@ -37,21 +38,37 @@ def _run_sessions(spec: MethodSpec, timeout_s: float, work) -> tuple[object, str
         return None, f"{e}" + (f" (log: {tail[0][:200]})" if tail else "")
 
 
-def _fixed_batch_outputs(session, info: MethodInfo) -> dict:
-    """Every declared output on one fixed random batch (masks and reconstructions flattened together)."""
+def _fixed_batch_output(session, info: MethodInfo, kind: str):
+    """Output `kind` on one fixed random batch (masks and reconstructions flattened together), after a fit stage on
+    that batch for a method that has one."""
     import numpy as np
 
+    from harness.contract import FitBatch
+
     rng = np.random.default_rng(1234)
-    side = {"global": 224, "dense": 224 // (info.patch_size or 1) * (info.patch_size or 1), "masks": 128}
-    out = {}
+    side = {"global": 224, "dense": 224 // (info.patch_size or 1) * (info.patch_size or 1), "masks": 128}[kind]
+    batch = rng.integers(0, 256, (4 if kind == "global" else 2, side, side, 3), dtype=np.uint8)
+    if info.fit:
+        session.fit(iter([FitBatch(batch)]), with_labels=False)
+    reply = getattr(session, OUTPUTS[kind].op)(batch)
+    if kind == "masks":
+        masks, recon = reply
+        reply = masks if recon is None else np.concatenate([masks.ravel(), recon.ravel()])
+    return reply
+
+
+def _determinism(spec: MethodSpec, info: MethodInfo, timeout_s: float) -> Check:
+    """Each declared output twice, in two sessions with seed 0 (a fit stage first, where the method has one)."""
+    import numpy as np
+
+    name, diffs = "determinism (seed 0, twice)", {}
     for kind in info.outputs:
-        batch = rng.integers(0, 256, (4 if kind == "global" else 2, side[kind], side[kind], 3), dtype=np.uint8)
-        reply = getattr(session, OUTPUTS[kind].op)(batch)
-        if kind == "masks":
-            masks, recon = reply
-            reply = masks if recon is None else np.concatenate([masks.ravel(), recon.ravel()])
-        out[kind] = reply
-    return out
+        runs = [_run_sessions(spec, timeout_s, lambda s: _fixed_batch_output(s, info, kind), kind) for _ in range(2)]
+        if error := runs[0][1] or runs[1][1]:
+            return Check(name, False, error)
+        if not np.array_equal(runs[0][0], runs[1][0]):
+            diffs[kind] = float(np.max(np.abs(runs[0][0] - runs[1][0]), initial=0))
+    return Check(name, not diffs, f"outputs differ: max |diff| {diffs}" if diffs else "equal outputs")
 
 
 def candidate_yaml(name: str, image: str, info: MethodInfo, **meta) -> str:
@@ -65,6 +82,7 @@ def candidate_yaml(name: str, image: str, info: MethodInfo, **meta) -> str:
         "outputs": info.outputs,
         "patch_size": info.patch_size,
         "embed_dim": info.embed_dim,
+        "fit": info.fit or None,
         "image": image,
         **meta,
     }
@@ -76,7 +94,6 @@ def validate(
 ) -> tuple[ResolvedImage, MethodInfo | None, list[Check]]:
     """Run an image through the conformance checks, every one in the full sandbox (no network); `tasks` default to
     the smoke suite's."""
-    import numpy as np
 
     from harness import specs
     from harness.results import ResultStore
@@ -105,6 +122,7 @@ def validate(
         outputs=info.outputs,
         patch_size=info.patch_size,
         embed_dim=info.embed_dim,
+        fit=info.fit,
         image=resolved.id,
     )
     runner = DockerRunner()
@@ -112,8 +130,8 @@ def validate(
         store = ResultStore(Path(tmp) / "results")
         opts = RunOptions(backend="docker", synthetic=True, data_root=data_root, timeout_s=timeout_s, progress=False)
         for task in (specs.get("task", t) for t in tasks or specs.get("suite", "smoke").tasks):
-            if incompatibility(spec, task):
-                checks.append(Check(f"task {task.name}", None, f"skipped: needs {task.output!r} outputs"))
+            if reason := incompatibility(spec, task):
+                checks.append(Check(f"task {task.name}", None, f"skipped: {reason}"))
                 continue
             try:
                 r = run_cell(spec, task, 0, opts, store, runner)
@@ -128,17 +146,7 @@ def validate(
                 else f"{r.status}: {r.error}"
             )
             checks.append(Check(f"task {task.name} (procedural)", r.status == "ok", detail))
-    runs = [_run_sessions(spec, timeout_s, lambda s: _fixed_batch_outputs(s, info)) for _ in range(2)]
-    if runs[0][1] or runs[1][1]:
-        checks.append(Check("determinism (seed 0, twice)", False, runs[0][1] or runs[1][1]))
-    else:
-        diffs = {k: float(np.max(np.abs(runs[0][0][k] - runs[1][0][k]), initial=0)) for k in runs[0][0]}
-        same = all(np.array_equal(runs[0][0][k], runs[1][0][k]) for k in runs[0][0])
-        checks.append(
-            Check(
-                "determinism (seed 0, twice)", same, "equal outputs" if same else f"outputs differ: max |diff| {diffs}"
-            )
-        )
+    checks.append(_determinism(spec, info, timeout_s))
     sandboxed = all(c.ok is not False for c in checks)
     checks.append(
         Check(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchsdk import FitBatch
 from benchsdk.wire import MAGIC, WireError, encode, read_frame
 from harness.errors import MethodFailure, MethodTimeout, SpecError, UserError
 from harness.runners.local import LocalRunner
@@ -102,7 +103,7 @@ def test_method_prints_on_stdout_do_not_corrupt_the_stream():
 
 
 def test_fit_streams_training_images_and_labels_only_when_allowed():
-    batches = [(images(4, seed=i), np.arange(4, dtype=np.int64) + i) for i in range(3)]
+    batches = [FitBatch(images(4, seed=i), np.arange(4, dtype=np.int64) + i) for i in range(3)]
     mean = np.concatenate([b[0] for b in batches]).reshape(-1, 3).mean(0)
     for with_labels, label_sum in ((False, -1.0), (True, float(sum(b[1].sum() for b in batches)))):
         with start("fitter") as running:
@@ -116,8 +117,26 @@ def test_an_error_inside_fit_fails_the_stage_and_the_method_keeps_serving(monkey
     monkeypatch.setenv("FITTER_FAIL_AT", "2")
     with start("fitter") as running:
         with pytest.raises(MethodFailure, match="fit failed at batch 2"):
-            running.session.fit(iter([(images(2, seed=i), None) for i in range(4)]), with_labels=False)
+            running.session.fit(iter([FitBatch(images(2, seed=i)) for i in range(4)]), with_labels=False)
         assert running.session.embed(images(1)).shape == (1, 4)
+
+
+def test_a_method_that_returns_from_fit_early_stops_the_stream(monkeypatch):
+    monkeypatch.setenv("FITTER_STOP_AFTER", "2")
+    sent = []
+
+    def batches():
+        for i in range(5):
+            sent.append(i)
+            yield FitBatch(images(2, seed=i))
+
+    with start("fitter") as running:
+        running.session.fit(batches(), with_labels=False)
+        out = running.session.embed(np.zeros((1, 16, 16, 3), np.uint8))
+    assert sent == [0, 1]  # the third batch was never made
+    mean = np.concatenate([images(2, seed=i) for i in range(2)]).reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(out[0, :3], mean, rtol=1e-5)
+    assert running.session.fit_seconds > 0 and running.session.images_sent == 4 + 1  # two fit batches, one embed
 
 
 @pytest.mark.parametrize(

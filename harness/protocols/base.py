@@ -3,6 +3,8 @@
 A protocol owns a task's preprocessing and scoring: it reads the dataset splits it needs, sends the method
 uint8 RGB batches through the session, and scores what comes back with the harness's own evaluator.
 Evaluation labels stay here; only images (and, where a task allows, training labels for `fit`) reach a method.
+A method with a fit stage (method.yaml `fit: true`) gets the protocol's `fit_batches` first, on the task's training
+split with the task's own preprocessing (`Protocol.execute`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from harness.contract import MethodInfo, OutputKind
+from harness.contract import FitBatch, MethodInfo, OutputKind
 from harness.data.base import DatasetReader
 from harness.data.loader import iter_batches, timed
 from harness.errors import MethodFailure, UserError
@@ -61,15 +63,19 @@ class Session(typing.Protocol):
 
     def segment(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
-    def fit(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], with_labels: bool) -> None: ...
+    def fit(self, batches: Iterable[FitBatch], with_labels: bool) -> None: ...
 
 
 @dataclass
 class RunContext:
-    """What a protocol gets besides its dataset: the method session and the run's settings."""
+    """What a protocol gets besides its dataset: the method session and the run's settings. `fit`: the method has
+    a fit stage; `fit_labels`: the task lets it see training labels (and label-driven patch selections)."""
 
     session: Session | None
     seed: int
+    fit: bool = False
+    fit_labels: bool = False
+    procedural: bool = False  # the dataset is a procedural stand-in
     device: str = "cpu"  # "cuda" when a GPU is present; evaluators may use it
     batch_size: int = 16
     num_workers: int = 2
@@ -150,3 +156,19 @@ class Protocol(ABC):
     @abstractmethod
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         """Stream the task's images through ctx.session, score the outputs, return the outcome."""
+
+    def fit_batches(self, data: DatasetReader, ctx: RunContext) -> Iterator[FitBatch]:
+        """The training batches a method's fit stage gets: the task's training split with the task's own
+        preprocessing, in a seeded order; labels where the task's `fit_labels` allows them. A protocol without
+        one leaves this undefined, and methods with a fit stage cannot run its tasks."""
+        raise NotImplementedError
+
+    @classmethod
+    def has_fit_stage(cls) -> bool:
+        return cls.fit_batches is not Protocol.fit_batches
+
+    def execute(self, data: DatasetReader, ctx: RunContext) -> Outcome:
+        """The method's fit stage (when it has one) on `fit_batches`, then `run`."""
+        if ctx.fit:
+            ctx.session.fit(self.fit_batches(data, ctx), ctx.fit_labels)
+        return self.run(data, ctx)

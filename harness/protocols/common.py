@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import numpy as np
@@ -10,6 +10,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from harness.contract import FitBatch
 from harness.data.base import ClassificationSplit, DatasetReader, SegmentationSplit, Split
 from harness.data.transforms import dino_eval_transform, resize_mask_nearest, squash_resize
 from harness.errors import DataError
@@ -39,6 +40,24 @@ def embed_split(
         chunks.append(ctx.embed(images, dim))
         dim = chunks[0].shape[1]
     return np.concatenate(chunks)
+
+
+def _load_nth(split: ClassificationSplit, load: Callable, order: np.ndarray, i: int) -> tuple:
+    return load(split, int(order[i]))
+
+
+def fit_split_batches(
+    split: ClassificationSplit, load: Callable[[ClassificationSplit, int], tuple], ctx: RunContext, desc: str
+) -> Iterator[FitBatch]:
+    """A classification split for a method's fit stage: its images loaded by `load(split, i)` in an order shuffled
+    by the run's seed (a method that takes only the first few gets a random sample), with their labels, which the
+    session passes on only where the task's fit_labels allows."""
+    order = np.random.default_rng([ctx.seed, 0xF17]).permutation(len(split))
+    labels = np.asarray(split.labels, dtype=np.int64)
+    start = 0
+    for (images,) in ctx.batches(len(split), partial(_load_nth, split, load, order), desc):
+        yield FitBatch(images, labels[order[start : start + len(images)]])
+        start += len(images)
 
 
 def load_knn_image(split: ClassificationSplit, i: int) -> tuple[np.ndarray]:

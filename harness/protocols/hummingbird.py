@@ -15,14 +15,16 @@ image has, or k above the memory size, is a clear error instead of a crash. Mask
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
+from harness.contract import FitBatch
 from harness.data.base import DatasetReader, SegmentationSplit
 from harness.data.transforms import hbird_train_augment, resize_mask_nearest, squash_resize
 from harness.errors import DataError, UserError
@@ -169,6 +171,23 @@ def load_eval_sample(split: SegmentationSplit, size: int, i: int) -> tuple[np.nd
     return squash_resize(split.image(i), size), resize_mask_nearest(split.mask(i), size)
 
 
+class MemoryPlan(NamedTuple):
+    """What a run builds its memory from: the splits, the training images used (indices), the input size, the
+    method's patch size and width, patches kept per augmented image and the memory's rows. On procedural data a
+    memory_size larger than its few training images can fill keeps every patch, with a note (real data: an error)."""
+
+    train: SegmentationSplit
+    val: SegmentationSplit
+    ids: np.ndarray
+    size: int
+    patch: int
+    dim: int
+    per_image: int
+    rows: int
+    every_patch: bool  # the memory keeps every patch (unbounded, or on procedural data too few images)
+    note: str | None = None
+
+
 class HummingbirdProtocol(Protocol):
     name = "hummingbird"
     Params = HummingbirdParams
@@ -176,17 +195,58 @@ class HummingbirdProtocol(Protocol):
     main_metric = "miou"
     params: HummingbirdParams
 
-    def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
+    def plan(self, data: DatasetReader, ctx: RunContext) -> MemoryPlan:
         p = self.params
         patch, dim, size = dense_geometry(ctx.session.info, p.input_size)
         train, val = train_eval_splits(data, p.train_split, p.eval_split)
         ids = train_subset(len(train), p.num_train_samples, ctx.seed)
-        per_image = patches_per_image(p.memory_size, len(ids), p.aug_epochs, (size // patch) ** 2)
+        n_patches, note = (size // patch) ** 2, None
+        try:
+            per_image = patches_per_image(p.memory_size, len(ids), p.aug_epochs, n_patches)
+        except UserError:
+            if not ctx.procedural:
+                raise
+            per_image, note = (
+                n_patches,
+                (
+                    f"memory_size={p.memory_size} needs more training images than the procedural stand-in has "
+                    f"({len(ids)}): every patch of every augmented image is kept"
+                ),
+            )
         rows = per_image * len(ids) * p.aug_epochs
         if p.k > rows:
             raise UserError(f"k={p.k} neighbours exceeds the {rows} patches of the memory")
+        every_patch = p.memory_size is None or note is not None
+        return MemoryPlan(train, val, ids, size, patch, dim, per_image, rows, every_patch, note)
 
-        bank, label_bank = self._build_memory(train, ids, size, patch, dim, per_image, rows, ctx)
+    def memory_batches(
+        self, m: MemoryPlan, ctx: RunContext
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(images, patch class counts (B, h·w, C), kept patch indices (B, K) or None for all) of every augmentation
+        epoch, in order: the memory's training batches, which a method's fit stage gets too. Counting and selecting
+        patches is timed as the evaluator's work."""
+        p, grid = self.params, m.size // m.patch
+        for epoch in range(p.aug_epochs):
+            load = partial(load_train_sample, m.train, m.ids, m.size, ctx.seed, epoch, grid * grid)
+            desc = f"hummingbird memory {epoch + 1}/{p.aug_epochs}"
+            for images, masks, noise in ctx.batches(len(m.ids), load, desc):
+                with ctx.evaluating():
+                    counts = patch_class_counts(masks, m.patch, m.train.num_classes)
+                    keep = None if m.every_patch else select_patches(counts, m.per_image, noise)
+                yield images, counts, keep
+
+    def fit_batches(self, data: DatasetReader, ctx: RunContext) -> Iterator[FitBatch]:
+        """The memory's augmented training images, every epoch, with the patches the memory keeps of each (when the
+        task's fit_labels allows them: the selection is label-driven); masks never leave the harness."""
+        for images, counts, keep in self.memory_batches(self.plan(data, ctx), ctx):
+            keep = np.tile(np.arange(counts.shape[1]), (len(images), 1)) if keep is None else keep
+            yield FitBatch(images, None, keep.astype(np.int64))
+
+    def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
+        p = self.params
+        m = self.plan(data, ctx)
+        train, val, ids, size, patch, dim, per_image, rows = m[:8]
+        bank, label_bank = self._build_memory(m, ctx)
         with ctx.evaluating():  # building an index (faiss, ScaNN) is the evaluator's work
             search = make_search(p.search, bank, dtype=p.memory_dtype, **p.search_options)
         del bank  # what the backend needs, it holds
@@ -202,40 +262,25 @@ class HummingbirdProtocol(Protocol):
         }
         if p.num_train_samples is not None:
             details["train_ids"] = [train.ids[i] for i in ids]
-        notes = [f"search '{p.search}' (the published HummingBird numbers use approximate ScaNN)"]
+        notes = [f"search '{p.search}' (the published HummingBird numbers use approximate ScaNN)"] + (
+            [m.note] if m.note else []
+        )
         if size != p.input_size:
             notes.append(f"input_size {p.input_size} rounded down to {size}, a multiple of the patch size {patch}")
         return segmentation_outcome(conf, details, notes)
 
-    def _build_memory(
-        self,
-        train: SegmentationSplit,
-        ids: np.ndarray,
-        size: int,
-        patch: int,
-        dim: int,
-        per_image: int,
-        rows: int,
-        ctx: RunContext,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _build_memory(self, m: MemoryPlan, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(features (rows, D) in memory_dtype, soft labels (rows, C) float32) on ctx.device."""
-        p = self.params
-        grid = size // patch
-        bank = torch.empty((rows, dim), dtype=MEMORY_DTYPES[p.memory_dtype], device=ctx.device)
-        label_bank = torch.empty((rows, train.num_classes), dtype=torch.float32, device=ctx.device)
+        bank = torch.empty((m.rows, m.dim), dtype=MEMORY_DTYPES[self.params.memory_dtype], device=ctx.device)
+        label_bank = torch.empty((m.rows, m.train.num_classes), dtype=torch.float32, device=ctx.device)
         filled = 0
-        for epoch in range(p.aug_epochs):
-            load = partial(load_train_sample, train, ids, size, ctx.seed, epoch, grid * grid)
-            desc = f"hummingbird memory {epoch + 1}/{p.aug_epochs}"
-            for images, masks, noise in ctx.batches(len(ids), load, desc):
-                features = ctx.embed_dense(images, grid, dim)
-                with ctx.evaluating():
-                    counts = patch_class_counts(masks, patch, train.num_classes)
-                    keep = None if p.memory_size is None else select_patches(counts, per_image, noise)
-                    entries, labels = memory_entries(features, counts, keep, ctx.device)
-                    bank[filled : filled + len(entries)] = entries.to(bank.dtype)
-                    label_bank[filled : filled + len(entries)] = labels
-                    filled += len(entries)
+        for images, counts, keep in self.memory_batches(m, ctx):
+            features = ctx.embed_dense(images, m.size // m.patch, m.dim)
+            with ctx.evaluating():
+                entries, labels = memory_entries(features, counts, keep, ctx.device)
+                bank[filled : filled + len(entries)] = entries.to(bank.dtype)
+                label_bank[filled : filled + len(entries)] = labels
+                filled += len(entries)
         return bank, label_bank
 
     def _confusion(

@@ -9,16 +9,18 @@ can count as hits; here a class with no vote is never a hit (same as DINO whenev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 
 import numpy as np
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 
+from harness.contract import FitBatch
 from harness.data.base import DatasetReader
 from harness.errors import DataError, UserError
 from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext
-from harness.protocols.common import embed_split, load_knn_image
+from harness.protocols.common import embed_split, fit_split_batches, load_knn_image
 from harness.protocols.search import ExactSearch, l2_normalize
 
 
@@ -74,6 +76,10 @@ class KnnProtocol(Protocol):
     output = "global"
     main_metric = "top1_best"
     params: KnnParams
+
+    def fit_batches(self, data: DatasetReader, ctx: RunContext) -> Iterator[FitBatch]:
+        """The training split with the kNN preprocessing, shuffled by the seed (labels where fit_labels allows)."""
+        return fit_split_batches(data.split(self.params.train_split), load_knn_image, ctx, "knn fit")
 
     def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
         p = self.params

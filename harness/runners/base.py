@@ -112,6 +112,10 @@ def check_outputs(method: MethodSpec, info: MethodInfo) -> None:
     missing = set(method.outputs) - set(info.outputs)
     if missing:
         raise MethodFailure(f"method.yaml declares outputs {sorted(missing)} that the method's info lacks")
+    if method.fit and not info.fit:
+        raise MethodFailure(
+            "method.yaml declares fit: true but the method's info has no fit stage (benchsdk: fit_stage = True)"
+        )
     for name in ("patch_size", "embed_dim"):
         declared, told = getattr(method, name), getattr(info, name)
         if declared is not None and told is not None and declared != told:

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 import benchsdk
+from harness.contract import FitBatch
 from harness.errors import MethodFailure, SpecError
 from harness.provenance import hash_path
 from harness.runners.base import Runner, RunningMethod, check_outputs, method_env
@@ -52,16 +53,23 @@ class InProcessSession(MethodSession):
         # copied, in C order, as the wire delivers them: numpy's reductions depend on the layout
         return {"ok": True, **header}, {k: np.array(v, order="C") for k, v in (out or {}).items()}
 
-    def fit(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], with_labels: bool) -> None:
-        def stream():
-            for images, labels in batches:
-                self.images_sent += len(images)
-                yield _read_only(images), _read_only(labels) if with_labels and labels is not None else None
+    def fit(self, batches: Iterable[FitBatch], with_labels: bool) -> None:
+        """The batches straight into the method's `fit`, as the SDK's server gives them (labels and patches only
+        when the task allows them); a method that returns early stops the stream."""
 
+        def stream():
+            for batch in batches:
+                self.images_sent += len(batch.images)
+                allowed = (_read_only(a) if with_labels and a is not None else None for a in batch[1:])
+                yield FitBatch(_read_only(batch.images), *allowed)
+
+        t0 = time.monotonic()
         try:
             self.server.method.fit(stream())
         except Exception as e:
             raise MethodFailure(f"method failed in 'fit': {type(e).__name__}: {e}") from e
+        finally:
+            self.fit_seconds += time.monotonic() - t0
 
     def shutdown(self) -> None:
         """Nothing to stop: the method is an object of this process."""
@@ -167,6 +175,7 @@ def spec_for(instance: benchsdk.Method) -> MethodSpec:
         outputs=list(info.get("outputs") or []),
         patch_size=info.get("patch_size"),
         embed_dim=info.get("embed_dim"),
+        fit=info.get("fit") is True,
         random_init=info.get("weights") == "random-init",
     )
 

@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from benchsdk.wire import PROTOCOL_VERSION, WireError, encode, read_frame
-from harness.contract import OUTPUTS, MethodInfo
+from harness.contract import OUTPUTS, FitBatch, MethodInfo
 from harness.errors import HarnessBug, MethodFailure, MethodTimeout, UserError
 
 MIN_REPLY_LIMIT = 256 << 20  # bytes; replies may be larger than requests (dense features), but not unboundedly
@@ -144,7 +144,8 @@ class MethodSession:
     def __init__(self, channel: Channel | None, info: MethodInfo | None = None):
         self.channel = channel
         self.info = info  # set by the handshake
-        self.method_seconds = 0.0  # wall time spent waiting on the method, transport included
+        self.method_seconds = 0.0  # wall time spent waiting on the method, transport included (fit stage apart)
+        self.fit_seconds = 0.0  # the same for the fit stage
         self.images_sent = 0
         self.bytes_sent = 0
 
@@ -233,14 +234,24 @@ class MethodSession:
                 raise MethodFailure(f"segment: reconstructions are {recon.shape}, expected (N, 3, H, W)")
         return masks, recon
 
-    def fit(self, batches: Iterable[tuple[np.ndarray, np.ndarray | None]], with_labels: bool) -> None:
-        """Stream the training split to the method's fit stage; labels only when the task allows them."""
-        self.request("fit_start", {"with_labels": with_labels})
-        for images, labels in batches:
-            arrays = {"images": images} | ({"labels": labels} if with_labels and labels is not None else {})
-            self.request("fit_batch", arrays=arrays)
-            self.images_sent += len(images)
-        self.request("fit_end")
+    def fit(self, batches: Iterable[FitBatch], with_labels: bool) -> None:
+        """Stream the training split to the method's fit stage: images, and labels and patch indices only when the
+        task allows them; stops early when the method answers a batch `done`. Its wait counts as fit_seconds."""
+        waited = self.method_seconds
+        try:
+            self.request("fit_start", {"with_labels": with_labels})
+            for batch in batches:
+                arrays = {"images": batch.images}
+                if with_labels:
+                    arrays |= {k: v for k, v in (("labels", batch.labels), ("patches", batch.patches)) if v is not None}
+                header, _ = self.request("fit_batch", arrays=arrays)
+                self.images_sent += len(batch.images)
+                if header.get("done") is True:
+                    break
+            self.request("fit_end")
+        finally:
+            self.fit_seconds += self.method_seconds - waited
+            self.method_seconds = waited
 
     def shutdown(self) -> None:
         self.request("shutdown")

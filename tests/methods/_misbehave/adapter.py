@@ -44,6 +44,7 @@ class Misbehave(Method):
     name, version = BEHAVIOUR, "0"
     outputs = ("global", "dense")
     patch_size, embed_dim = 16, int(VARIANT[3:]) if VARIANT.startswith("dim") else 4
+    fit_stage = BEHAVIOUR == "fitter"
 
     def setup(self, seed, task):
         self.mean, self.label_sum, self.batches = np.zeros(3, np.float32), -1.0, 0
@@ -52,7 +53,7 @@ class Misbehave(Method):
 
     def fit(self, batches):
         total, count = np.zeros(3, np.float64), 0
-        for images, labels in batches:
+        for images, labels, _ in batches:
             self.batches += 1
             if os.environ.get("FITTER_FAIL_AT") == str(self.batches):
                 raise RuntimeError(f"fit failed at batch {self.batches}")
@@ -60,6 +61,8 @@ class Misbehave(Method):
             count += images.shape[0] * images.shape[1] * images.shape[2]
             if labels is not None:
                 self.label_sum = max(self.label_sum, 0) + float(labels.sum())
+            if os.environ.get("FITTER_STOP_AFTER") == str(self.batches):
+                break  # had enough: the harness stops sending
         self.mean = (total / max(count, 1)).astype(np.float32)
 
     def embed(self, images):
