@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+import harness
+from benchsdk import FitBatch
 from harness.specs import MethodSpec, load_spec
 
 from conftest import REPO
@@ -198,7 +200,7 @@ def fitted(seed=0, size=32, **options):
     method = adapter().Fungi(**options)
     method.setup(seed, {"name": "voc_hummingbird", "version": "1", "output": "dense", "seed": seed})
     train = np.random.default_rng(7).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
-    method.fit(iter([(train[:2], None, np.array([[0, 3], [1, 2]])), (train[2:], None, None)]))
+    method.fit(iter([FitBatch(train[:2], None, np.array([[0, 3], [1, 2]])), FitBatch(train[2:])]))
     return method
 
 
@@ -233,35 +235,25 @@ def test_feature_shape_norm_and_token_half_is_dino():
     np.testing.assert_allclose(out[..., :384] * math.sqrt(2), tokens, atol=1e-5)
 
 
-def batch_types():
-    import benchsdk
-
-    yield pytest.param(lambda images, patches: (images, None, patches), id="tuple")
-    fit_batch = getattr(benchsdk, "FitBatch", None)
-    marks = [] if fit_batch else [pytest.mark.skip(reason="benchsdk.FitBatch is not on this branch yet")]
-    yield pytest.param(lambda images, patches: fit_batch(images, None, patches), id="FitBatch", marks=marks)
-
-
-@pytest.mark.parametrize("make_batch", list(batch_types()))
-def test_fit_builds_the_support_bank_from_the_patches_sent(make_batch):
+def test_fit_builds_the_support_bank_from_the_patches_sent():
     """The bank = the L2-normalised raw DINO patch tokens of the fit images at the patch indices sent (all of them
     where patches is None), in order; embed_dense then searches it."""
     method = adapter().Fungi()
     method.setup(0, {"name": "voc_hummingbird", "version": "1", "output": "dense", "seed": 0})
     train = np.random.default_rng(9).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     patches = np.array([[3, 0], [1, 1]])
-    method.fit(iter([make_batch(train[:2], patches), make_batch(train[2:], None)]))
+    method.fit(iter([FitBatch(train[:2], None, patches), FitBatch(train[2:], None, None)]))
     raw = method._tokens(train)[:, 1:]
     expected = torch.cat([raw[0, [3, 0]], raw[1, [1, 1]], raw[2]])
     torch.testing.assert_close(method.dense.bank, F.normalize(expected, dim=-1))
     assert method.embed_dense(train[:1]).shape == (1, 2, 2, 768)
 
 
-def test_info_declares_the_dense_width_the_global_width_and_the_weights():
+def test_info_declares_the_dense_width_the_global_width_the_fit_stage_and_the_weights():
     method = adapter().Fungi()
     info = method.info()
     assert (info["name"], info["embed_dim"], info["global_dim"], info["patch_size"]) == ("fungi", 768, 1536, 16)
-    assert info["weights"] == "random-init" and info["outputs"] == ["global", "dense"]
+    assert info["weights"] == "random-init" and info["outputs"] == ["global", "dense"] and info["fit"] is True
     spec = load_spec(MethodSpec, FOLDER / "method.yaml")
     assert (spec.embed_dim, spec.patch_size, spec.fit) == (768, 16, True)
 
@@ -279,3 +271,17 @@ def test_dense_without_a_fit_is_an_error():
     method.setup(0, {"name": "voc_hummingbird", "version": "1", "output": "dense", "seed": 0})
     with pytest.raises(RuntimeError, match="support bank"):
         method.embed_dense(QUERIES)
+
+
+def test_a_small_hummingbird_task_runs_with_its_fit_stage(data_root, tmp_path):
+    """The whole harness path on the procedural stand-in, at 64² (4 of 16 patches kept per memory image): the fit
+    stage gets the memory's images and patches, builds the bank, and the dense features are scored."""
+    from harness import specs
+
+    task = specs.get("task", "voc_hummingbird").with_overrides(
+        {"input_size": 64, "memory_size": 240, "aug_epochs": 2, "k": 5}
+    )
+    method = adapter().Fungi()
+    result = harness.evaluate(method, task, data_root=data_root, results=tmp_path)
+    assert result.status == "ok", result.error
+    assert len(method.dense.bank) == 240  # memory_size: every kept patch of every memory image, no more

@@ -11,7 +11,8 @@ norm, no CLS) of the training images the harness sends (for HummingBird tasks th
 images, every augmentation epoch), at the patch indices it sends (the memory's label-driven sampling;
 `FitBatch.patches`, None = every patch), L2-normalised.
 global (global_dim 4E = 1536): images/fungi/global_fungi.py (fungivision's KL, DINO and SimCLR gradients next to the
-CLS), whose SimCLR negatives are the training images `fit` receives; absent, `embed` raises.
+CLS), whose SimCLR negatives are the first 64 training images `fit` receives (the knn protocol sends them in a seeded
+shuffled order; fit then returns and the harness stops sending); absent, `embed` raises.
 
 Which one `fit` prepares follows `task["output"]` ("dense" or "global"). Options (constructor): `search` ("exact",
 default, or "scann", the reference's support index), `scramble` (True: the reference's neighbour reading).
@@ -31,6 +32,7 @@ from benchsdk import serve
 
 VARIANTS = {"vits16": VARIANTS["vits16"]}  # the paper's HummingBird backbone
 GLOBAL_MODULE = "global_fungi"
+GLOBAL_NEGATIVES = 64  # fungivision's SimCLR negatives: 64 random training images (the knn fit order is seeded)
 
 
 def global_fungi():
@@ -45,6 +47,7 @@ class Fungi(DinoFamily):
     outputs = ("global", "dense")
     VARIANTS, DEFAULT = VARIANTS, "vits16"
     patch_size = 16
+    fit_stage = True
 
     def __init__(self, variant: str | None = None, search: str = "exact", scramble: bool = True):
         super().__init__(variant)
@@ -54,12 +57,7 @@ class Fungi(DinoFamily):
         self.dense = self.global_ = None
 
     def info(self):
-        return dict(
-            super().info(),
-            global_dim=self.global_dim,
-            search=self.search,
-            scramble=self.scramble,
-        )
+        return dict(super().info(), search=self.search, scramble=self.scramble)  # global_dim: benchsdk's
 
     def setup(self, seed, task):
         super().setup(seed, task)
@@ -73,7 +71,7 @@ class Fungi(DinoFamily):
     def fit(self, batches):
         if self.output == "dense":
             for batch in batches:
-                images, _, patches = (*tuple(batch), None)[:3]  # FitBatch (images, labels, patches)
+                images, _, patches = batch  # benchsdk.FitBatch(images, labels, patches)
                 with torch.inference_mode():
                     tokens = self._tokens(np.asarray(images))[:, self.model.num_prefix_tokens :]
                 self.dense.add_support(tokens, patches)
@@ -81,7 +79,13 @@ class Fungi(DinoFamily):
             return
         if self.global_ is None:
             raise NotImplementedError("global FUNGI: images/fungi/global_fungi.py")
-        self.global_.fit_negatives(np.concatenate([np.asarray(tuple(b)[0]) for b in batches]))
+        kept, count = [], 0
+        for batch in batches:  # the first GLOBAL_NEGATIVES images, then return: the harness stops sending
+            kept.append(np.asarray(batch[0])[: GLOBAL_NEGATIVES - count])
+            count += len(kept[-1])
+            if count >= GLOBAL_NEGATIVES:
+                break
+        self.global_.fit_negatives(np.concatenate(kept))
 
     def embed_dense(self, images):
         if self.dense is None:
