@@ -285,3 +285,21 @@ def test_a_small_hummingbird_task_runs_with_its_fit_stage(data_root, tmp_path):
     result = harness.evaluate(method, task, data_root=data_root, results=tmp_path)
     assert result.status == "ok", result.error
     assert len(method.dense.bank) == 240  # memory_size: every kept patch of every memory image, no more
+
+
+def test_the_adapter_serves_a_small_hummingbird_task_over_the_wire(data_root, tmp_path):
+    """The local backend: images/fungi/adapter.py in its own process (its folder and images/_vit on the path, the
+    SDK's fit loop), same small task; the handshake accepts info (dense 768, global 1536, fit)."""
+    from harness import specs
+    from harness.results import ResultStore
+    from harness.run import RunOptions, run_cell
+
+    task = specs.get("task", "voc_hummingbird").with_overrides(
+        {"input_size": 64, "memory_size": 240, "aug_epochs": 2, "k": 5}
+    )
+    opts = RunOptions(synthetic=True, data_root=data_root, progress=False, num_workers=0)
+    spec = load_spec(MethodSpec, FOLDER / "method.yaml")
+    result = run_cell(spec, task, 0, opts, ResultStore(tmp_path))
+    assert result.status == "ok", result.error
+    info = result.provenance.method_info
+    assert (info["embed_dim"], info["global_dim"], info["fit"]) == (768, 1536, True) and result.timings.fit_s > 0

@@ -88,7 +88,7 @@ def info_nce(
     rows = rows / torch.linalg.vector_norm(rows, dim=-1, keepdim=True).clamp_min(1e-8)
     columns = features / torch.linalg.vector_norm(features, dim=-1, keepdim=True).clamp_min(1e-8)
     cos = rows @ columns.T  # (T, M + T)
-    cos = torch.diagonal_scatter(cos, torch.full((t,), SELF_SIMILARITY, dtype=cos.dtype), m)
+    cos = torch.diagonal_scatter(cos, torch.full((t,), SELF_SIMILARITY, dtype=cos.dtype, device=cos.device), m)
     among = (cos[:, m:] / temperature).masked_fill(torch.eye(t, dtype=torch.bool, device=cos.device), 0)
     nll = -among.sum(dim=1) / (t - 1)
     nll = nll + torch.logsumexp(cos, dim=-1)
