@@ -26,10 +26,13 @@ What runs:
 - Keep masks: the reference draws them from the global torch RNG, ours from our generator; the global RNG is set to
   our generator's state before each reference call, so both draw the same masks.
 - Images: seeded uint8 noise, normalised for the reference exactly as the adapter does (ImageNet mean/std). Ours is
-  called with all images at once (it works in chunks of 4); the reference with `--ref-batch` images per call
-  (default 4; a row with a smaller batch shows the batch size does not change the features).
-Compared: the 768-d features (CLS dropped), max |ref − ours| over all patches, fp32, CPU; also the token half and
-the gradient half separately (each before the final normalisation). Exit 1 when a row exceeds 1e-4.
+  called with all images at once (it works in chunks of 4); the reference with 4 images per call, and below 512²
+  also with 1 (that row shows the batch size does not change the features).
+Compared: the 768-d features (CLS dropped), max |ref − ours| over all patches, CPU; also the token half and the
+gradient half separately (each renormalised). Rows: fp32 (the reference's float16 cast rebound to float32, see
+`float32_loss`; checked, exit 1 when one exceeds 1e-4); the reference as is (float16 loss) against ours in float16,
+and each against ours in fp32; and ours with the unscrambled reading against the reference (a control that must
+differ).
 """
 
 from __future__ import annotations
