@@ -175,16 +175,20 @@ class ViTBackbone(Method):
             self.pos_embeds[(h, w)] = torch.nn.Parameter(pos, requires_grad=False)
         return self.pos_embeds[(h, w)]
 
-    @torch.inference_mode()
-    def _tokens(self, images: np.ndarray) -> torch.Tensor:
+    def prepare(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> the normalised input (N, 3, H, W) on the model's device, with the model's input size
+        and position embedding set for H×W (a subclass that runs the model itself, images/fungi, starts here)."""
         n, h, w, _ = images.shape
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"input {h}×{w} is not a multiple of the patch size {self.patch_size}")
         self.model.patch_embed.set_input_size(img_size=(h, w))  # timm's input-size check follows the input
         self.model.pos_embed = self.pos_embed(h, w)
         x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-        x = (x - MEAN.to(x.device)) / STD.to(x.device)
-        return self.model.forward_features(x)  # (N, prefix + h·w, D), final norm applied
+        return (x - MEAN.to(x.device)) / STD.to(x.device)
+
+    @torch.inference_mode()
+    def _tokens(self, images: np.ndarray) -> torch.Tensor:
+        return self.model.forward_features(self.prepare(images))  # (N, prefix + h·w, D), final norm applied
 
     def embed(self, images):
         return self._tokens(images)[:, 0].float().cpu().numpy()

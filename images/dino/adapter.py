@@ -19,57 +19,19 @@ which differs at every size but 224.
 Deliberate differences: timm's attention is scaled_dot_product_attention where DINO's is explicit (q·kᵀ, softmax):
 about 2e-6 apart in fp32; fp32.
 The pos-embedding formula, the key check, preprocessing and outputs are images/_vit/vit_backbone.py's, shared with
-images/dinov2 and images/neco (method.yaml: `include: [../_vit]`).
+images/dinov2 and images/neco (method.yaml: `include: [../_vit]`); the architectures, files and checkpoint loading
+above are images/_vit/dino_vit.py's (`DinoFamily`), shared with images/fungi, whose backbone this is.
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
-
-from vit_backbone import Arch as ViTArch
-from vit_backbone import ViTBackbone, read_state_dict
+from dino_vit import DEFAULT, VARIANTS, DinoFamily  # noqa: F401  (the variants, as every family adapter lists them)
 
 from benchsdk import serve
 
-URL = "https://dl.fbaipublicfiles.com/dino"
 
-
-@dataclass(frozen=True)
-class Arch(ViTArch):
-    base: str  # the official file's name without .pth
-
-    @property
-    def file(self) -> str:
-        return f"{self.base}.pth"
-
-    @property
-    def url(self) -> str:
-        return f"{URL}/{self.base}/{self.file}"
-
-
-VARIANTS = {
-    "vits16": Arch("vit_small_patch16_224", 384, "dino_deitsmall16_pretrain"),
-    "vitb16": Arch("vit_base_patch16_224", 768, "dino_vitbase16_pretrain"),
-}
-DEFAULT = "vits16"
-CHECKPOINT_KEY = "teacher"  # utils.load_pretrained_weights' default checkpoint_key in the evaluations
-
-
-class Dino(ViTBackbone):
-    name, version = "dino", "1.0"
-    VARIANTS, DEFAULT = VARIANTS, DEFAULT
-    patch_size = 16
-
-    def load(self, model, path: str) -> None:
-        """The official backbone state dict, or a full checkpoint's teacher, at `path` into the timm model, every key
-        checked (see the module docstring)."""
-        state, extra = read_state_dict(path, allowed=(argparse.Namespace,)), ()  # a full checkpoint's `args`
-        if CHECKPOINT_KEY in state:
-            state, extra = state[CHECKPOINT_KEY], ("head.",)
-            state = {k.replace("module.", "").replace("backbone.", ""): v for k, v in state.items()}
-        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}  # DINO's keys are timm's
-        self.load_checked(model, state, path, shapes, extra)
+class Dino(DinoFamily):
+    """DINO ViT-S/16 or ViT-B/16 (the family's code: images/_vit/dino_vit.py)."""
 
 
 if __name__ == "__main__":
