@@ -258,12 +258,24 @@ def test_info_declares_the_dense_width_the_global_width_the_fit_stage_and_the_we
     assert (spec.embed_dim, spec.patch_size, spec.fit) == (768, 16, True)
 
 
-@pytest.mark.skipif((FOLDER / "global_fungi.py").exists(), reason="global FUNGI is wired in")
-def test_embed_says_global_fungi_is_missing():
+def test_global_fit_sets_the_negatives_up_and_embed_gives_cls_and_three_gradient_blocks(capfd):
+    """A knn session: fit takes training images for fungivision's SimCLR negatives (a split smaller than 64: all of
+    them, said on stderr), then embed gives (N, 4E) with four unit-norm blocks, the first the DINO CLS."""
+    from benchsdk import FitBatch
+
     method = adapter().Fungi()
     method.setup(0, {"name": "flowers102_knn", "version": "1", "output": "global", "seed": 0})
-    with pytest.raises(NotImplementedError, match="global_fungi.py"):
-        method.embed(QUERIES)
+    rng = np.random.default_rng(3)
+    method.fit(iter([FitBatch(rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8))]))
+    assert "only 2 training images for the 64 SimCLR negatives" in capfd.readouterr().err
+    query = rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    out = method.embed(query)
+    assert out.shape == (1, 1536) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out.reshape(4, 384), axis=1), 1, atol=1e-5)
+    cls = method.global_.embed(query).numpy()
+    np.testing.assert_allclose(out[0, :384], cls[0] / np.linalg.norm(cls[0]), atol=1e-6)
+    with pytest.raises(RuntimeError, match="set up for 'global' output"):
+        method.embed_dense(QUERIES)
 
 
 def test_dense_without_a_fit_is_an_error():

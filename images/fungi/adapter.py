@@ -12,7 +12,7 @@ images, every augmentation epoch), at the patch indices it sends (the memory's l
 `FitBatch.patches`, None = every patch), L2-normalised.
 global (global_dim 4E = 1536): images/fungi/global_fungi.py (fungivision's KL, DINO and SimCLR gradients next to the
 CLS), whose SimCLR negatives are the first 64 training images `fit` receives (the knn protocol sends them in a seeded
-shuffled order; fit then returns and the harness stops sending); absent, `embed` raises.
+shuffled order; fit then returns and the harness stops sending), all of a smaller training split.
 
 Which one `fit` prepares follows `task["output"]` ("dense" or "global"). Options (constructor): `search` ("exact",
 default, or "scann", the reference's support index), `scramble` (True: the reference's neighbour reading).
@@ -20,26 +20,17 @@ default, or "scann", the reference's support index), `scramble` (True: the refer
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import sys
 
 import numpy as np
 import torch
 from dense_fungi import DenseFungi
 from dino_vit import VARIANTS, DinoFamily
+from global_fungi import GlobalFungi
 
 from benchsdk import serve
 
 VARIANTS = {"vits16": VARIANTS["vits16"]}  # the paper's HummingBird backbone
-GLOBAL_MODULE = "global_fungi"
-GLOBAL_NEGATIVES = 64  # fungivision's SimCLR negatives: 64 random training images (the knn fit order is seeded)
-
-
-def global_fungi():
-    """images/fungi/global_fungi.py's module, or None while it does not exist."""
-    if importlib.util.find_spec(GLOBAL_MODULE) is None:
-        return None
-    return importlib.import_module(GLOBAL_MODULE)
 
 
 class Fungi(DinoFamily):
@@ -62,30 +53,27 @@ class Fungi(DinoFamily):
     def setup(self, seed, task):
         super().setup(seed, task)
         self.seed, self.task = int(seed), dict(task or {})
-        self.output = self.task.get("output", "dense")
+        self.output = self.task.get("output") or "dense"
         if self.output == "dense":
             self.dense = DenseFungi(self.model, self.seed, search=self.search, scramble=self.scramble)
-        elif (module := global_fungi()) is not None:
-            self.global_ = module.GlobalFungi(self.model, self.seed)
+        else:
+            self.global_ = GlobalFungi(self.model, self.seed, device=self.device)
 
     def fit(self, batches):
         if self.output == "dense":
             for batch in batches:
-                images, _, patches = batch  # benchsdk.FitBatch(images, labels, patches)
-                with torch.inference_mode():
-                    tokens = self._tokens(np.asarray(images))[:, self.model.num_prefix_tokens :]
-                self.dense.add_support(tokens, patches)
+                with torch.inference_mode():  # batch: benchsdk.FitBatch(images, labels, patches)
+                    tokens = self._tokens(np.asarray(batch.images))[:, self.model.num_prefix_tokens :]
+                self.dense.add_support(tokens, batch.patches)
             self.dense.build_index()
             return
-        if self.global_ is None:
-            raise NotImplementedError("global FUNGI: images/fungi/global_fungi.py")
-        kept, count = [], 0
-        for batch in batches:  # the first GLOBAL_NEGATIVES images, then return: the harness stops sending
-            kept.append(np.asarray(batch[0])[: GLOBAL_NEGATIVES - count])
-            count += len(kept[-1])
-            if count >= GLOBAL_NEGATIVES:
-                break
-        self.global_.fit_negatives(np.concatenate(kept))
+        for batch in batches:  # the first 64 images, then return: the harness stops sending
+            if not self.global_.fit_negatives(np.asarray(batch.images)):
+                return
+        used = self.global_.finish_negatives()  # a training split of fewer than 64 images: all of them
+        print(
+            f"fungi: only {used} training images for the {self.global_.num_negatives} SimCLR negatives", file=sys.stderr
+        )
 
     def embed_dense(self, images):
         if self.dense is None:
@@ -96,8 +84,8 @@ class Fungi(DinoFamily):
 
     def embed(self, images):
         if self.global_ is None:
-            raise NotImplementedError("global FUNGI: images/fungi/global_fungi.py")
-        return np.asarray(self.global_.features(images), dtype=np.float32)
+            raise RuntimeError(f"fungi was set up for {self.output!r} output; global features need output 'global'")
+        return self.global_.features(images)
 
 
 if __name__ == "__main__":

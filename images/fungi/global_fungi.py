@@ -222,11 +222,25 @@ class GlobalFungi:
         room = self.num_negatives - len(self._negatives)
         self._negatives.extend(np.array(image) for image in images[:room])
         if len(self._negatives) == self.num_negatives:
-            with self._rng(self._stream):
-                self.wrapper.setup(dataset=[(to_pil(image), 0) for image in self._negatives])
-                self._stream = torch.get_rng_state()
-            self._negatives, self.ready = [], True
+            self._setup_negatives()
         return self.needs_more
+
+    def finish_negatives(self) -> int:
+        """The training split has ended: set the negatives up from the images collected so far, however few, as
+        fungivision's `setup` does on a dataset smaller than 64 (it takes them all). Returns how many it used."""
+        if not self.ready:
+            if not self._negatives:
+                raise RuntimeError("global FUNGI needs at least one training image for its SimCLR negatives")
+            used = len(self._negatives)
+            self._setup_negatives()
+            return used
+        return self.num_negatives
+
+    def _setup_negatives(self) -> None:
+        with self._rng(self._stream):
+            self.wrapper.setup(dataset=[(to_pil(image), 0) for image in self._negatives])
+            self._stream = torch.get_rng_state()
+        self._negatives, self.ready = [], True
 
     def embed(self, images: np.ndarray) -> torch.Tensor:
         """The CLS token after the final norm, (N, E) float32, as images/dino's embed at 224 (not normalised)."""
