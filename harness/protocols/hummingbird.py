@@ -222,7 +222,7 @@ class HummingbirdProtocol(Protocol):
         return MemoryPlan(train, val, ids, size, patch, dim, per_image, rows, every_patch, notes)
 
     def memory_batches(
-        self, m: MemoryPlan, ctx: RunContext
+        self, m: MemoryPlan, ctx: RunContext, stage: str = "memory"
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """(images, patch class counts (B, h·w, C), kept patch indices (B, K) or None for all) of every augmentation
         epoch, in order: the memory's training batches, which a method's fit stage gets too. Counting and selecting
@@ -230,7 +230,7 @@ class HummingbirdProtocol(Protocol):
         p, grid = self.params, m.size // m.patch
         for epoch in range(p.aug_epochs):
             load = partial(load_train_sample, m.train, m.ids, m.size, ctx.seed, epoch, grid * grid)
-            desc = f"hummingbird memory {epoch + 1}/{p.aug_epochs}"
+            desc = f"hummingbird {stage} {epoch + 1}/{p.aug_epochs}"
             for images, masks, noise in ctx.batches(len(m.ids), load, desc):
                 with ctx.evaluating():
                     counts = patch_class_counts(masks, m.patch, m.train.num_classes)
@@ -240,7 +240,7 @@ class HummingbirdProtocol(Protocol):
     def fit_batches(self, data: DatasetReader, ctx: RunContext) -> Iterator[FitBatch]:
         """The memory's augmented training images, every epoch, with the patches the memory keeps of each (when the
         task's fit_labels allows them: the selection is label-driven); masks never leave the harness."""
-        for images, counts, keep in self.memory_batches(self.plan(data, ctx), ctx):
+        for images, counts, keep in self.memory_batches(self.plan(data, ctx), ctx, stage="fit"):
             keep = np.tile(np.arange(counts.shape[1]), (len(images), 1)) if keep is None else keep
             yield FitBatch(images, None, keep.astype(np.int64))
 
