@@ -11,7 +11,7 @@ projection head). The ViT-S variants only, on tiny inputs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import functools
 import sys
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.runners.inprocess import adapter_module
 from harness.specs import MethodSpec, load_all, load_spec
 
 from conftest import REPO, images, session_of
@@ -26,20 +27,11 @@ from conftest import REPO, images, session_of
 FIXTURE = Path(__file__).parent / "fixtures" / "pos_embed_official.npz"
 
 
+@functools.cache
 def adapter(family: str):
-    """images/<family>/adapter.py as a module, its method.yaml's included folders on sys.path while it loads (as
-    every backend has them)."""
-    name = f"test_backbones_{family}"
-    if name not in sys.modules:
-        included = [str(f) for f in load_spec(MethodSpec, REPO / "images" / family / "method.yaml").code_folders[1:]]
-        spec = importlib.util.spec_from_file_location(name, REPO / "images" / family / "adapter.py")
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        sys.path[:0] = included
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            del sys.path[: len(included)]
-    return sys.modules[name]
+    """images/<family>/adapter.py as a module, loaded as the in-process backend loads it (its folder and its
+    method.yaml's included folders on sys.path)."""
+    return adapter_module(load_spec(MethodSpec, REPO / "images" / family / "method.yaml"))
 
 
 def vit():

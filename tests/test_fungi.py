@@ -4,7 +4,7 @@ the reference's `combined_token_features` on identical weights."""
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import math
 import sys
 
@@ -16,6 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import harness
 from benchsdk import FitBatch
+from harness.runners.inprocess import adapter_module, load_adapter
 from harness.specs import MethodSpec, load_spec
 
 from conftest import REPO
@@ -23,21 +24,11 @@ from conftest import REPO
 FOLDER = REPO / "images" / "fungi"
 
 
+@functools.cache
 def adapter():
-    """images/fungi/adapter.py as a module, its folder and included folders on sys.path while it loads (as every
-    backend has them); dense_fungi is then sys.modules['dense_fungi']."""
-    name = "test_fungi_adapter"
-    if name not in sys.modules:
-        spec_ = load_spec(MethodSpec, FOLDER / "method.yaml")
-        folders = [str(f) for f in spec_.code_folders]
-        spec = importlib.util.spec_from_file_location(name, FOLDER / "adapter.py")
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        sys.path[:0] = folders
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            del sys.path[: len(folders)]
-    return sys.modules[name]
+    """images/fungi/adapter.py as a module, loaded as the in-process backend loads it (its folder and included folders
+    on sys.path); dense_fungi is then sys.modules['dense_fungi']."""
+    return adapter_module(load_spec(MethodSpec, FOLDER / "method.yaml"))
 
 
 def dense_fungi():
@@ -221,14 +212,7 @@ def test_feature_shape_norm_and_token_half_is_dino():
     assert out.shape == (3, 2, 2, 768) and out.dtype == np.float32 and np.isfinite(out).all()
     np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(out[..., :384], axis=-1), 1 / math.sqrt(2), atol=1e-5)
-    sys.path[:0] = [str(REPO / "images" / "_vit")]
-    try:
-        spec = importlib.util.spec_from_file_location("test_fungi_dino", REPO / "images" / "dino" / "adapter.py")
-        dino = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(dino)
-    finally:
-        del sys.path[0]
-    ref = dino.Dino()
+    ref = load_adapter(load_spec(MethodSpec, REPO / "images" / "dino" / "method.yaml"))
     ref.setup(0, {})
     tokens = ref.embed_dense(QUERIES)
     tokens /= np.linalg.norm(tokens, axis=-1, keepdims=True)

@@ -85,8 +85,9 @@ def _read_only(a: np.ndarray | None) -> np.ndarray | None:
     return view
 
 
-def load_adapter(method: MethodSpec) -> benchsdk.Method:
-    """An instance of the one benchsdk.Method subclass that the method folder's entrypoint defines."""
+def adapter_module(method: MethodSpec):
+    """The method folder's entrypoint, executed as the module `vrbench_adapter_<method>` with its own folder and its
+    `include:` folders on sys.path while it loads (as every backend has them)."""
     path = method.folder / method.entrypoint
     if not path.is_file():
         raise SpecError(f"entrypoint: {path} does not exist", where=method.path)
@@ -101,6 +102,13 @@ def load_adapter(method: MethodSpec) -> benchsdk.Method:
     finally:
         for folder in folders:
             sys.path.remove(folder)
+    return module
+
+
+def load_adapter(method: MethodSpec) -> benchsdk.Method:
+    """An instance of the one benchsdk.Method subclass that the method folder's entrypoint defines."""
+    module = adapter_module(method)
+    path, module_name = method.folder / method.entrypoint, module.__name__
     classes = [
         c
         for _, c in inspect.getmembers(module, inspect.isclass)
