@@ -33,8 +33,8 @@ from harness import specs
 from harness.contract import OPS, OUTPUTS, MethodInfo
 from harness.errors import HarnessBug, MethodFailure, UserError
 from harness.provenance import hash_files
-from harness.results import DataKind, DatasetInfo, ResultKey, ResultStore, RunResult
-from harness.run import RunOptions, prepare, score_cell
+from harness.results import DataKind, DatasetInfo, ResultStore, RunResult
+from harness.run import RunOptions, cell_key, prepare, score_cell
 from harness.runners.base import RunningMethod
 from harness.runners.session import MethodSession
 
@@ -280,6 +280,7 @@ def score_outputs(
     for what, recorded, now in (
         ("task", manifest.task, task.name),
         ("task version", manifest.task_version, task.version),
+        ("task spec", manifest.task_spec_hash[:12], task.spec_hash[:12]),
         ("seed", manifest.seed, manifest.seed if seed is None else seed),
         ("data", manifest.data, data_kind),
     ):
@@ -289,14 +290,8 @@ def score_outputs(
                 where=where,
             )
     name = specs.check_method_name(name or folder.resolve().name, "method name (--name, default the folder's name)")
-    key = ResultKey(
-        method=name,
-        method_ref=outputs_ref(folder, manifest),
-        task=task.name,
-        task_version=task.version,
-        data=manifest.data,
-        seed=manifest.seed,
-    )
+    store.check_writable()
+    key = cell_key(task, name, outputs_ref(folder, manifest), manifest.data, manifest.seed)
     opts = dataclasses.replace(opts, synthetic=manifest.data == "procedural")
     session = ReplaySession(folder, manifest)
     return score_cell(task, key, opts, store, BACKEND, session.replaying, external=True)

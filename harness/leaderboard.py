@@ -8,7 +8,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness import specs
-from harness.results import RunResult
+from harness.results import RunResult, task_ref, write_atomic
 
 HEADER = """# Leaderboard
 
@@ -62,6 +62,7 @@ def _frame(results: list[RunResult]) -> pd.DataFrame:
                 + (RANDOM_INIT_MARK if weights == "random-init" else "")
                 + (f" {EXTERNAL_MARK}" if r.external else ""),
                 "ref": k.short_ref,
+                "spec": k.task_ref,
                 "weights": weights,
                 "seed": k.seed,
                 "status": r.status,
@@ -70,6 +71,30 @@ def _frame(results: list[RunResult]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+STALE_NOTE = (
+    "spec: the task's spec and evaluator version a row ran with (8 hex digits); rows that differ are never averaged "
+    "together. (stale): not the spec or evaluator this harness runs now."
+)
+_MARKDOWN_SPECIALS = str.maketrans({c: f"\\{c}" for c in "\\`*_[]|#"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+
+
+def text_cell(text: str) -> str:
+    """Free text (an error message) as a table cell: one line, markdown and HTML specials escaped."""
+    return " ".join(str(text).split()).translate(_MARKDOWN_SPECIALS)
+
+
+def current_task_ref(task: str) -> str | None:
+    """The task_ref (ResultKey.task_ref) the task's spec and evaluator have now; None for a task not known here."""
+    from harness.errors import UserError
+
+    base, *overrides = task.split("+")
+    try:
+        spec = specs.get("task", base).with_overrides(dict(pair.split("=", 1) for pair in overrides))
+    except UserError:
+        return None
+    return task_ref(spec.spec_hash, spec.evaluator)
 
 
 def _cell(values: pd.Series) -> str:
@@ -103,12 +128,13 @@ def _task_table(df: pd.DataFrame, task: str) -> str:
     headers = {c: c[2:] for c in metric_cols}
     if metric_cols:
         headers[metric_cols[0]] += " ↑" if higher else " ↓"
-    rows, with_weights = [], (df.weights != "").any()
-    for (method, ref), g in df.groupby(["method", "ref"], sort=True):
+    rows, with_weights, with_spec = [], (df.weights != "").any(), df.spec.nunique() > 1
+    current = current_task_ref(task) if with_spec else None
+    for (method, ref, spec), g in df.groupby(["method", "ref", "spec"], sort=True):
         ok, bad = g[g.status == "ok"], g[g.status != "ok"]
         status = f"ok {len(ok)}/{len(g)}"
         if not bad.empty:
-            status += f"; {bad.iloc[0].status}: {str(bad.iloc[0].error)[:80]}"
+            status += f"; {bad.iloc[0].status}: {text_cell(str(bad.iloc[0].error)[:80])}"
         rank = ok[metric_cols[0]].mean() if metric_cols and not ok.empty else float("nan")
         rows.append(
             (
@@ -116,6 +142,7 @@ def _task_table(df: pd.DataFrame, task: str) -> str:
                 {
                     "method": method,
                     "ref": ref,
+                    **({"spec": spec + ("" if current in (None, spec) else " (stale)")} if with_spec else {}),
                     **({"weights": g.weights.iloc[0]} if with_weights else {}),
                     **{headers[c]: _cell(ok[c]) for c in metric_cols},
                     "n": len(ok),
@@ -141,6 +168,7 @@ def render(results: list[RunResult]) -> str:
         for (task, version), g in part.groupby(["task", "version"], sort=True):
             note = f"\n{EXTERNAL_NOTE}\n" if g.method.str.endswith(EXTERNAL_MARK).any() else ""
             note += f"\n{RANDOM_INIT_NOTE}\n" if g.method.str.contains(RANDOM_INIT_MARK, regex=False).any() else ""
+            note += f"\n{STALE_NOTE}\n" if g.spec.nunique() > 1 else ""
             parts.append(f"### {task} (v{version})\n\n{_task_table(g.dropna(axis=1, how='all'), task)}\n{note}")
     parts.append(_footer(results))
     return "\n".join(parts)
@@ -169,7 +197,7 @@ def _footer(results: list[RunResult]) -> str:
 
 
 def write(results: list[RunResult], out: Path) -> str:
+    """Render and write the leaderboard whole or not at all (a full disk leaves the old one as it was)."""
     text = render(results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_atomic(out, text)
     return text

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError, field_validator
 
 from harness import REPO_ROOT
+from harness.errors import UserError
+from harness.names import METHOD_NAME_PATTERN, TASK_NAME_PATTERN
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: keys carry the task's spec hash and the evaluator's version
 DEFAULT_RESULTS_DIR = REPO_ROOT / "leaderboard" / "results"
 Status = Literal["ok", "failed", "timeout"]
 DataKind = Literal["real", "procedural"]
@@ -24,15 +29,29 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ResultKey(_Model):
-    """What makes two runs the same run: reruns with an equal key are skipped (resume for free)."""
+def task_ref(spec_hash: str, evaluator: str) -> str:
+    """8 hex digits naming a task's spec and evaluator together (a results path segment, a leaderboard column):
+    results of different ones never mix."""
+    return hashlib.sha256(f"{spec_hash}|{evaluator}".encode()).hexdigest()[:8]
 
-    method: str
+
+class ResultKey(_Model):
+    """What makes two runs the same run: reruns with an equal key are skipped (resume for free). Everything that
+    determines the number is in it: the method's code (and weights), the task's whole spec, the evaluator's
+    version, the data kind and the seed."""
+
+    method: str = Field(pattern=METHOD_NAME_PATTERN)
     method_ref: str = Field(description="image digest or code hash of the method that ran")
-    task: str
-    task_version: int
+    task: str = Field(pattern=TASK_NAME_PATTERN)
+    task_version: int = Field(ge=1)
+    spec_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the task's spec, defaults filled in")
+    evaluator: str = Field(pattern=r"^[a-z0-9_]+/v[0-9]+$", description="the protocol and its version")
     data: DataKind
-    seed: int
+    seed: int = Field(ge=0, le=2**32 - 1)
+
+    @property
+    def task_ref(self) -> str:
+        return task_ref(self.spec_hash, self.evaluator)
 
     @property
     def short_ref(self) -> str:
@@ -43,7 +62,14 @@ class ResultKey(_Model):
         return self.method_ref.rsplit(":", 1)[-1][:12]
 
     def relpath(self) -> Path:
-        return Path(self.task, f"v{self.task_version}", self.data, self.method, self.short_ref, f"seed{self.seed}.json")
+        return Path(
+            self.task,
+            f"v{self.task_version}-{self.task_ref}",
+            self.data,
+            self.method,
+            self.short_ref,
+            f"seed{self.seed}.json",
+        )
 
 
 class DatasetInfo(_Model):
@@ -92,11 +118,11 @@ class Timings(_Model):
 
 
 class RunResult(_Model):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     key: ResultKey
     status: Status
-    error: str | None = None
-    metrics: dict[str, float] = Field(default={}, description="this seed's headline metrics")
+    error: str | None = Field(default=None, description="one line: newlines are written as ⏎")
+    metrics: dict[str, FiniteFloat] = Field(default={}, description="this seed's headline metrics (finite)")
     details: dict[str, Any] = {}
     notes: list[str] = []
     external: bool = Field(default=False, description="outputs were produced outside the harness's runners")
@@ -104,9 +130,47 @@ class RunResult(_Model):
     timings: Timings
     log_tail: str = Field(default="", description="last bytes of the method's stderr")
 
+    @field_validator("error")
+    @classmethod
+    def _one_line(cls, v: str | None) -> str | None:
+        return None if v is None else " ⏎ ".join(line.strip() for line in v.strip().splitlines() if line.strip())
+
+
+class NewerResult(UserError):
+    """A result file written by a newer harness (a higher schema_version): kept as it is, never re-run over."""
+
+
+class CellBusy(Exception):
+    """Another harness holds the cell's lock (it is running that cell now)."""
+
+
+MIN_FREE_BYTES = 16 << 20  # what a results folder needs free before any work starts
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all (temp file beside it + rename); a failed write (full disk, no
+    permission) is one UserError line naming the file, and the old file stays as it was."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    except OSError as e:
+        raise UserError(f"cannot write: {e.strerror or e}", where=path) from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write: {e.strerror or e}", where=path) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
 
 class ResultStore:
-    """Results under a root folder at deterministic paths; writes are atomic (temp file + rename)."""
+    """Results under a root folder at deterministic paths (ResultKey.relpath); writes are atomic, each cell has a
+    lock file beside its result (`.seed0.json.lock`) that a running harness holds, and reading trusts a file only
+    where its path is its key's."""
 
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root or os.environ.get("BENCH_RESULTS") or DEFAULT_RESULTS_DIR)
@@ -114,40 +178,124 @@ class ResultStore:
     def path(self, key: ResultKey) -> Path:
         return self.root / key.relpath()
 
+    def check_writable(self) -> None:
+        """Before any work: the root is a folder a file can be written in (or one that can be made, without making
+        it yet), on a disk with MIN_FREE_BYTES free; else one line naming it."""
+        existing = next(p for p in (self.root, *self.root.parents) if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"{existing} is a file, not a folder (--results / BENCH_RESULTS)", where=self.root)
+        if existing == self.root:
+            write_atomic(self.root / ".write-check", "")
+            (self.root / ".write-check").unlink(missing_ok=True)
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"cannot be created: no write permission in {existing}", where=self.root)
+        free = shutil.disk_usage(existing).free
+        if free < MIN_FREE_BYTES:
+            raise UserError(
+                f"only {free >> 10} KiB free, results need at least {MIN_FREE_BYTES >> 20} MiB", where=self.root
+            )
+
     def get(self, key: ResultKey) -> RunResult | None:
+        """The stored result of `key`, None if none (or an unreadable one, said on stderr); a newer harness's
+        raises NewerResult."""
         path = self.path(key)
-        return self._load(path) if path.exists() else None
+        if not path.exists():
+            return None
+        result = self._load(path)
+        if isinstance(result, int):
+            raise NewerResult(
+                f"written by a newer harness (result schema {result}; this one writes {SCHEMA_VERSION}): kept, "
+                "not re-run (upgrade vrbench, or --force to replace it)",
+                where=path,
+            )
+        return result
 
     def put(self, result: RunResult) -> Path:
         path = self.path(result.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(result.model_dump_json(indent=2))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, result.model_dump_json(indent=2))
         return path
 
+    @contextmanager
+    def lock(self, key: ResultKey, wait: bool = True) -> Iterator[None]:
+        """Hold the cell's lock: an flock on `.seedN.json.lock` beside the result, which the kernel releases however
+        this process ends. `wait=False`: raise CellBusy at once when another harness holds it. The lock file, and
+        the folders made for it when no result was written, are removed on the way out: a user error leaves
+        nothing behind."""
+        path = self.path(key)
+        lock_path = path.with_name(f".{path.name}.lock")
+        made = next((p for p in reversed((path.parent, *path.parent.parents)) if not p.exists()), None)
+        while True:  # the file may be removed by its holder between open and flock: then lock the new one
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(lock_path, "a")
+            except FileNotFoundError:  # a folder removed by a holder that wrote nothing
+                continue
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                f.close()
+                raise CellBusy(str(path)) from None
+            if lock_path.exists() and os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+            f.close()
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+            f.close()
+            if made is not None and not path.exists():
+                for folder in (path.parent, *path.parent.parents):
+                    try:
+                        folder.rmdir()  # only an empty one
+                    except OSError:
+                        break
+                    if folder == made:
+                        break
+
     def all(self) -> list[RunResult]:
-        results = []
+        """Every valid result under the root, once per key. A file whose path is not its key's (copied or moved by
+        hand) is reported and skipped, as is one of an older schema; those of a newer harness are counted and
+        said once."""
+        results, newer, older = {}, [], []
         for path in sorted(self.root.rglob("seed*.json")):
             result = self._load(path)
-            if result is not None:
-                results.append(result)
-        return results
+            if isinstance(result, int):
+                (newer if result > SCHEMA_VERSION else older).append(path)
+            elif result is not None:
+                expected = self.path(result.key)
+                if path.resolve() != expected.resolve():
+                    _warn(f"{path}: its key belongs at {expected}: copied or moved by hand? skipped")
+                else:
+                    results.setdefault(result.key.relpath(), result)
+        if newer:
+            _warn(f"{len(newer)} result file(s) written by a newer harness skipped, e.g. {newer[0]}: upgrade vrbench")
+        if older:
+            _warn(
+                f"{len(older)} result file(s) of an older result schema skipped, e.g. {older[0]}: their keys lack "
+                "the task's spec hash and evaluator version; re-run those cells"
+            )
+        return list(results.values())
 
     @staticmethod
-    def _load(path: Path) -> RunResult | None:
+    def _load(path: Path) -> RunResult | int | None:
+        """The result in `path`; its schema_version when that is not this harness's; None (said) if invalid."""
         try:
-            return RunResult.model_validate(json.loads(path.read_text()))
+            data = json.loads(path.read_text(), parse_constant=_reject_constant)
+            version = data.get("schema_version") if isinstance(data, dict) else None
+            if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
+                return version
+            return RunResult.model_validate(data)
         except (OSError, ValueError, ValidationError) as e:
-            print(
-                f"bench: warning: {path}: not a valid result file, ignored ({str(e).splitlines()[0]})", file=sys.stderr
-            )
+            _warn(f"{path}: not a valid result file, ignored ({str(e).splitlines()[0]})")
             return None
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number a result may hold")
+
+
+def _warn(msg: str) -> None:
+    print(f"bench: warning: {msg}", file=sys.stderr)
 
 
 def json_schema() -> dict:

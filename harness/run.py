@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 
 from harness import specs
-from harness.data import fingerprint, open_dataset
+from harness.data import DATASETS, fingerprint, is_procedural, open_dataset
 from harness.data.base import DatasetReader
 from harness.errors import MethodFailure, MethodTimeout, UserError
 from harness.protocols.base import Protocol, RunContext
 from harness.provenance import gpu_name, machine, now
-from harness.results import DatasetInfo, Provenance, ResultKey, ResultStore, RunResult, Timings
+from harness.results import CellBusy, DatasetInfo, NewerResult, Provenance, ResultKey, ResultStore, RunResult, Timings
 from harness.runners import get_runner
 from harness.runners.base import Runner, RunningMethod
 from harness.weights import RANDOM_INIT, expected_path, fetch_command, resolve
@@ -54,22 +56,17 @@ def run_cell(
     opts: RunOptions,
     store: ResultStore,
     runner: Runner | None = None,
+    wait: bool = True,
 ) -> RunResult:
     """Run one cell, or return its stored result. Method misbehaviour becomes a failed/timeout result;
     bad specs or data raise UserError before anything is written. `runner`: default, a new one of opts.backend
     (a matrix passes one, so each method is prepared once)."""
     if reason := incompatibility(method, task):
         raise UserError(reason)
+    store.check_writable()
     method = with_weights(method, opts)
     runner = runner or get_runner(opts.backend)
-    key = ResultKey(
-        method=method.name,
-        method_ref=runner.result_ref(method),
-        task=task.name,
-        task_version=task.version,
-        data="procedural" if opts.synthetic else "real",
-        seed=seed,
-    )
+    key = cell_key(task, method.name, runner.result_ref(method), data_kind(task.dataset, opts), seed)
     task_info = {"name": task.name, "version": task.version, "output": task.output, "seed": seed}
     return score_cell(
         task,
@@ -81,7 +78,28 @@ def run_cell(
         sandboxed=runner.sandboxed,
         fit=method.fit,
         weights=RANDOM_INIT if method.random_init else f"sha256:{d}" if (d := method.weights_digest) else None,
+        wait=wait,
     )
+
+
+def cell_key(task: specs.TaskSpec, method: str, method_ref: str, data: str, seed: int) -> ResultKey:
+    """The key of a cell's result: the method's name and ref, the task with its spec hash and evaluator version."""
+    return ResultKey(
+        method=method,
+        method_ref=method_ref,
+        task=task.name,
+        task_version=task.version,
+        spec_hash=task.spec_hash,
+        evaluator=task.evaluator,
+        data=data,
+        seed=seed,
+    )
+
+
+def data_kind(dataset: str, opts: RunOptions) -> str:
+    """ "procedural" for stand-ins, also for a --data-root that holds one (it carries the marker file): the kind
+    comes from the dataset itself, not from the flag alone."""
+    return "procedural" if opts.synthetic or is_procedural(opts.data_root / DATASETS[dataset].subdir) else "real"
 
 
 def with_weights(method: specs.MethodSpec, opts: RunOptions) -> specs.MethodSpec:
@@ -110,9 +128,10 @@ def prepare(task: specs.TaskSpec, seed: int, opts: RunOptions, fit: bool = False
     """Open the task's dataset and make its protocol and run context (`fit`: the method has a fit stage); bad data
     raises UserError."""
     dataset = open_dataset(task.dataset, opts.data_root, synthetic=opts.synthetic)
+    kind = data_kind(task.dataset, opts)
     dataset_info = DatasetInfo(
         name=task.dataset,
-        kind="procedural" if opts.synthetic else "real",
+        kind=kind,
         root=str(dataset.root),
         fingerprint=fingerprint(dataset.root),
     )
@@ -121,7 +140,7 @@ def prepare(task: specs.TaskSpec, seed: int, opts: RunOptions, fit: bool = False
         seed=seed,
         fit=fit,
         fit_labels=task.fit_labels,
-        procedural=opts.synthetic,
+        procedural=kind == "procedural",
         device="cuda" if gpu_name() else "cpu",
         batch_size=task.batch_size,
         num_workers=opts.num_workers,
@@ -141,71 +160,94 @@ def score_cell(
     sandboxed: bool = False,
     fit: bool = False,
     weights: str | None = None,
+    wait: bool = True,
 ) -> RunResult:
-    """Score one cell with the session that `start()` provides and store the result, or return the stored
+    """Score one cell with the session that `start()` provides and store the result, or return the stored ok
     result of an equal key. The session comes from a runner (a started method) or, for external outputs,
-    from replayed files. `fit`: the method has a fit stage, which the protocol runs first (timed as fit_s)."""
-    cached = store.get(key)
-    if cached is not None and cached.status == "ok" and not opts.force:
-        _log(f"{key.method} x {task.name} seed {key.seed} ({key.data}): cached, skipped ({store.path(key)})")
+    from replayed files. `fit`: the method has a fit stage, which the protocol runs first (timed as fit_s).
+    The cell's lock is held while it runs, so a concurrent harness waits for it (`wait=False`: raise CellBusy),
+    then finds its result."""
+    with _claim(key, opts, store, wait) as cached:
+        if cached is not None:
+            return cached
+        t0, started = time.perf_counter(), now()
+        run = prepare(task, key.seed, opts, fit=fit)
+        ctx = run.ctx
+        _log(f"{key.method} x {task.name} seed {key.seed} ({key.data} data, {backend} backend)")
+        status, error, log_tail, outcome, running = "ok", None, "", None, None
+        try:
+            with start() as running:
+                ctx.session = running.session
+                outcome = run.protocol.execute(run.dataset, ctx)
+        except MethodFailure as e:
+            status, error, log_tail = "timeout" if isinstance(e, MethodTimeout) else "failed", str(e), e.log_tail
+        if outcome and (bad := {k: v for k, v in outcome.metrics.items() if not math.isfinite(v)}):
+            status, error, outcome.metrics = "failed", f"the evaluator gave non-finite metrics {bad}: none recorded", {}
+
+        session = running.session if running else None
+        total = time.perf_counter() - t0
+        method_s = session.method_seconds if session else 0.0
+        fit_s = session.fit_seconds if session else 0.0
+        data_s, evaluator_s = ctx.stopwatch.totals["data"], ctx.stopwatch.totals["evaluator"]
+        result = RunResult(
+            key=key,
+            status=status,
+            error=error,
+            external=external,
+            metrics=outcome.metrics if outcome else {},
+            details=outcome.details if outcome else {},
+            notes=(outcome.notes if outcome else [])
+            + (["procedural stand-in data: not comparable to published numbers"] if key.data == "procedural" else [])
+            + ([f"{WEIGHTS_ABSENT}: not the method's numbers"] if weights == RANDOM_INIT else []),
+            provenance=Provenance(
+                **machine(),
+                task_spec_hash=task.spec_hash,
+                task_params=task.protocol_params.model_dump(mode="json"),
+                task_overrides=task.overrides,
+                backend=backend,
+                sandboxed=sandboxed,
+                weights=weights,
+                dataset=run.dataset_info,
+                method_info=session.info.model_dump(mode="json") if session and session.info else {},
+                started_at=started,
+                finished_at=now(),
+            ),
+            timings=Timings(
+                total_s=total,
+                method_s=method_s,
+                fit_s=fit_s,
+                data_s=data_s,
+                evaluator_s=evaluator_s,
+                harness_s=max(0.0, total - method_s - fit_s - data_s - evaluator_s),
+                images_sent=session.images_sent if session else 0,
+                bytes_sent=session.bytes_sent if session else 0,
+            ),
+            log_tail=log_tail,
+        )
+        path = store.put(result)
+        summary = ", ".join(f"{k}={v:.2f}" for k, v in result.metrics.items()) or error
+        _log(f"{key.method} x {task.name} seed {key.seed}: {status} in {total:.1f}s ({summary}) -> {path}")
+        return result
+
+
+@contextmanager
+def _claim(key: ResultKey, opts: RunOptions, store: ResultStore, wait: bool) -> Iterator[RunResult | None]:
+    """The stored ok result of `key` (unless --force), else None with the cell's lock held: checked again once
+    the lock is held, since another harness may have run the cell while this one waited."""
+    if (cached := _cached(key, opts, store)) is not None:
+        yield cached
+        return
+    with store.lock(key, wait=wait):
+        yield _cached(key, opts, store)
+
+
+def _cached(key: ResultKey, opts: RunOptions, store: ResultStore) -> RunResult | None:
+    """The stored ok result of `key`, unless --force."""
+    cached = None if opts.force else store.get(key)
+    if cached is not None and cached.status == "ok":
+        _log(f"{key.method} x {key.task} seed {key.seed} ({key.data}): cached, skipped ({store.path(key)})")
         return cached
-
-    t0, started = time.perf_counter(), now()
-    run = prepare(task, key.seed, opts, fit=fit)
-    ctx = run.ctx
-    _log(f"{key.method} x {task.name} seed {key.seed} ({key.data} data, {backend} backend)")
-    status, error, log_tail, outcome, running = "ok", None, "", None, None
-    try:
-        with start() as running:
-            ctx.session = running.session
-            outcome = run.protocol.execute(run.dataset, ctx)
-    except MethodFailure as e:
-        status, error, log_tail = "timeout" if isinstance(e, MethodTimeout) else "failed", str(e), e.log_tail
-
-    session = running.session if running else None
-    total = time.perf_counter() - t0
-    method_s = session.method_seconds if session else 0.0
-    fit_s = session.fit_seconds if session else 0.0
-    data_s, evaluator_s = ctx.stopwatch.totals["data"], ctx.stopwatch.totals["evaluator"]
-    result = RunResult(
-        key=key,
-        status=status,
-        error=error,
-        external=external,
-        metrics=outcome.metrics if outcome else {},
-        details=outcome.details if outcome else {},
-        notes=(outcome.notes if outcome else [])
-        + (["procedural stand-in data: not comparable to published numbers"] if opts.synthetic else [])
-        + ([f"{WEIGHTS_ABSENT}: not the method's numbers"] if weights == RANDOM_INIT else []),
-        provenance=Provenance(
-            **machine(),
-            task_spec_hash=task.spec_hash,
-            task_params=task.protocol_params.model_dump(mode="json"),
-            task_overrides=task.overrides,
-            backend=backend,
-            sandboxed=sandboxed,
-            weights=weights,
-            dataset=run.dataset_info,
-            method_info=session.info.model_dump(mode="json") if session and session.info else {},
-            started_at=started,
-            finished_at=now(),
-        ),
-        timings=Timings(
-            total_s=total,
-            method_s=method_s,
-            fit_s=fit_s,
-            data_s=data_s,
-            evaluator_s=evaluator_s,
-            harness_s=max(0.0, total - method_s - fit_s - data_s - evaluator_s),
-            images_sent=session.images_sent if session else 0,
-            bytes_sent=session.bytes_sent if session else 0,
-        ),
-        log_tail=log_tail,
-    )
-    path = store.put(result)
-    summary = ", ".join(f"{k}={v:.2f}" for k, v in result.metrics.items()) or error
-    _log(f"{key.method} x {task.name} seed {key.seed}: {status} in {total:.1f}s ({summary}) -> {path}")
-    return result
+    return None
 
 
 def run_matrix(
@@ -223,15 +265,31 @@ def run_matrix(
         for m in dict.fromkeys(methods or suite.methods or specs.baseline_methods())
     ]
     runner = get_runner(opts.backend)
-    results = []
-    for task in tasks:
-        for method in method_specs:
-            if reason := incompatibility(method, task):
-                _log(f"skipped: {reason}")
-                continue
-            for seed in dict.fromkeys(seeds or suite.seeds):
-                results.append(run_cell(method, task, seed, opts, store, runner))
+    cells = [
+        (method, task, seed)
+        for task in tasks
+        for method in method_specs
+        if not _skipped(method, task)
+        for seed in dict.fromkeys(seeds or suite.seeds)
+    ]
+    results, busy = [], []
+    for cell in cells:  # a cell another harness is running now waits until the end, then is found done
+        try:
+            results.append(run_cell(*cell, opts, store, runner, wait=False))
+        except CellBusy as e:
+            _log(f"{cell[0].name} x {cell[1].name} seed {cell[2]}: another bench is running it ({e}): later")
+            busy.append(cell)
+        except NewerResult as e:
+            _log(f"skipped: {e}")
+    for cell in busy:
+        results.append(run_cell(*cell, opts, store, runner))
     return results
+
+
+def _skipped(method: specs.MethodSpec, task: specs.TaskSpec) -> bool:
+    if reason := incompatibility(method, task):
+        _log(f"skipped: {reason}")
+    return reason is not None
 
 
 def evaluate(

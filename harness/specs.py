@@ -17,14 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import REPO_ROOT, weights
 from harness.contract import OutputKind
 from harness.errors import SpecError, UserError
+from harness.names import METHOD_NAME_PATTERN, NAME_PATTERN, TASK_NAME_PATTERN
 from harness.provenance import file_sha256, hash_folders, hash_path
 from harness.yamlfile import line_of, validation_error_line
-
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
-# a method variant's name carries its method's (`dino@vitb16`); a user-given name stays NAME_PATTERN
-METHOD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?$"
-# a variant's name carries its task's; --set overrides follow as +name=value
-TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?(\+[a-z0-9_]+=[^+/\s]+)*$"
 
 
 def check_method_name(name: str, what: str) -> str:
@@ -169,6 +164,11 @@ class TaskSpec(_Spec):
         from harness.protocols import PROTOCOLS
 
         return PROTOCOLS[self.protocol].output
+
+    @property
+    def evaluator(self) -> str:
+        """The protocol that scores this task and its version, e.g. `knn/v1`: part of every result's key."""
+        return f"{self.protocol}/v{self.protocol_class.version}"
 
     @property
     def spec_hash(self) -> str:

@@ -7,7 +7,14 @@ from harness.results import Provenance, ResultKey, RunResult, Timings
 
 
 def result(
-    method, seed, miou, data="procedural", status="ok", task="voc_hummingbird", ref="code-sha256:0123456789abcdef"
+    method,
+    seed,
+    miou,
+    data="procedural",
+    status="ok",
+    task="voc_hummingbird",
+    ref="code-sha256:0123456789abcdef",
+    spec_hash="0" * 64,
 ):
     prov = Provenance(
         harness_version="0.1.0",
@@ -27,7 +34,16 @@ def result(
         finished_at="t",
     )
     return RunResult(
-        key=ResultKey(method=method, method_ref=ref, task=task, task_version=1, data=data, seed=seed),
+        key=ResultKey(
+            method=method,
+            method_ref=ref,
+            task=task,
+            task_version=1,
+            spec_hash=spec_hash,
+            evaluator="hummingbird/v1",
+            data=data,
+            seed=seed,
+        ),
         status=status,
         error=None if status == "ok" else "method crashed",
         metrics={"miou": miou, "miou_identity": miou - 1} if status == "ok" else {},

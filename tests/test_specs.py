@@ -220,7 +220,14 @@ def test_user_given_method_names_stay_strict_while_variants_name_results():
     with pytest.raises(UserError, match="use lower-case letters, digits and _"):
         specs.check_method_name("net@b8", "--name")
     key = ResultKey(
-        method="net@b8", method_ref="code-sha256:" + "0" * 64, task="t", task_version=1, data="real", seed=0
+        method="net@b8",
+        method_ref="code-sha256:" + "0" * 64,
+        task="t",
+        task_version=1,
+        spec_hash="0" * 64,
+        evaluator="knn/v1",
+        data="real",
+        seed=0,
     )
     assert key.relpath().parts[3] == "net@b8"
 

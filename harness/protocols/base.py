@@ -137,9 +137,12 @@ def expect_shape(features: np.ndarray, shape: tuple[int | None, ...], what: str)
 class Protocol(ABC):
     """An evaluation protocol. `main_metric` names the headline key of Outcome.metrics (the one to rank methods
     by, as MTEB's main_score); `lower_is_better` lists the metrics where lower is better (lm-eval's
-    higher_is_better), all others being higher-is-better."""
+    higher_is_better), all others being higher-is-better. `version` is the evaluator's: bump it whenever a change
+    can change a number (it is part of every result's key, so older results are never pooled with newer ones;
+    tests/test_result_keys.py asks for the bump when a protocol's code changes)."""
 
     name: ClassVar[str]
+    version: ClassVar[int] = 1
     Params: ClassVar[type[ProtocolParams]]
     output: ClassVar[OutputKind]  # what the method must produce
     main_metric: ClassVar[str]
