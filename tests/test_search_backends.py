@@ -144,6 +144,8 @@ def test_the_hummingbird_tasks_carry_the_published_settings():
         "num_reordering_candidates": 1800,
         "training_sample_size": None,
         "threads": 0,
+        "clustering_seed": 1,  # ours, for numbers that are the same run to run (ann.py)
+        "min_partition_size": 1,
     }
     ade = specs.get("task", "ade20k_hummingbird")
     params = ade.protocol_params

@@ -11,6 +11,13 @@ exact re-scoring of the best 120 candidates. The reference passes `dimensions_pe
 (it zips positional arguments over the parameter names and updates the keyword dict with them), so HEAD really
 quantises 2 dimensions per block. Our option is applied as written; its default, 2, is what HEAD runs. FUNGI's
 fork (no-train-all-gain, `fungi-hummingbird/src/hbird_eval.py`) passes it by keyword only: 4.
+
+Deliberate differences, for numbers that are the same run to run: the reference leaves the tree's k-means seed at
+ScaNN's default, 0, which draws a new seed per build, and its minimum leaf size at the builder's 50, below which
+ScaNN re-seeds a leaf from an unseeded random source; its mIoU changes between runs on identical inputs. Ours sets
+`clustering_seed` 1 and `min_partition_size` 1: two builds on identical inputs give identical trees whatever the
+thread count (tests/test_determinism.py). `min_partition_size: 50` restores the reference's tree, and its
+run-to-run variation, which the result then notes.
 """
 
 from __future__ import annotations
@@ -46,6 +53,12 @@ class ScannOptions(BaseModel):
     dimensions_per_block: PositiveInt = 2  # what the reference effectively runs; FUNGI's fork runs 4
     num_reordering_candidates: PositiveInt = 120
     training_sample_size: PositiveInt | None = None  # tree k-means sample; None = the whole memory, as the reference
+    # the tree k-means' seed: ScaNN's default, 0, draws a new one per build (two runs on identical inputs differed by
+    # 0.004 mIoU at memory 1,024,000); any other value makes the tree, and so every number, reproducible
+    clustering_seed: PositiveInt = 1
+    # ScaNN re-seeds a leaf smaller than this from an unseeded random source, so any value above 1 makes builds differ
+    # whenever a leaf is that small (often on small memories); the reference runs ScaNN's builder default, 50
+    min_partition_size: PositiveInt = 1
     threads: NonNegativeInt = 0  # for training and search; 0 = every core
 
     @model_validator(mode="after")
@@ -111,6 +124,13 @@ class FaissSearch:
         return torch.from_numpy(scores).to(self.device), torch.from_numpy(index).to(self.device, torch.int64)
 
 
+def _seeded(config: str, seed: int) -> str:
+    """ScaNN's text config with the tree's `clustering_seed` set (its builder has no setter for it)."""
+    if config.count("partitioning {") != 1 or "clustering_seed" in config:
+        raise RuntimeError(f"unexpected ScaNN config layout, cannot set clustering_seed:\n{config}")
+    return config.replace("partitioning {", f"partitioning {{\n        clustering_seed: {seed}", 1)
+
+
 class ScannSearch:
     """Approximate inner-product search with ScaNN (tree + asymmetric hashing + exact re-ordering), configured
     from `ScannOptions`. ScaNN keeps its own float32 copy of the bank for the re-ordering.
@@ -144,6 +164,7 @@ class ScannSearch:
                 num_leaves=opts.num_leaves,
                 num_leaves_to_search=opts.num_leaves_to_search,
                 training_sample_size=opts.training_sample_size or self.n,
+                min_partition_size=opts.min_partition_size,
             )
             .score_ah(
                 dimensions_per_block=opts.dimensions_per_block,
@@ -151,13 +172,18 @@ class ScannSearch:
             )
             .reorder(opts.num_reordering_candidates)
         )
-        self.config = builder.create_config()
-        self.searcher = builder.build()
+        self.config = _seeded(builder.create_config(), opts.clustering_seed)
+        self.searcher = scann.scann_ops_pybind.create_searcher(_float32_rows(bank, 0, self.n), self.config, threads)
         self.searcher.set_num_threads(threads)
         self.padded = 0
 
     def __len__(self) -> int:
         return self.n
+
+    @property
+    def reproducible(self) -> bool:
+        """Whether two builds on identical inputs are sure to answer identically (see ScannOptions)."""
+        return self.options.min_partition_size == 1
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         _check_k(k, self.n)

@@ -265,6 +265,8 @@ class HummingbirdProtocol(Protocol):
         if len(ids) < len(train):
             details["train_ids"] = [train.ids[i] for i in ids]
         notes = [f"search '{p.search}' (the published HummingBird numbers use approximate ScaNN)", *m.notes]
+        if not getattr(search, "reproducible", True):
+            notes.append(f"{p.search} with {p.search_options}: not reproducible, this number may vary run to run")
         if size != p.input_size:
             notes.append(f"input_size {p.input_size} rounded down to {size}, a multiple of the patch size {patch}")
         return segmentation_outcome(conf, details, notes)
