@@ -18,7 +18,7 @@ BASE ?= vrbench/base:bookworm
 # outside CI a service that cannot start is reported and its tests skip; under CI=true it fails the run
 OR_SKIP = || { [ "$${CI:-}" != true ] && echo "==> $@ unavailable: the tests that need it will skip" >&2; }
 
-.PHONY: setup test test-fast lint bench leaderboard schema clean services base-image
+.PHONY: setup test test-fast lint bench bench-deps leaderboard schema clean services base-image
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test: setup lint services base-image
 # the inner loop: lint, then every test that needs no service and takes under a minute (no root needed)
 test-fast: setup lint
 	$(VENV)/bin/python -m pytest -m "not docker and not slow"
+
+# what the benchmark and comparison scripts under scripts/ need beyond the harness (pyproject's `bench` extra)
+bench-deps: setup
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 
 # ruff (lint + format check) and import-linter's layer contracts (pyproject.toml)
 lint: setup

@@ -1,14 +1,18 @@
 """Speed and memory of our HummingBird and kNN evaluators, against open-hummingbird-eval (not a test).
 
+    make bench-deps    # the benchmark scripts' own dependencies (pyproject's `bench` extra: psutil)
     .venv/bin/python scripts/bench_hummingbird.py [--parts a,b,c,d,e,f] [--train-images 10582] [--queries 300]
-        [--sides ours,reference,ours] [--huge-queries 4] [--json OUT] ...
+        [--sides ours,reference,ours,ours@1] [--threads N] [--huge-queries 4] [--json OUT] ...
     .venv/bin/python scripts/bench_hummingbird.py --report OUT1 OUT2 ...    # the table of earlier runs
 
 Both evaluators get identical inputs: procedural masks and random-but-clustered patch features, a pure function
 of (split, epoch, image) (`Synth`), so neither side runs a model or decodes an image. Ours runs the real protocol
 (`HummingbirdProtocol.run`) with only its two sample loaders (decode + augmentation) swapped for `Synth`; the
-reference (open-hummingbird-eval HEAD, exported from its git mirror and run in its own venv, which adds
-pytorch-lightning on top of ours) runs `HbirdEvaluation` on a wrapper feature extractor and loaders. Every
+reference (open-hummingbird-eval 5e79da2, exported from its git mirror and run in its own venv, which adds
+pytorch-lightning on top of ours) runs `HbirdEvaluation` on a wrapper feature extractor and loaders. Sides run
+interleaved, each in a fresh process: by default ours, the reference, ours again (the two of ours must give identical
+mIoU: the benchmark's own determinism check), then ours with one thread (`ours@1`: torch, faiss and our ScaNN on one
+thread, as the reference's ScaNN `search_batched` searches; its tree training uses ScaNN's default threads). Every
 configuration runs in a fresh process; peak RSS is that process's ru_maxrss, "RSS over start" subtracts the RSS
 after the side's imports. "eval s" / "eval CPU s" are the wall / CPU time minus those spent drawing synthetic
 masks and features (the same work on both sides); CPU time is what contention on a shared machine inflates least.
@@ -45,6 +49,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REF_MIRROR = Path("/work/.mirror/vpariza+open-hummingbird-eval/repo")
+REF_COMMIT = "5e79da2"  # open-hummingbird-eval HEAD as PROTOCOLS.md cites it
 SIZE, PATCH, DIM, CLASSES, IGNORE = 512, 16, 384, 21, 255
 GRID = SIZE // PATCH
 SPLIT_IDS = {"train": 1, "val": 2}
@@ -196,7 +201,7 @@ def run_ours(cfg: dict) -> dict:
         temperature=0.02,
         search=cfg["search"],
         memory_dtype=cfg["dtype"],
-        search_options=cfg.get("options", {}),
+        search_options={**cfg.get("options", {}), **({"threads": cfg["threads"]} if cfg["search"] == "scann" else {})},
     )
     ctx = RunContext(session=_TokenSession(), seed=0, batch_size=cfg["batch"], num_workers=0, progress=False)
     start = clock()
@@ -353,7 +358,12 @@ def run_overcluster(cfg: dict) -> dict:
 
 
 def worker(cfg: dict) -> None:
+    import faiss
     import psutil
+
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+        faiss.omp_set_num_threads(cfg["threads"])
 
     if cfg["side"] == "reference":  # the start RSS counts each side's imports
         sys.path.insert(0, cfg["ref_checkout"])
@@ -394,10 +404,12 @@ def launch(python: str, cfg: dict, log: Path) -> dict:
 def reference_env(args) -> tuple[str, str]:
     """(python, checkout): the reference exported from its git mirror, and a venv that sees ours + lightning."""
     work = Path(args.ref_dir)
-    checkout, venv = work / "open-hummingbird-eval", work / "venv"
+    checkout, venv = work / f"open-hummingbird-eval-{REF_COMMIT}", work / "venv"
     if not (checkout / "hbird" / "hbird_eval.py").exists():
         checkout.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(args.ref_repo), "archive", "HEAD"], check=True, capture_output=True)
+        archive = subprocess.run(
+            ["git", "-C", str(args.ref_repo), "archive", REF_COMMIT], check=True, capture_output=True
+        )
         subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive.stdout, check=True)
     python = venv / "bin" / "python"
     if not python.exists():
@@ -405,10 +417,7 @@ def reference_env(args) -> tuple[str, str]:
         site = next((venv / "lib").glob("python3*/site-packages"))
         (site / "vrbench-main.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch, numpy, scann
         subprocess.run([str(python), "-m", "pip", "install", "-q", "pytorch-lightning"], check=True)
-    commit = subprocess.run(
-        ["git", "-C", str(args.ref_repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    print(f"reference: open-hummingbird-eval {commit} at {checkout}, python {python}", file=sys.stderr)
+    print(f"reference: open-hummingbird-eval {REF_COMMIT} at {checkout}, python {python}", file=sys.stderr)
     return str(python), str(checkout)
 
 
@@ -431,7 +440,12 @@ def main() -> None:
     parser.add_argument("--overcluster-images", type=int, default=1_449)
     parser.add_argument("--overcluster-k", type=lambda v: [int(k) for k in v.split(",")], default=[100, 300, 500])
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--sides", default="ours,reference", help="parts a and b: which sides run, in this order")
+    parser.add_argument(
+        "--sides",
+        default="ours,reference,ours,ours@1",
+        help="parts a and b: which sides run, in this order (ours@N: ours on N threads)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="threads of every side but ours@N (0: every core)")
     parser.add_argument("--ref-repo", default=str(REF_MIRROR))
     parser.add_argument("--ref-dir", default=os.path.join(tempfile.gettempdir(), "vrbench-hbird-ref"))
     parser.add_argument("--json", help="also write every measurement here")
@@ -445,14 +459,22 @@ def main() -> None:
     ours_py = sys.executable
     needs_ref = parts & {"a", "b"} and "reference" in args.sides
     ref_py, checkout = reference_env(args) if needs_ref else (None, None)
-    base = {"train_images": args.train_images, "epochs": 2, "batch": args.batch, "ref_checkout": checkout}
+    base = {
+        "train_images": args.train_images,
+        "epochs": 2,
+        "batch": args.batch,
+        "ref_checkout": checkout,
+        "threads": args.threads,
+    }
     runs: dict[str, dict] = {}
 
     def both(label, **cfg):
         cfg = {**base, **cfg, "label": label}
-        for side in args.sides.split(","):  # "ours,reference,ours" brackets the reference between two of ours
-            name = f"{label} {side}" + ("" if f"{label} {side}" not in runs else " again")
-            runs[name] = launch(ours_py if side == "ours" else ref_py, {**cfg, "side": side}, log)
+        for token in args.sides.split(","):  # "ours,reference,ours" brackets the reference between two of ours
+            side, _, threads = token.partition("@")
+            name = f"{label} {token}" + ("" if f"{label} {token}" not in runs else " again")
+            run = {**cfg, "side": side, **({"threads": int(threads)} if threads else {})}
+            runs[name] = launch(ours_py if side == "ours" else ref_py, run, log)
 
     if "a" in parts:
         both("a", memory=args.memory, queries=args.queries, search="scann", dtype="float32")
@@ -525,6 +547,7 @@ def report(runs: dict[str, dict]) -> None:
     headers = [
         "run",
         "configuration",
+        "threads",
         "bank rows",
         "wall s",
         "eval s",
@@ -547,6 +570,7 @@ def report(runs: dict[str, dict]) -> None:
             [
                 name,
                 what,
+                r.get("threads") or "all",
                 f"{r['rows']:,}",
                 f"{r['wall']:.1f}",
                 f"{r['wall'] - r['synth_s']:.1f}",
@@ -571,8 +595,14 @@ def report(runs: dict[str, dict]) -> None:
             tabulate(split, headers=["run", *steps, "load avg 15 min at end"], tablefmt="github", disable_numparse=True)
         )
     for label in ("a", "b"):
+        ours = [r for name, r in runs.items() if name.startswith(f"{label} ours") and "error" not in r]
+        if len(ours) > 1:
+            threads = ", ".join(str(r.get("threads") or "all") for r in ours)
+            values = ", ".join(f"{r['miou']:.10f}" for r in ours)
+            same = "identical" if len({r["miou"] for r in ours}) == 1 else "DIFFERENT"
+            print(f"{label}: our {len(ours)} runs (threads {threads}) give {same} mIoU: {values}")
         ref = runs.get(f"{label} reference")
-        for name in (f"{label} ours", f"{label} ours again"):
+        for name in [n for n in runs if n.startswith(f"{label} ours")]:
             ours = runs.get(name)
             if not ours or not ref or "error" in ours or "error" in ref:
                 continue
