@@ -126,9 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="default: the one the inputs were exported with")
     _add_run_options(p, runner=False, data_help="default: as exported")
 
-    p = sub.add_parser("leaderboard", help="aggregate results into the markdown leaderboard")
+    p = sub.add_parser("leaderboard", help="aggregate results into the leaderboard: markdown, index.html, plots/")
     p.add_argument("--results", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=DEFAULT_LEADERBOARD)
+    p.add_argument(
+        "--from",
+        dest="sources",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="a results folder to merge (repeatable: the folders of several machines; default: --results)",
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_LEADERBOARD, help="the markdown; index.html, plots/ beside it")
 
     p = sub.add_parser("schema", help="print the JSON Schema of result files")
     p.add_argument("--out", type=Path, default=None)
@@ -324,8 +332,12 @@ def cmd_score(args) -> int:
 def cmd_leaderboard(args) -> int:
     from harness import leaderboard
 
-    print(leaderboard.write(ResultStore(args.results).all(), args.out))
-    print(f"bench: wrote {args.out}", file=sys.stderr)
+    results, files = leaderboard.load(args.sources or [ResultStore(args.results).root], must_exist=bool(args.sources))
+    board = leaderboard.write(results, files, args.out)
+    print(
+        f"bench: wrote {args.out}, {args.out.parent / 'index.html'} and {args.out.parent / 'plots'}/", file=sys.stderr
+    )
+    print(leaderboard.markdown.summaries(board), end="")
     return 0
 
 

@@ -115,6 +115,11 @@ class Timings(_Model):
     harness_s: float = Field(description="everything else: start-up, dataset checks, bookkeeping")
     images_sent: int = 0
     bytes_sent: int = 0
+    method_peak_bytes: int | None = Field(
+        default=None,
+        description="the method's peak resident memory as its backend measured it (local: the process's ru_maxrss, "
+        "the children it waited for included); None: not measured (in-process, external and docker methods)",
+    )
 
 
 class RunResult(_Model):
@@ -147,8 +152,8 @@ class CellBusy(Exception):
 MIN_FREE_BYTES = 16 << 20  # what a results folder needs free before any work starts
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` whole or not at all (temp file beside it + rename); a failed write (full disk, no
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write `text` (or bytes) to `path` whole or not at all (temp file beside it + rename); a failed write (full disk, no
     permission) is one UserError line naming the file, and the old file stays as it was."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +161,7 @@ def write_atomic(path: Path, text: str) -> None:
     except OSError as e:
         raise UserError(f"cannot write: {e.strerror or e}", where=path) from None
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except OSError as e:

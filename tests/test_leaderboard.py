@@ -2,7 +2,8 @@
 
 import statistics
 
-from harness.leaderboard import render
+from harness import specs
+from harness.leaderboard import main_metric, render
 from harness.results import Provenance, ResultKey, RunResult, Timings
 
 
@@ -15,6 +16,9 @@ def result(
     task="voc_hummingbird",
     ref="code-sha256:0123456789abcdef",
     spec_hash="0" * 64,
+    evaluator="hummingbird/v1",
+    sandboxed=None,
+    external=False,
 ):
     prov = Provenance(
         harness_version="0.1.0",
@@ -23,6 +27,7 @@ def result(
         task_spec_hash="h",
         task_params={},
         backend="local",
+        sandboxed=sandboxed,
         host="h",
         platform="p",
         python="3",
@@ -40,16 +45,26 @@ def result(
             task=task,
             task_version=1,
             spec_hash=spec_hash,
-            evaluator="hummingbird/v1",
+            evaluator=evaluator,
             data=data,
             seed=seed,
         ),
         status=status,
         error=None if status == "ok" else "method crashed",
         metrics={"miou": miou, "miou_identity": miou - 1} if status == "ok" else {},
+        external=external,
         provenance=prov,
         timings=Timings(total_s=1, method_s=0, data_s=0, evaluator_s=0, harness_s=1),
     )
+
+
+def current(method, seed, value, task="voc_hummingbird", metric=None, **kw):
+    """A result of `task` as its spec and evaluator are now (so it is summarised), `value` on its main metric."""
+    spec = specs.get("task", task)
+    r = result(method, seed, value, task=task, spec_hash=spec.spec_hash, evaluator=spec.evaluator, **kw)
+    if r.status == "ok":
+        r.metrics = {metric or main_metric(task)[0]: value}
+    return r
 
 
 def test_mean_and_std_over_seeds_best_method_first_and_failures_shown():
@@ -122,7 +137,7 @@ def test_each_variant_is_its_own_row_with_its_weights_short_hash_and_a_random_in
     ]
     text = render(rows)
     lines = [line for line in text.splitlines() if line.startswith("| net")]
-    assert [line.split("|")[1].strip() for line in lines] == ["net@b8", "net", "net@b8 (random-init)"]
+    assert [line.split("|")[1].strip() for line in lines] == ["net@b8 ‡", "net ‡", "net@b8 (random-init) ‡"]
     assert [line.split("|")[3].strip() for line in lines] == ["cd" * 6, "ab" * 6, "random-init"]
     assert "not the method's numbers" in text
     assert "| weights " not in render([result("m", 0, 1.0)])  # no column where no result has weights

@@ -1,0 +1,395 @@
+"""Results -> the leaderboard's tables, each number formatted here once so that every page shows the same: cells (one
+method version on one task spec, over its seeds), task tables, suite summaries and failures."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from harness import specs
+from harness.errors import UserError
+from harness.leaderboard.stats import Paired, bootstrap_ci, borda, paired, ranks
+from harness.results import RunResult, task_ref
+
+MISSING = "—"
+EXTERNAL_MARK = "†"
+UNSANDBOXED_MARK = "‡"
+TIE_MARK = "≈"
+RANDOM_INIT_MARK = " (random-init)"
+DATA_KINDS = ("real", "procedural")
+COMPARED = 3  # a task's best row is compared with the next COMPARED - 1
+MIB = 1 << 20
+
+
+def weights_column(method_ref: str) -> str:
+    """The short form of the weights in a result key: 12 hex digits of their sha256, `random-init`, or ""."""
+    if method_ref.endswith("+weights:random-init"):
+        return "random-init"
+    _, found, digest = method_ref.partition("+weights-sha256:")
+    return digest[:12] if found else ""
+
+
+def number(v: float | None) -> str:
+    return MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return MISSING
+    s = pd.Series(values, dtype=float)
+    return number(s.iloc[0]) if len(s) == 1 else f"{s.mean():.2f} ± {s.std(ddof=1):.2f}"
+
+
+class Specs:
+    """What the task and suite specs say now, looked up once per build: main metrics, current task refs, suites."""
+
+    def __init__(self):
+        self._main, self._ref, self._suites = {}, {}, None
+
+    def _task(self, task: str) -> specs.TaskSpec | None:
+        base, *overrides = task.split("+")
+        try:
+            return specs.get("task", base).with_overrides(dict(pair.split("=", 1) for pair in overrides))
+        except UserError:
+            return None
+
+    def main_metric(self, task: str) -> tuple[str | None, bool]:
+        """The main metric of a task's protocol and whether higher is better; (None, True) for an unknown task."""
+        if task not in self._main:
+            spec = self._task(task.split("+", 1)[0])
+            protocol = spec.protocol_class if spec else None
+            self._main[task] = (
+                (protocol.main_metric, protocol.higher_is_better(protocol.main_metric)) if protocol else (None, True)
+            )
+        return self._main[task]
+
+    def current_ref(self, task: str) -> str | None:
+        """The task_ref (ResultKey.task_ref) the task's spec and evaluator have now; None for a task not known here."""
+        if task not in self._ref:
+            spec = self._task(task)
+            self._ref[task] = task_ref(spec.spec_hash, spec.evaluator) if spec else None
+        return self._ref[task]
+
+    def suites(self) -> list[specs.SuiteSpec]:
+        if self._suites is None:
+            self._suites = specs.load_all("suite")
+        return self._suites
+
+
+def _records(results: list[RunResult], files: list[str]) -> pd.DataFrame:
+    rows = []
+    for r, file in zip(results, files):
+        k, p, t = r.key, r.provenance, r.timings
+        weights = weights_column(k.method_ref)
+        name = k.method + (RANDOM_INIT_MARK if weights == "random-init" else "")
+        unsandboxed = not r.external and not p.sandboxed
+        commit = (p.git_commit or "unknown")[:12] + (" (dirty)" if p.git_dirty else "")
+        rows.append(
+            {
+                "data": k.data,
+                "task": k.task,
+                "version": k.task_version,
+                "spec": k.task_ref,
+                "name": name,
+                "method": name + f" {EXTERNAL_MARK}" * r.external + f" {UNSANDBOXED_MARK}" * unsandboxed,
+                "ref": k.short_ref,
+                "weights": weights,
+                "seed": k.seed,
+                "status": r.status,
+                "error": r.error or "",
+                "external": r.external,
+                "unsandboxed": unsandboxed,
+                "wall_s": t.total_s,
+                "peak": t.method_peak_bytes,
+                "memory_size": p.task_params.get("memory_size"),
+                "file": file,
+                "finished": p.finished_at,
+                "p:code": k.method_ref.split("+", 1)[0],
+                "p:weights": p.weights or "none declared",
+                "p:dataset": f"{p.dataset.name} ({p.dataset.kind}) {p.dataset.fingerprint}" if p.dataset else "none",
+                "p:harness": f"{p.harness_version} @ {commit}",
+                "p:backend": f"{p.backend}" + ("" if r.external else f", sandboxed: {p.sandboxed}"),
+                "p:hardware": f"{p.cpu}; GPU: {p.gpu or 'none'}; host {p.host}",
+                "metrics": r.metrics,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Cell:
+    """One row of a task table: a method (one code version, one task spec) on one task, over its seeds."""
+
+    id: str
+    data: str
+    task: str
+    version: int
+    spec: str
+    name: str  # the method, with its random-init mark
+    method: str  # name with the external / unsandboxed marks
+    ref: str
+    weights: str
+    stale: bool
+    external: bool
+    unsandboxed: bool
+    seeds: dict[int, float]  # main metric per successful seed
+    metrics: dict[str, str]  # each metric's mean ± std, formatted
+    mean: float | None
+    ci: tuple[float, float] | None
+    n: int
+    status: str
+    wall: str
+    peak: str
+    finished: str
+    memory_size: int | None
+    files: list[tuple[int, str]]  # (seed, link to its result file)
+    provenance: list[tuple[str, str]]
+
+    @property
+    def ci_text(self) -> str:
+        return MISSING if self.ci is None else f"[{self.ci[0]:.2f}, {self.ci[1]:.2f}]"
+
+
+def _cells(df: pd.DataFrame, sp: Specs) -> list[Cell]:
+    cells = []
+    keys = ["data", "task", "version", "spec", "method", "ref"]
+    for i, ((data, task, version, spec, method, ref), g) in enumerate(df.groupby(keys, sort=True)):
+        main, _ = sp.main_metric(task)
+        ok, bad = g[g.status == "ok"], g[g.status != "ok"]
+        names = list(dict.fromkeys(m for ms in g.metrics for m in ms))
+        if main in names:
+            names.remove(main)
+        names = [main, *names] if main else names
+        values = {m: [ms[m] for ms in ok.metrics if m in ms] for m in names}
+        head = names[0] if names else None
+        seeds = {s: ms[head] for s, ms in zip(ok.seed, ok.metrics) if head in ms}
+        status = f"ok {len(ok)}/{len(g)}"
+        if not bad.empty:
+            status += f"; {bad.iloc[0].status}: {str(bad.iloc[0].error)[:80]}"
+        current = sp.current_ref(task)
+        timed = ok if not ok.empty else g
+        peaks = timed.peak.dropna()
+        dates = sorted(g.finished)
+        cells.append(
+            Cell(
+                id=f"c{i}",
+                data=data,
+                task=task,
+                version=int(version),
+                spec=spec,
+                name=g.name.iloc[0],
+                method=method,
+                ref=ref,
+                weights=g.weights.iloc[0],
+                stale=current not in (None, spec),
+                external=bool(g.external.any()),
+                unsandboxed=bool(g.unsandboxed.any()),
+                seeds=seeds,
+                metrics={m: mean_std(v) for m, v in values.items()},
+                mean=sum(seeds.values()) / len(seeds) if seeds else None,
+                ci=bootstrap_ci(list(seeds.values())),
+                n=len(ok),
+                status=status,
+                wall=number(timed.wall_s.mean()),
+                peak=number(peaks.max() / MIB) if not peaks.empty else MISSING,
+                finished=dates[-1],
+                memory_size=g.memory_size.iloc[0],
+                files=sorted(zip(g.seed, g.file)),
+                provenance=[(f[2:], "; ".join(sorted(set(g[f])))) for f in df.columns if f.startswith("p:")]
+                + [("date", dates[0] if dates[0] == dates[-1] else f"{dates[0]} – {dates[-1]}")],
+            )
+        )
+    return cells
+
+
+@dataclass
+class TaskTable:
+    data: str
+    task: str
+    version: int
+    main: str | None
+    higher: bool
+    metrics: list[str]
+    cells: list[Cell]  # best first
+    comparisons: list[Paired]
+
+    @property
+    def with_spec(self) -> bool:
+        return len({c.spec for c in self.cells}) > 1
+
+    @property
+    def with_weights(self) -> bool:
+        return any(c.weights for c in self.cells)
+
+    def header(self, metric: str) -> str:
+        return metric + ((" ↑" if self.higher else " ↓") if metric == self.metrics[0] else "")
+
+    def rows(self) -> list[dict[str, str]]:
+        """The table as text cells, column -> text (free text not yet escaped: each page escapes for itself)."""
+        out = []
+        for c in self.cells:
+            row = {"method": c.method, "ref": c.ref}
+            if self.with_spec:
+                row["spec"] = c.spec + " (stale)" * c.stale
+            if self.with_weights:
+                row["weights"] = c.weights
+            row |= {self.header(m): c.metrics.get(m, MISSING) for m in self.metrics}
+            row |= {"95% CI": c.ci_text, "n": str(c.n), "status": c.status, "wall s": c.wall, "peak MiB": c.peak}
+            out.append(row)
+        return out
+
+    @property
+    def current(self) -> list[Cell]:
+        return [c for c in self.cells if not c.stale]
+
+
+def _task_tables(cells: list[Cell], sp: Specs) -> list[TaskTable]:
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        groups.setdefault((c.data, c.task, c.version), []).append(c)
+    tables = []
+    for (data, task, version), group in sorted(groups.items()):
+        main, higher = sp.main_metric(task)
+        metrics = list(dict.fromkeys(m for c in group for m in c.metrics))
+        if main in metrics:
+            metrics = [main, *(m for m in metrics if m != main)]
+        sign = -1 if higher else 1
+        group.sort(key=lambda c: (c.mean is None, sign * (c.mean or 0.0), c.method, c.ref))
+        ranked = [c for c in group if c.mean is not None and not c.stale]
+        comparisons = [paired(ranked[0].method, ranked[0].seeds, c.method, c.seeds, higher) for c in ranked[1:COMPARED]]
+        tables.append(
+            TaskTable(data, task, version, metrics[0] if metrics else main, higher, metrics, group, comparisons)
+        )
+    return tables
+
+
+@dataclass
+class Summary:
+    """One suite on one data kind: methods x tasks on each task's main metric, mean rank and Borda count."""
+
+    suite: str
+    description: str
+    data: str
+    tasks: list[str]  # the suite's tasks with results here
+    absent: list[str]  # the suite's tasks without any
+    headers: dict[str, str]  # task -> column header
+    names: list[str]  # the methods, in the summary's order
+    rows: list[dict[str, str]]  # one per method: "#", "method", "mean rank", "Borda" and each task
+    links: dict[tuple[str, str], str]  # (method, task) -> the cell id its number comes from
+    rank: pd.DataFrame  # methods x tasks, the summary's order; NaN where a method has no value
+
+    @property
+    def marks(self) -> set[str]:
+        text = " ".join(v for r in self.rows for v in r.values())
+        return {m for m in (EXTERNAL_MARK, UNSANDBOXED_MARK, TIE_MARK, RANDOM_INIT_MARK.strip()) if m in text}
+
+
+def _summary(suite: specs.SuiteSpec, data: str, tables: list[TaskTable]) -> Summary | None:
+    by_task = {t.task: t for t in tables if t.data == data and t.task in suite.tasks and t.current}
+    tasks = [t for t in suite.tasks if t in by_task]
+    if not tasks:
+        return None
+    chosen: dict[tuple[str, str], Cell] = {}
+    for task in tasks:
+        for c in sorted(by_task[task].current, key=lambda c: (c.n > 0, c.finished)):
+            chosen[(c.name, task)] = c  # each method's latest result with a value, else its latest failure
+    names = sorted({name for name, _ in chosen})
+    values = pd.DataFrame(
+        {t: [chosen[(n, t)].mean if (n, t) in chosen else None for n in names] for t in tasks}, index=names, dtype=float
+    )
+    rank = ranks(values, {t: by_task[t].higher for t in tasks})
+    count = values.notna().sum(axis=1)
+    order = sorted(names, key=lambda n: (count[n] < len(tasks), -count[n], rank.loc[n].mean(), n))
+    points = borda(rank)
+    ties = {(cmp.b, t.task): cmp.distinguishable is False for t in by_task.values() for cmp in t.comparisons}
+    rows, position = [], 0
+    for n in order:
+        complete = count[n] == len(tasks)
+        position += complete
+        row = {
+            "#": str(position) if complete else MISSING,
+            "method": n + ("" if complete else f" ({count[n]}/{len(tasks)} tasks)"),
+            "mean rank": number(rank.loc[n].mean()),
+            "Borda": f"{points[n]:g}" if not math.isnan(points[n]) else MISSING,
+        }
+        for t in tasks:
+            c = chosen.get((n, t))
+            text = MISSING if c is None else number(c.mean) if c.n else c.status.split("; ", 1)[-1].split(":", 1)[0]
+            if c is not None:
+                text += f" {EXTERNAL_MARK}" * c.external + f" {UNSANDBOXED_MARK}" * c.unsandboxed
+                text += f" {TIE_MARK}" * ties.get((c.method, t), False)
+            row[t] = text
+        rows.append(row)
+    headers = {
+        t: f"{t} {by_task[t].metrics[0] if by_task[t].metrics else ''} {'↑' if by_task[t].higher else '↓'}"
+        for t in tasks
+    }
+    return Summary(
+        suite.name,
+        suite.description,
+        data,
+        tasks,
+        [t for t in suite.tasks if t not in by_task],
+        headers,
+        order,
+        rows,
+        {(n, t): c.id for (n, t), c in chosen.items()},
+        rank.loc[order],
+    )
+
+
+def _summaries(tables: list[TaskTable], sp: Specs) -> list[Summary]:
+    """Each suite on the data kind it declares, and on the other kind where it covers a task that no summary shown
+    before it covers (so the procedural results of `make bench` are summarised once, by smoke)."""
+    out = []
+    for data in DATA_KINDS:
+        declared = "real" if data == "real" else "synthetic"
+        suites = sorted(sp.suites(), key=lambda s: s.data != declared)
+        covered: set[str] = set()
+        for suite in suites:
+            s = _summary(suite, data, tables)
+            if s is None or (suite.data != declared and set(s.tasks) <= covered):
+                continue
+            covered |= set(s.tasks)
+            out.append(s)
+    return out
+
+
+@dataclass
+class Board:
+    cells: list[Cell]
+    tables: list[TaskTable]
+    summaries: list[Summary]
+    failures: list[dict[str, str]]  # free text not yet escaped
+    suites: dict[str, list[str]]  # task -> the suites it is in
+    records: pd.DataFrame = field(repr=False)
+
+
+def build(results: list[RunResult], files: list[str] | None = None) -> Board:
+    """The leaderboard of `results`; `files`: the link to each result's file (default results/<its key's path>)."""
+    files = files or [f"results/{r.key.relpath()}" for r in results]
+    sp = Specs()
+    df = _records(results, files)
+    cells = _cells(df, sp) if results else []
+    tables = _task_tables(cells, sp)
+    failures = (
+        [
+            {
+                "data": r.data,
+                "task": r.task,
+                "method": r.method,
+                "ref": r.ref,
+                "seed": str(r.seed),
+                "status": r.status,
+                "reason": r.error,
+                "file": r.file,
+            }
+            for r in df[df.status != "ok"].sort_values(["data", "task", "method", "seed"]).itertuples()
+        ]
+        if results
+        else []
+    )
+    suites = {t.task: [s.name for s in sp.suites() if t.task in s.tasks] for t in tables}
+    return Board(cells, tables, _summaries(tables, sp), failures, suites, df)
