@@ -117,8 +117,9 @@ class Timings(_Model):
     bytes_sent: int = 0
     method_peak_bytes: int | None = Field(
         default=None,
-        description="the method's peak resident memory as its backend measured it (local: the process's ru_maxrss, "
-        "the children it waited for included); None: not measured (in-process, external and docker methods)",
+        description="the method's peak resident memory as its backend measured it (local: its process's VmHWM, read "
+        "before the session ends, its child processes apart); None: not measured (in-process, external, docker, or "
+        "a method that ended by itself)",
     )
 
 

@@ -221,6 +221,7 @@ def score_cell(
                 harness_s=max(0.0, total - method_s - fit_s - data_s - evaluator_s),
                 images_sent=session.images_sent if session else 0,
                 bytes_sent=session.bytes_sent if session else 0,
+                method_peak_bytes=running.peak_memory_bytes if running else None,
             ),
             log_tail=log_tail,
         )

@@ -1,10 +1,13 @@
 """The leaderboard aggregates seeds correctly and never mixes real and procedural results."""
 
+import os
 import statistics
 
 from harness import specs
 from harness.leaderboard import main_metric, render
-from harness.results import Provenance, ResultKey, RunResult, Timings
+from harness.results import Provenance, ResultKey, ResultStore, RunResult, Timings
+
+from conftest import REPO, TEST_METHODS, cli, one_line_error
 
 
 def result(
@@ -141,3 +144,236 @@ def test_each_variant_is_its_own_row_with_its_weights_short_hash_and_a_random_in
     assert [line.split("|")[3].strip() for line in lines] == ["cd" * 6, "ab" * 6, "random-init"]
     assert "not the method's numbers" in text
     assert "| weights " not in render([result("m", 0, 1.0)])  # no column where no result has weights
+
+
+# --- issue 13: summary, statistics, provenance, pages, merge ------------------------------------------------------
+
+
+def summary_rows(text: str, title: str) -> list[list[str]]:
+    """The rows of the summary table under `### title`, as lists of stripped cells."""
+    lines = text[text.index(f"### {title}") :].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| #"))
+    rows = []
+    for line in lines[first + 2 :]:
+        if not line.startswith("|"):
+            return rows
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def smoke_board():
+    """a beats b on both smoke tasks here; c has only one; every value is the mean of its seeds."""
+    return (
+        [current("a", s, 80.0 + s) for s in range(3)]
+        + [current("b", s, 60.0 + s) for s in range(3)]
+        + [current("a", s, 50.0, task="flowers102_knn") for s in range(2)]
+        + [current("b", s, 40.0, task="flowers102_knn") for s in range(2)]
+        + [current("c", 0, 99.0, task="flowers102_knn")]
+    )
+
+
+def test_summary_comes_first_with_mean_rank_and_borda_and_an_incomplete_method_marked():
+    text = render(smoke_board())
+    assert text.index("## Summary") < text.index("### smoke — procedural") < text.index("## Procedural stand-in data")
+    rows = summary_rows(text, "smoke — procedural")
+    header = next(line for line in text[text.index("### smoke") :].splitlines() if line.startswith("| #"))
+    assert [h.strip() for h in header.strip("|").split("|")][:4] == ["#", "method", "mean rank", "Borda"]
+    by_method = {r[1]: r for r in rows}
+    # flowers102_knn: c 99 > a 50 > b 40 (ranks 1, 2, 3); voc_hummingbird: a 81 > b 61 (1, 2)
+    assert [r[1] for r in rows] == ["a", "b", "c (1/2 tasks)"]
+    assert by_method["a"][:4] == ["1", "a", "1.50", "2"]  # Borda: 1 below on voc, 1 below on flowers
+    assert by_method["b"][:4] == ["2", "b", "2.50", "0"]
+    assert by_method["c (1/2 tasks)"][0] == "—" and by_method["c (1/2 tasks)"][3] == "2"
+    assert "81.00 ‡" in by_method["a"] and "—" in by_method["c (1/2 tasks)"][4:]
+    assert "not comparable" in text[text.index("### smoke") :]  # a procedural summary says so
+
+
+def test_real_and_procedural_results_are_summarised_apart():
+    text = render([current("m", 0, 70.0, data="real"), current("m", 0, 30.0)])
+    real = text[text.index("— real datasets") :]
+    real = real[: real.index("\n### ")]
+    procedural = text[text.index("### smoke — procedural") :]
+    procedural = procedural[: procedural.index("\n### ")]
+    assert "70.00" in real and "30.00" not in real and "30.00" in procedural and "70.00" not in procedural
+
+
+def test_external_and_unsandboxed_results_are_marked_and_a_sandboxed_one_is_not():
+    text = render(
+        [current("ext", 0, 50.0, external=True), current("loc", 0, 40.0), current("box", 0, 30.0, sandboxed=True)]
+    )
+    cells = {r[1]: r[4] for r in summary_rows(text, "smoke — procedural")}
+    assert cells == {"ext": "50.00 †", "loc": "40.00 ‡", "box": "30.00"}
+    assert "outputs produced outside the harness" in text and "not sandboxed" in text
+
+
+def test_bootstrap_interval_is_seeded_within_the_values_and_absent_for_one_seed():
+    from harness.leaderboard.stats import bootstrap_ci
+
+    values = [40.0, 42.0, 47.0, 41.0]
+    lo, hi = bootstrap_ci(values)
+    assert min(values) <= lo < statistics.mean(values) < hi <= max(values)
+    assert bootstrap_ci(list(reversed(values))) == bootstrap_ci(values) == (lo, hi)  # seeded: the same each time
+    assert bootstrap_ci([3.0]) is None and bootstrap_ci([5.0, 5.0]) == (5.0, 5.0)
+    text = render([current("m", s, v) for s, v in enumerate(values)])
+    assert f"[{lo:.2f}, {hi:.2f}]" in text and "bootstrap" in text and "default_rng(0)" in text
+
+
+def test_paired_comparison_uses_common_seeds_and_says_when_two_methods_are_not_distinguishable():
+    ahead = [current("a", s, 60.0 + s) for s in range(3)] + [current("b", s, 55.0 + s) for s in range(4)]
+    text = render(ahead)  # a is 5 ahead on each of the 3 common seeds (b's seed 3 has no partner)
+    assert "a ‡ vs b ‡: difference +5.00 [+5.00, +5.00] over 3 common seeds: distinguishable" in text
+    noisy = [current("a", s, v) for s, v in enumerate([60.0, 50.0, 58.0])]
+    noisy += [current("b", s, v) for s, v in enumerate([55.0, 57.0, 54.0])]
+    text = render(noisy)
+    assert "over 3 common seeds: **not distinguishable**" in text
+    assert "55.33 ‡ ≈" in next(r for r in summary_rows(text, "smoke — procedural") if r[1] == "b")
+    assert "not tested (1 common seed)" in render([current("a", 0, 2.0), current("b", 0, 1.0)])
+
+
+def test_every_row_footnotes_its_result_files_and_their_provenance():
+    from harness.results import DatasetInfo
+
+    rows = [current("m", s, 40.0 + s) for s in range(2)]
+    for r in rows:
+        r.provenance = r.provenance.model_copy(
+            update={
+                "cpu": "Xeon(R) test CPU",
+                "gpu": "H200",
+                "git_commit": "0123456789abcdef",
+                "weights": "sha256:" + "ab" * 32,
+                "dataset": DatasetInfo(name="voc", kind="procedural", root="/d", fingerprint="fp1:feedbeef"),
+                "finished_at": f"2026-01-0{r.key.seed + 1}T00:00:00+00:00",
+            }
+        )
+    text = render(rows)
+    row = next(line for line in text.splitlines() if line.startswith("| m "))
+    note = row.rsplit("|", 2)[-2].strip()
+    assert note.startswith("[^c")
+    footnote = next(line for line in text.splitlines() if line.startswith(f"{note}:"))
+    for part in (
+        f"[seed 0](<results/{rows[0].key.relpath()}>)",
+        f"[seed 1](<results/{rows[1].key.relpath()}>)",
+        "code-sha256:0123456789abcdef",
+        "sha256:" + "ab" * 32,
+        "fp1:feedbeef",
+        "0.1.0 @ 0123456789ab",
+        "Xeon(R) test CPU; GPU: H200",
+        "2026-01-01T00:00:00+00:00 – 2026-01-02T00:00:00+00:00",
+    ):
+        assert part in footnote, part
+
+
+def test_failures_are_listed_with_their_reason_and_missing_cells_are_explained():
+    rows = [current("a", 0, 50.0), current("a", 0, 40.0, task="flowers102_knn")]
+    rows += [
+        current("b", 0, 0, status="failed"),
+        current("b", 1, 0, status="timeout").model_copy(update={"error": "x"}),
+    ]
+    text = render(rows)
+    b = next(r for r in summary_rows(text, "smoke — procedural") if r[1].startswith("b"))
+    assert b[1] == "b (0/2 tasks)" and set(b[4:]) == {"failed ‡", "—"}
+    failures = text[text.index("## Failures") :]
+    assert "| failed   | method crashed" in failures and "| timeout  | x " in failures
+    assert "no result for this method on this task" in text
+
+
+def test_the_html_page_shows_the_markdowns_numbers_escaped_and_self_contained(tmp_path, capsys):
+    import re
+    from html.parser import HTMLParser
+
+    store = ResultStore(tmp_path / "results")
+    for r in smoke_board() + [
+        current("evil", 0, 0, status="failed").model_copy(update={"error": "<script>x</script>"})
+    ]:
+        store.put(r)
+    out = tmp_path / "board" / "README.md"
+    code, stdout, err = cli(capsys, "leaderboard", "--results", str(store.root), "--out", str(out))
+    assert code == 0, err
+    assert stdout.startswith("## Summary") and stdout.rstrip().endswith("reasons under Failures).")  # printed last
+    page = (out.parent / "index.html").read_text()
+    assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    assert not re.search(r"""(src|href)=["'](https?:)?//""", page) and page.count("<script") == 1
+
+    class Cells(HTMLParser):
+        cells, inside = [], False
+
+        def handle_starttag(self, tag, attrs):
+            self.inside = self.inside or tag == "td"
+
+        def handle_endtag(self, tag):
+            self.inside = self.inside and tag != "td"
+
+        def handle_data(self, data):
+            if self.inside:
+                self.cells.append(data.strip())
+
+    parser = Cells()
+    parser.feed(page)
+    numbers = re.compile(r"^-?\d+\.\d\d( ± \d+\.\d\d)?( [†‡≈])*$|^\[-?\d+\.\d\d, -?\d+\.\d\d\]$")
+    markdown = out.read_text()
+    md_cells = [c.strip() for line in markdown.splitlines() if line.startswith("| ") for c in line.split("|")]
+    html_numbers = sorted(c for c in parser.cells if numbers.match(c))
+    md_numbers = sorted(c for c in md_cells if numbers.match(c))
+    assert html_numbers == md_numbers and len(md_numbers) > 20 and "81.00 ‡" in md_numbers
+
+
+def test_plots_are_written_with_the_pages(tmp_path, capsys):
+    store = ResultStore(tmp_path / "results")
+    for r in smoke_board():
+        store.put(r)
+    for task, memory in (("voc_hummingbird", 102400), ("voc_hummingbird@m1024000", 1024000)):
+        for m, v in (("a", 50.0), ("b", 40.0)):
+            r = current(m, 0, v + memory / 1e5, task=task)
+            r.provenance = r.provenance.model_copy(update={"task_params": {"memory_size": memory}})
+            store.put(r)
+    out = tmp_path / "board" / "README.md"
+    (out.parent / "plots").mkdir(parents=True)
+    (out.parent / "plots" / "procedural-gone-v1.png").write_bytes(b"old")
+    assert cli(capsys, "leaderboard", "--results", str(store.root), "--out", str(out))[0] == 0
+    plots = sorted(p.name for p in (out.parent / "plots").iterdir())
+    assert plots == [
+        "procedural-flowers102_knn-v1.png",
+        "procedural-fungi-ranks.png",
+        "procedural-hummingbird-memory.png",
+        "procedural-smoke-ranks.png",
+        "procedural-voc_hummingbird-v1.png",
+        "procedural-voc_hummingbird@m1024000-v1.png",
+    ]  # a task's plot no longer made is gone; fungi is summarised (voc_hummingbird@m1024000), the others are not
+    for p in (out.parent / "plots").iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+
+
+def test_merging_folders_counts_an_identical_result_once_and_refuses_a_conflict(tmp_path, capsys):
+    one, two = ResultStore(tmp_path / "one"), ResultStore(tmp_path / "two")
+    shared = current("m", 0, 40.0)
+    for store in (one, two):
+        store.put(shared)
+    two.put(current("m", 1, 42.0))
+    out = tmp_path / "board" / "README.md"
+    code, _, err = cli(capsys, "leaderboard", "--from", str(one.root), "--from", str(two.root), "--out", str(out))
+    assert code == 0, err
+    assert "41.00 ± 1.41" in out.read_text() and "| 2   |" in out.read_text()  # 2 seeds, not 3
+
+    one.put(current("m", 1, 43.0))  # the same run with another number
+    line = one_line_error(
+        cli(capsys, "leaderboard", "--from", str(one.root), "--from", str(two.root), "--out", str(out))
+    )
+    assert (
+        str(one.path(shared.key).with_name("seed1.json")) in line
+        and str(two.root / shared.key.relpath().parent) in line
+    )
+    line = one_line_error(cli(capsys, "leaderboard", "--from", str(tmp_path / "nowhere"), "--out", str(out)))
+    assert "nowhere" in line and "--from" in line
+
+
+def test_the_local_backend_records_the_methods_peak_memory(tmp_path, data_root, capsys, monkeypatch):
+    monkeypatch.setenv("BENCH_IMAGES", f"{TEST_METHODS}{os.pathsep}{REPO / 'images'}")
+    results = tmp_path / "results"
+    for method in ("hoarder", "pixels"):
+        args = ("run", "--method", method, "--task", "flowers102_knn", "--data", "synthetic", "--data-root")
+        code, _, err = cli(capsys, *args, str(data_root), "--results", str(results), "--no-progress", "--workers", "0")
+        assert code == 0, err
+    peak = {r.key.method: r.timings.method_peak_bytes for r in ResultStore(results).all()}
+    assert peak["pixels"] > 20 << 20 and peak["hoarder"] > peak["pixels"] + (200 << 20), peak
+    text = render(ResultStore(results).all())
+    assert f"| {peak['hoarder'] / (1 << 20):.2f} " in text

@@ -37,6 +37,9 @@ class Launched(Protocol):
     read_fd: int  # the method's replies
     write_fd: int  # the method's requests
     exit_reason: str | None  # set by stop() when the method had ended by itself, e.g. "exited with code 3"
+    peak_memory_bytes: int | None  # set by measure_memory() where the backend measures it; else None
+
+    def measure_memory(self) -> None: ...  # note the method's peak memory so far, while it runs
 
     def stop(self, grace_s: float) -> None: ...
 
@@ -169,10 +172,12 @@ class Runner(ABC):
                     _copy_to_log(handle.read_fd, running.log)
                 check_outputs(method, info)
                 yield running
+                handle.measure_memory()  # before it is told to exit
                 running.session.channel.deadline = time.monotonic() + 10
                 running.session.shutdown()
             finally:
                 handle.stop(grace_s=5)  # before the socket closes: a method reading EOF there would exit "by itself"
+                running.peak_memory_bytes = handle.peak_memory_bytes
                 running.capture_log_tail()
                 if isinstance(failure := sys.exc_info()[1], MethodFailure):  # also when it died before the handshake
                     failure.log_tail = running.log_tail
@@ -222,6 +227,7 @@ class RunningMethod:
         self.log = log  # None: no process, so no log (outputs replayed from files)
         self.session = session
         self.log_tail = ""
+        self.peak_memory_bytes: int | None = None  # the method's, where its backend measures it
 
     def capture_log_tail(self) -> None:
         if self.log is not None and self.log.exists():

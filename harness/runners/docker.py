@@ -102,6 +102,7 @@ class Container:
     def __init__(self, container, log: Path):
         self.container, self.log = container, log
         self.exit_reason: str | None = None
+        self.peak_memory_bytes: int | None = None  # not measured (measure_memory does nothing)
         self.sock_io = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         self.sock = getattr(self.sock_io, "_sock", self.sock_io)
         self.sock.setblocking(True)
@@ -164,6 +165,9 @@ class Container:
                 return b""
             buf += data
         return buf
+
+    def measure_memory(self) -> None:
+        """Not measured here (peak_memory_bytes stays None)."""
 
     def stop(self, grace_s: float) -> None:
         """SIGTERM, then SIGKILL after grace_s; note how it ended in the log; remove the container on every path."""

@@ -22,9 +22,22 @@ class LocalProcess:
         self.read_fd = popen.stdout.fileno()
         self.write_fd = popen.stdin.fileno()
         self.exit_reason: str | None = None
+        self.peak_memory_bytes: int | None = None
+
+    def measure_memory(self) -> None:
+        """Note the process's peak resident memory so far (VmHWM: since its exec, its child processes apart)."""
+        try:
+            with open(f"/proc/{self.popen.pid}/status") as f:
+                kib = next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), None)
+        except (OSError, ValueError):  # gone, or not Linux
+            return
+        if kib is not None:
+            self.peak_memory_bytes = max(self.peak_memory_bytes or 0, kib << 10)
 
     def stop(self, grace_s: float) -> None:
         """SIGTERM the method's process group, then SIGKILL after `grace_s`."""
+        if self.popen.poll() is None:  # stopped while it runs (a timeout): what it had used until now
+            self.measure_memory()
         try:  # a method that closed its stream may still be exiting: give it a moment to say how it ended
             code = self.popen.wait(EXIT_WAIT_S)
         except subprocess.TimeoutExpired:

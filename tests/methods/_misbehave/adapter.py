@@ -8,6 +8,7 @@ fitter: learns the mean training image in `fit` and returns it (plus the label s
 no_connect: says it moves to the contract socket and stays on stdio.  exits_instead: says so and exits.
 pigeon: asks for a transport nobody offers.  unreachable: cannot reach the harness's socket (stays on stdio).
 loud: writes megabytes to its real stdout after moving to the socket.
+hoarder: touches HOARD_MIB (256) MiB once in setup, then frees them (its peak memory is known).
 """
 
 import os
@@ -47,6 +48,8 @@ class Misbehave(Method):
     fit_stage = BEHAVIOUR == "fitter"
 
     def setup(self, seed, task):
+        if BEHAVIOUR == "hoarder":
+            np.ones(int(os.environ.get("HOARD_MIB", "256")) << 20, np.uint8).sum()
         self.mean, self.label_sum, self.batches = np.zeros(3, np.float32), -1.0, 0
         if BEHAVIOUR == "weighted" and "BENCH_WEIGHTS" in os.environ:
             self.label_sum = float(Path(os.environ["BENCH_WEIGHTS"]).read_bytes()[0])
