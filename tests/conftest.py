@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -214,17 +215,31 @@ def _bring_up() -> str | None:
     return None
 
 
+def unavailable(what: str, problem: str) -> None:
+    """Skip the test, saying why; with CI=true, fail it: CI must have every service."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} unavailable under CI: {problem}")
+    pytest.skip(f"{what} unavailable: {problem}")
+
+
 @pytest.fixture(scope="session")
 def docker_ready():
     """Skip (or, with CI=true, fail) every test that needs dockerd, the registry and the base image."""
-    problem = _bring_up()
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"docker services unavailable under CI: {problem}")
-        pytest.skip(f"docker services unavailable: {problem}")
+    if problem := _bring_up():
+        unavailable("docker services", problem)
     from harness.runners.images import client
 
     return client()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of Debian's chromium, installed by scripts/browser.sh if missing; skip (or, with CI=true, fail)
+    where it cannot run."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "browser.sh")], capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        unavailable("chromium", (proc.stderr.strip().splitlines() or ["?"])[-1])
+    return shutil.which("chromium")
 
 
 def container_backends() -> list[str]:

@@ -341,19 +341,18 @@ def _summary(suite: specs.SuiteSpec, data: str, tables: list[TaskTable]) -> Summ
 
 
 def _summaries(tables: list[TaskTable], sp: Specs) -> list[Summary]:
-    """Each suite on the data kind it declares, and on the other kind where it covers a task that no summary shown
-    before it covers (so the procedural results of `make bench` are summarised once, by smoke)."""
+    """Per data kind, the suites that declare that kind first, smaller suites first; a suite whose tasks with results
+    are all in the summaries before it is left out (its numbers are there), so that `make bench`'s procedural
+    results are summarised once, by smoke, and a paper's suite comes before `seeds`."""
     out = []
     for data in DATA_KINDS:
         declared = "real" if data == "real" else "synthetic"
-        suites = sorted(sp.suites(), key=lambda s: s.data != declared)
         covered: set[str] = set()
-        for suite in suites:
+        for suite in sorted(sp.suites(), key=lambda s: (s.data != declared, len(s.tasks))):
             s = _summary(suite, data, tables)
-            if s is None or (suite.data != declared and set(s.tasks) <= covered):
-                continue
-            covered |= set(s.tasks)
-            out.append(s)
+            if s is not None and not set(s.tasks) <= covered:
+                covered |= set(s.tasks)
+                out.append(s)
     return out
 
 
