@@ -268,9 +268,8 @@ class ResultStore:
             if isinstance(result, int):
                 (newer if result > SCHEMA_VERSION else older).append(path)
             elif result is not None:
-                expected = self.path(result.key)
-                if path.resolve() != expected.resolve():
-                    _warn(f"{path}: its key belongs at {expected}: copied or moved by hand? skipped")
+                if path.relative_to(self.root) != result.key.relpath():  # found under root: no need to resolve
+                    _warn(f"{path}: its key belongs at {self.path(result.key)}: copied or moved by hand? skipped")
                 else:
                     results.setdefault(result.key.relpath(), result)
         if newer:

@@ -526,6 +526,11 @@ def get(kind: str, name: str):
     return spec.variant(variant) if variant else spec
 
 
+def spec_files(kind: str) -> list[Path]:
+    """The spec files of a kind that `get` and `load_all` read (BENCH_BENCHMARKS / BENCH_IMAGES included)."""
+    return list(_catalog(kind).values())
+
+
 def load_all(kind: str) -> list:
     """Every spec of a kind; tasks and methods come with each of their variants after them."""
     specs = [load_spec(_CLASSES[kind], p) for p in _catalog(kind).values()]

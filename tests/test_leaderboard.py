@@ -3,11 +3,21 @@
 import os
 import statistics
 
+import pytest
+
 from harness import specs
 from harness.leaderboard import main_metric, render
 from harness.results import Provenance, ResultKey, ResultStore, RunResult, Timings
 
 from conftest import REPO, TEST_METHODS, cli, one_line_error
+
+
+@pytest.fixture(autouse=True)
+def own_spec_cache(tmp_path, monkeypatch):
+    """The specs' facts cached per test: a test that patches a protocol never sees another test's cache."""
+    from harness.leaderboard import catalog
+
+    monkeypatch.setattr(catalog, "CACHE", tmp_path / "spec-cache")
 
 
 def result(
@@ -330,7 +340,8 @@ def test_plots_are_written_with_the_pages(tmp_path, capsys):
     (out.parent / "plots").mkdir(parents=True)
     (out.parent / "plots" / "procedural-gone-v1.png").write_bytes(b"old")
     assert cli(capsys, "leaderboard", "--results", str(store.root), "--out", str(out))[0] == 0
-    plots = sorted(p.name for p in (out.parent / "plots").iterdir())
+    folder = out.parent / "plots"
+    plots = sorted(p.name for p in folder.glob("*.png"))
     assert plots == [
         "procedural-flowers102_knn-v1.png",
         "procedural-fungi-ranks.png",
@@ -339,8 +350,13 @@ def test_plots_are_written_with_the_pages(tmp_path, capsys):
         "procedural-voc_hummingbird-v1.png",
         "procedural-voc_hummingbird@m1024000-v1.png",
     ]  # a task's plot no longer made is gone; fungi is summarised (voc_hummingbird@m1024000), the others are not
-    for p in (out.parent / "plots").iterdir():
+    for p in folder.glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+    drawn = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+    store.put(current("b", 5, 45.0, task="flowers102_knn"))  # b's flowers102_knn mean moves, no rank does
+    assert cli(capsys, "leaderboard", "--results", str(store.root), "--out", str(out))[0] == 0
+    redrawn = {p.name for p in folder.glob("*.png") if p.stat().st_mtime_ns != drawn[p.name]}
+    assert redrawn == {"procedural-flowers102_knn-v1.png"}  # the plots whose data are unchanged are not redrawn
 
 
 def test_merging_folders_counts_an_identical_result_once_and_refuses_a_conflict(tmp_path, capsys):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.leaderboard import markdown
-from harness.leaderboard.frame import Board, Specs, build, weights_column
+from harness.leaderboard.catalog import Catalog
+from harness.leaderboard.frame import Board, build, weights_column
 from harness.leaderboard.markdown import text_cell
 from harness.results import ResultStore, RunResult, write_atomic
 
@@ -17,12 +18,12 @@ __all__ = ["Board", "build", "current_task_ref", "load", "main_metric", "render"
 
 def main_metric(task: str) -> tuple[str | None, bool]:
     """The main metric of a task's protocol and whether higher is better; (None, True) for a task not known here."""
-    return Specs().main_metric(task)
+    return Catalog().main_metric(task)
 
 
 def current_task_ref(task: str) -> str | None:
     """The task_ref (ResultKey.task_ref) the task's spec and evaluator have now; None for a task not known here."""
-    return Specs().current_ref(task)
+    return Catalog().current_ref(task)
 
 
 def render(results: list[RunResult]) -> str:
@@ -59,8 +60,8 @@ def write(results: list[RunResult], files: list[Path], out: Path) -> Board:
     from harness.leaderboard import page, plots
 
     board = build(results, [os.path.relpath(f, out.parent) for f in files])
-    pngs = plots.plots(board)
+    described = plots.describe(board)
     write_atomic(out, markdown.render(board))
-    write_atomic(out.parent / "index.html", page.render(board, sorted(pngs)))
-    plots.write(pngs, out.parent / "plots")
+    write_atomic(out.parent / "index.html", page.render(board, sorted(described)))
+    plots.write(described, out.parent / "plots")
     return board

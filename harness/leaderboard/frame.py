@@ -4,14 +4,15 @@ method version on one task spec, over its seeds), task tables, suite summaries a
 from __future__ import annotations
 
 import math
+import statistics
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness import specs
-from harness.errors import UserError
+from harness.leaderboard.catalog import Catalog, Suite
 from harness.leaderboard.stats import Paired, bootstrap_ci, borda, paired, ranks
-from harness.results import RunResult, task_ref
+from harness.results import RunResult
 
 MISSING = "—"
 EXTERNAL_MARK = "†"
@@ -36,49 +37,12 @@ def number(v: float | None) -> str:
 
 
 def mean_std(values: list[float]) -> str:
-    if not values:
-        return MISSING
-    s = pd.Series(values, dtype=float)
-    return number(s.iloc[0]) if len(s) == 1 else f"{s.mean():.2f} ± {s.std(ddof=1):.2f}"
+    if len(values) < 2:
+        return number(values[0]) if values else MISSING
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-class Specs:
-    """What the task and suite specs say now, looked up once per build: main metrics, current task refs, suites."""
-
-    def __init__(self):
-        self._main, self._ref, self._suites = {}, {}, None
-
-    def _task(self, task: str) -> specs.TaskSpec | None:
-        base, *overrides = task.split("+")
-        try:
-            return specs.get("task", base).with_overrides(dict(pair.split("=", 1) for pair in overrides))
-        except UserError:
-            return None
-
-    def main_metric(self, task: str) -> tuple[str | None, bool]:
-        """The main metric of a task's protocol and whether higher is better; (None, True) for an unknown task."""
-        if task not in self._main:
-            spec = self._task(task.split("+", 1)[0])
-            protocol = spec.protocol_class if spec else None
-            self._main[task] = (
-                (protocol.main_metric, protocol.higher_is_better(protocol.main_metric)) if protocol else (None, True)
-            )
-        return self._main[task]
-
-    def current_ref(self, task: str) -> str | None:
-        """The task_ref (ResultKey.task_ref) the task's spec and evaluator have now; None for a task not known here."""
-        if task not in self._ref:
-            spec = self._task(task)
-            self._ref[task] = task_ref(spec.spec_hash, spec.evaluator) if spec else None
-        return self._ref[task]
-
-    def suites(self) -> list[specs.SuiteSpec]:
-        if self._suites is None:
-            self._suites = specs.load_all("suite")
-        return self._suites
-
-
-def _records(results: list[RunResult], files: list[str]) -> pd.DataFrame:
+def _records(results: list[RunResult], files: list[str]) -> list[dict]:
     rows = []
     for r, file in zip(results, files):
         k, p, t = r.key, r.provenance, r.timings
@@ -115,7 +79,7 @@ def _records(results: list[RunResult], files: list[str]) -> pd.DataFrame:
                 "metrics": r.metrics,
             }
         )
-    return pd.DataFrame(rows)
+    return rows
 
 
 @dataclass
@@ -152,52 +116,53 @@ class Cell:
         return MISSING if self.ci is None else f"[{self.ci[0]:.2f}, {self.ci[1]:.2f}]"
 
 
-def _cells(df: pd.DataFrame, sp: Specs) -> list[Cell]:
+PROVENANCE = ("code", "weights", "dataset", "harness", "backend", "hardware")
+CELL_KEY = ("data", "task", "version", "spec", "method", "ref")
+
+
+def _cells(records: list[dict], sp: Catalog) -> list[Cell]:
+    groups = defaultdict(list)
+    for r in records:
+        groups[tuple(r[k] for k in CELL_KEY)].append(r)
     cells = []
-    keys = ["data", "task", "version", "spec", "method", "ref"]
-    for i, ((data, task, version, spec, method, ref), g) in enumerate(df.groupby(keys, sort=True)):
+    for i, ((data, task, version, spec, method, ref), g) in enumerate(sorted(groups.items())):
         main, _ = sp.main_metric(task)
-        ok, bad = g[g.status == "ok"], g[g.status != "ok"]
-        names = list(dict.fromkeys(m for ms in g.metrics for m in ms))
-        if main in names:
-            names.remove(main)
-        names = [main, *names] if main else names
-        values = {m: [ms[m] for ms in ok.metrics if m in ms] for m in names}
-        head = names[0] if names else None
-        seeds = {s: ms[head] for s, ms in zip(ok.seed, ok.metrics) if head in ms}
-        status = f"ok {len(ok)}/{len(g)}"
-        if not bad.empty:
-            status += f"; {bad.iloc[0].status}: {str(bad.iloc[0].error)[:80]}"
+        ok, bad = [r for r in g if r["status"] == "ok"], [r for r in g if r["status"] != "ok"]
+        names = list(dict.fromkeys(m for r in g for m in r["metrics"]))
+        names = [main, *(m for m in names if m != main)] if main in names else names
+        values = {m: [r["metrics"][m] for r in ok if m in r["metrics"]] for m in names}
+        seeds = {r["seed"]: r["metrics"][names[0]] for r in ok if names and names[0] in r["metrics"]}
+        status = f"ok {len(ok)}/{len(g)}" + (f"; {bad[0]['status']}: {bad[0]['error'][:80]}" if bad else "")
         current = sp.current_ref(task)
-        timed = ok if not ok.empty else g
-        peaks = timed.peak.dropna()
-        dates = sorted(g.finished)
+        timed = ok or g
+        peaks = [r["peak"] for r in timed if r["peak"] is not None]
+        dates = sorted(r["finished"] for r in g)
         cells.append(
             Cell(
                 id=f"c{i}",
                 data=data,
                 task=task,
-                version=int(version),
+                version=version,
                 spec=spec,
-                name=g.name.iloc[0],
+                name=g[0]["name"],
                 method=method,
                 ref=ref,
-                weights=g.weights.iloc[0],
+                weights=g[0]["weights"],
                 stale=current not in (None, spec),
-                external=bool(g.external.any()),
-                unsandboxed=bool(g.unsandboxed.any()),
+                external=any(r["external"] for r in g),
+                unsandboxed=any(r["unsandboxed"] for r in g),
                 seeds=seeds,
                 metrics={m: mean_std(v) for m, v in values.items()},
-                mean=sum(seeds.values()) / len(seeds) if seeds else None,
+                mean=statistics.fmean(seeds.values()) if seeds else None,
                 ci=bootstrap_ci(list(seeds.values())),
                 n=len(ok),
                 status=status,
-                wall=number(timed.wall_s.mean()),
-                peak=number(peaks.max() / MIB) if not peaks.empty else MISSING,
+                wall=number(statistics.fmean(r["wall_s"] for r in timed)),
+                peak=number(max(peaks) / MIB) if peaks else MISSING,
                 finished=dates[-1],
-                memory_size=g.memory_size.iloc[0],
-                files=sorted(zip(g.seed, g.file)),
-                provenance=[(f[2:], "; ".join(sorted(set(g[f])))) for f in df.columns if f.startswith("p:")]
+                memory_size=g[0]["memory_size"],
+                files=sorted((r["seed"], r["file"]) for r in g),
+                provenance=[(f, "; ".join(sorted({r[f"p:{f}"] for r in g}))) for f in PROVENANCE]
                 + [("date", dates[0] if dates[0] == dates[-1] else f"{dates[0]} – {dates[-1]}")],
             )
         )
@@ -245,7 +210,7 @@ class TaskTable:
         return [c for c in self.cells if not c.stale]
 
 
-def _task_tables(cells: list[Cell], sp: Specs) -> list[TaskTable]:
+def _task_tables(cells: list[Cell], sp: Catalog) -> list[TaskTable]:
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault((c.data, c.task, c.version), []).append(c)
@@ -286,7 +251,7 @@ class Summary:
         return {m for m in (EXTERNAL_MARK, UNSANDBOXED_MARK, TIE_MARK, RANDOM_INIT_MARK.strip()) if m in text}
 
 
-def _summary(suite: specs.SuiteSpec, data: str, tables: list[TaskTable]) -> Summary | None:
+def _summary(suite: Suite, data: str, tables: list[TaskTable]) -> Summary | None:
     by_task = {t.task: t for t in tables if t.data == data and t.task in suite.tasks and t.current}
     tasks = [t for t in suite.tasks if t in by_task]
     if not tasks:
@@ -340,7 +305,7 @@ def _summary(suite: specs.SuiteSpec, data: str, tables: list[TaskTable]) -> Summ
     )
 
 
-def _summaries(tables: list[TaskTable], sp: Specs) -> list[Summary]:
+def _summaries(tables: list[TaskTable], sp: Catalog) -> list[Summary]:
     """Per data kind, the suites that declare that kind first, smaller suites first; a suite whose tasks with results
     are all in the summaries before it is left out (its numbers are there), so that `make bench`'s procedural
     results are summarised once, by smoke, and a paper's suite comes before `seeds`."""
@@ -348,7 +313,7 @@ def _summaries(tables: list[TaskTable], sp: Specs) -> list[Summary]:
     for data in DATA_KINDS:
         declared = "real" if data == "real" else "synthetic"
         covered: set[str] = set()
-        for suite in sorted(sp.suites(), key=lambda s: (s.data != declared, len(s.tasks))):
+        for suite in sorted(sp.suites, key=lambda s: (s.data != declared, len(s.tasks))):
             s = _summary(suite, data, tables)
             if s is not None and not set(s.tasks) <= covered:
                 covered |= set(s.tasks)
@@ -363,32 +328,20 @@ class Board:
     summaries: list[Summary]
     failures: list[dict[str, str]]  # free text not yet escaped
     suites: dict[str, list[str]]  # task -> the suites it is in
-    records: pd.DataFrame = field(repr=False)
+    records: list[dict] = field(repr=False)
+
+
+FAILURE_COLUMNS = ("data", "task", "method", "ref", "seed", "status", "error", "file")
 
 
 def build(results: list[RunResult], files: list[str] | None = None) -> Board:
     """The leaderboard of `results`; `files`: the link to each result's file (default results/<its key's path>)."""
     files = files or [f"results/{r.key.relpath()}" for r in results]
-    sp = Specs()
-    df = _records(results, files)
-    cells = _cells(df, sp) if results else []
+    sp = Catalog()
+    records = _records(results, files)
+    cells = _cells(records, sp)
     tables = _task_tables(cells, sp)
-    failures = (
-        [
-            {
-                "data": r.data,
-                "task": r.task,
-                "method": r.method,
-                "ref": r.ref,
-                "seed": str(r.seed),
-                "status": r.status,
-                "reason": r.error,
-                "file": r.file,
-            }
-            for r in df[df.status != "ok"].sort_values(["data", "task", "method", "seed"]).itertuples()
-        ]
-        if results
-        else []
-    )
-    suites = {t.task: [s.name for s in sp.suites() if t.task in s.tasks] for t in tables}
-    return Board(cells, tables, _summaries(tables, sp), failures, suites, df)
+    failed = sorted((r for r in records if r["status"] != "ok"), key=lambda r: tuple(r[k] for k in FAILURE_COLUMNS))
+    failures = [{k if k != "error" else "reason": str(r[k]) for k in FAILURE_COLUMNS} for r in failed]
+    suites = {t.task: [s.name for s in sp.suites if t.task in s.tasks] for t in tables}
+    return Board(cells, tables, _summaries(tables, sp), failures, suites, records)

@@ -113,8 +113,8 @@ def _failures(board: Board) -> str:
 
 def _footer(board: Board) -> str:
     df = board.records
-    commits = sorted(set(df["p:harness"])) if len(df) else []
-    datasets = sorted(set(df["p:dataset"]) - {"none"}) if len(df) else []
+    commits = sorted({r["p:harness"] for r in df})
+    datasets = sorted({r["p:dataset"] for r in df} - {"none"})
     return "\n".join(
         [
             "## How to read this page",
