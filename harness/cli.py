@@ -333,9 +333,11 @@ def cmd_leaderboard(args) -> int:
     from harness import leaderboard
 
     results, files = leaderboard.load(args.sources or [ResultStore(args.results).root], must_exist=bool(args.sources))
-    board = leaderboard.write(results, files, args.out)
+    board, made, drawn = leaderboard.write(results, files, args.out)
+    where = f"{args.out.parent / 'plots'}/"
     print(
-        f"bench: wrote {args.out}, {args.out.parent / 'index.html'} and {args.out.parent / 'plots'}/", file=sys.stderr
+        f"bench: wrote {args.out}, {args.out.parent / 'index.html'} and {made} plots in {where} ({drawn} redrawn)",
+        file=sys.stderr,
     )
     print(leaderboard.markdown.summaries(board), end="")
     return 0

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.leaderboard import markdown
+from harness.leaderboard.board import Board, build
 from harness.leaderboard.catalog import Catalog
-from harness.leaderboard.frame import Board, build, weights_column
+from harness.leaderboard.frame import weights_column
 from harness.leaderboard.markdown import text_cell
 from harness.results import ResultStore, RunResult, write_atomic
 
@@ -54,14 +55,14 @@ def load(folders: list[Path], must_exist: bool = True) -> tuple[list[RunResult],
     return [r for r, _ in seen.values()], [p for _, p in seen.values()]
 
 
-def write(results: list[RunResult], files: list[Path], out: Path) -> Board:
+def write(results: list[RunResult], files: list[Path], out: Path) -> tuple[Board, int, int]:
     """Write the markdown to `out`, then index.html and plots/ beside it, each whole or not at all (a full disk
-    leaves the old file as it was, and stops there); plots no longer made are removed. Links to result files are relative to `out`."""
+    leaves the old file as it was, and stops there); plots no longer made are removed. The board, the number of
+    plots and how many of them were drawn (the others were unchanged). Links to result files are relative to `out`."""
     from harness.leaderboard import page, plots
 
     board = build(results, [os.path.relpath(f, out.parent) for f in files])
     described = plots.describe(board)
     write_atomic(out, markdown.render(board))
     write_atomic(out.parent / "index.html", page.render(board, sorted(described)))
-    plots.write(described, out.parent / "plots")
-    return board
+    return board, len(described), plots.write(described, out.parent / "plots")

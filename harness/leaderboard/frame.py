@@ -6,12 +6,10 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import pandas as pd
-
-from harness.leaderboard.catalog import Catalog, Suite
-from harness.leaderboard.stats import Paired, bootstrap_ci, borda, paired, ranks
+from harness.leaderboard.catalog import Catalog
+from harness.leaderboard.stats import Paired, bootstrap_ci, paired
 from harness.results import RunResult
 
 MISSING = "—"
@@ -42,7 +40,7 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _records(results: list[RunResult], files: list[str]) -> list[dict]:
+def records(results: list[RunResult], files: list[str]) -> list[dict]:
     rows = []
     for r, file in zip(results, files):
         k, p, t = r.key, r.provenance, r.timings
@@ -120,7 +118,7 @@ PROVENANCE = ("code", "weights", "dataset", "harness", "backend", "hardware")
 CELL_KEY = ("data", "task", "version", "spec", "method", "ref")
 
 
-def _cells(records: list[dict], sp: Catalog) -> list[Cell]:
+def cells_of(records: list[dict], sp: Catalog) -> list[Cell]:
     groups = defaultdict(list)
     for r in records:
         groups[tuple(r[k] for k in CELL_KEY)].append(r)
@@ -210,7 +208,7 @@ class TaskTable:
         return [c for c in self.cells if not c.stale]
 
 
-def _task_tables(cells: list[Cell], sp: Catalog) -> list[TaskTable]:
+def task_tables(cells: list[Cell], sp: Catalog) -> list[TaskTable]:
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault((c.data, c.task, c.version), []).append(c)
@@ -228,120 +226,3 @@ def _task_tables(cells: list[Cell], sp: Catalog) -> list[TaskTable]:
             TaskTable(data, task, version, metrics[0] if metrics else main, higher, metrics, group, comparisons)
         )
     return tables
-
-
-@dataclass
-class Summary:
-    """One suite on one data kind: methods x tasks on each task's main metric, mean rank and Borda count."""
-
-    suite: str
-    description: str
-    data: str
-    tasks: list[str]  # the suite's tasks with results here
-    absent: list[str]  # the suite's tasks without any
-    headers: dict[str, str]  # task -> column header
-    names: list[str]  # the methods, in the summary's order
-    rows: list[dict[str, str]]  # one per method: "#", "method", "mean rank", "Borda" and each task
-    links: dict[tuple[str, str], str]  # (method, task) -> the cell id its number comes from
-    rank: pd.DataFrame  # methods x tasks, the summary's order; NaN where a method has no value
-
-    @property
-    def marks(self) -> set[str]:
-        text = " ".join(v for r in self.rows for v in r.values())
-        return {m for m in (EXTERNAL_MARK, UNSANDBOXED_MARK, TIE_MARK, RANDOM_INIT_MARK.strip()) if m in text}
-
-
-def _summary(suite: Suite, data: str, tables: list[TaskTable]) -> Summary | None:
-    by_task = {t.task: t for t in tables if t.data == data and t.task in suite.tasks and t.current}
-    tasks = [t for t in suite.tasks if t in by_task]
-    if not tasks:
-        return None
-    chosen: dict[tuple[str, str], Cell] = {}
-    for task in tasks:
-        for c in sorted(by_task[task].current, key=lambda c: (c.n > 0, c.finished)):
-            chosen[(c.name, task)] = c  # each method's latest result with a value, else its latest failure
-    names = sorted({name for name, _ in chosen})
-    values = pd.DataFrame(
-        {t: [chosen[(n, t)].mean if (n, t) in chosen else None for n in names] for t in tasks}, index=names, dtype=float
-    )
-    rank = ranks(values, {t: by_task[t].higher for t in tasks})
-    count = values.notna().sum(axis=1)
-    order = sorted(names, key=lambda n: (count[n] < len(tasks), -count[n], rank.loc[n].mean(), n))
-    points = borda(rank)
-    ties = {(cmp.b, t.task): cmp.distinguishable is False for t in by_task.values() for cmp in t.comparisons}
-    rows, position = [], 0
-    for n in order:
-        complete = count[n] == len(tasks)
-        position += complete
-        row = {
-            "#": str(position) if complete else MISSING,
-            "method": n + ("" if complete else f" ({count[n]}/{len(tasks)} tasks)"),
-            "mean rank": number(rank.loc[n].mean()),
-            "Borda": f"{points[n]:g}" if not math.isnan(points[n]) else MISSING,
-        }
-        for t in tasks:
-            c = chosen.get((n, t))
-            text = MISSING if c is None else number(c.mean) if c.n else c.status.split("; ", 1)[-1].split(":", 1)[0]
-            if c is not None:
-                text += f" {EXTERNAL_MARK}" * c.external + f" {UNSANDBOXED_MARK}" * c.unsandboxed
-                text += f" {TIE_MARK}" * ties.get((c.method, t), False)
-            row[t] = text
-        rows.append(row)
-    headers = {
-        t: f"{t} {by_task[t].metrics[0] if by_task[t].metrics else ''} {'↑' if by_task[t].higher else '↓'}"
-        for t in tasks
-    }
-    return Summary(
-        suite.name,
-        suite.description,
-        data,
-        tasks,
-        [t for t in suite.tasks if t not in by_task],
-        headers,
-        order,
-        rows,
-        {(n, t): c.id for (n, t), c in chosen.items()},
-        rank.loc[order],
-    )
-
-
-def _summaries(tables: list[TaskTable], sp: Catalog) -> list[Summary]:
-    """Per data kind, the suites that declare that kind first, smaller suites first; a suite whose tasks with results
-    are all in the summaries before it is left out (its numbers are there), so that `make bench`'s procedural
-    results are summarised once, by smoke, and a paper's suite comes before `seeds`."""
-    out = []
-    for data in DATA_KINDS:
-        declared = "real" if data == "real" else "synthetic"
-        covered: set[str] = set()
-        for suite in sorted(sp.suites, key=lambda s: (s.data != declared, len(s.tasks))):
-            s = _summary(suite, data, tables)
-            if s is not None and not set(s.tasks) <= covered:
-                covered |= set(s.tasks)
-                out.append(s)
-    return out
-
-
-@dataclass
-class Board:
-    cells: list[Cell]
-    tables: list[TaskTable]
-    summaries: list[Summary]
-    failures: list[dict[str, str]]  # free text not yet escaped
-    suites: dict[str, list[str]]  # task -> the suites it is in
-    records: list[dict] = field(repr=False)
-
-
-FAILURE_COLUMNS = ("data", "task", "method", "ref", "seed", "status", "error", "file")
-
-
-def build(results: list[RunResult], files: list[str] | None = None) -> Board:
-    """The leaderboard of `results`; `files`: the link to each result's file (default results/<its key's path>)."""
-    files = files or [f"results/{r.key.relpath()}" for r in results]
-    sp = Catalog()
-    records = _records(results, files)
-    cells = _cells(records, sp)
-    tables = _task_tables(cells, sp)
-    failed = sorted((r for r in records if r["status"] != "ok"), key=lambda r: tuple(r[k] for k in FAILURE_COLUMNS))
-    failures = [{k if k != "error" else "reason": str(r[k]) for k in FAILURE_COLUMNS} for r in failed]
-    suites = {t.task: [s.name for s in sp.suites if t.task in s.tasks] for t in tables}
-    return Board(cells, tables, _summaries(tables, sp), failures, suites, records)

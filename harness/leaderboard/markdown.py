@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import pandas as pd
 
+from harness.leaderboard.board import Board
 from harness.leaderboard.frame import (
     EXTERNAL_MARK,
     MISSING,
     RANDOM_INIT_MARK,
     TIE_MARK,
     UNSANDBOXED_MARK,
-    Board,
-    Summary,
     TaskTable,
 )
 from harness.leaderboard.stats import METHOD_NOTE
+from harness.leaderboard.summary import Summary
 
 HEADER = """# Leaderboard
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 from html import escape
 from urllib.parse import quote
 
-from harness.leaderboard.frame import Board, Cell, Summary, TaskTable
+from harness.leaderboard.board import Board
+from harness.leaderboard.frame import Cell, TaskTable
 from harness.leaderboard.markdown import KIND_TITLE, MARK_NOTES, MISSING_NOTE, SECTIONS, STALE_NOTE, absent_note
 from harness.leaderboard.stats import METHOD_NOTE
+from harness.leaderboard.summary import Summary
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:96em;padding:0 1em;color:#222}

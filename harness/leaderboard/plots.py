@@ -18,7 +18,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from harness.leaderboard.frame import Board, Cell
+from harness.leaderboard.board import Board
+from harness.leaderboard.frame import Cell
 from harness.results import write_atomic
 
 matplotlib.use("Agg")  # no display: figures are only ever saved
