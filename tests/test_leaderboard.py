@@ -238,6 +238,8 @@ def test_paired_comparison_uses_common_seeds_and_says_when_two_methods_are_not_d
     assert "over 3 common seeds: **not distinguishable**" in text
     assert "55.33 ‡ ≈" in next(r for r in summary_rows(text, "smoke — procedural") if r[1] == "b")
     assert "not tested (1 common seed)" in render([current("a", 0, 2.0), current("b", 0, 1.0)])
+    two = [current(m, s, v + s) for m, v in (("a", 2.0), ("b", 1.0)) for s in range(2)]
+    assert "not tested (2 common seeds)" in render(two)  # 2 differences are no interval
 
 
 def test_every_row_footnotes_its_result_files_and_their_provenance():

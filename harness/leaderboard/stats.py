@@ -12,6 +12,7 @@ import pandas as pd
 RESAMPLES = 10_000
 LEVEL = 0.95
 SEED = 0
+MIN_PAIRED = 3  # common seeds a paired comparison needs (with 2, the bootstrap interval is the two differences)
 
 METHOD_NOTE = (
     f"**Statistics.** A cell is the mean ± sample standard deviation (ddof 1) over its successful seeds (n). Its "
@@ -20,8 +21,8 @@ METHOD_NOTE = (
     f"{(1 - LEVEL) / 2:.1%} and {(1 + LEVEL) / 2:.1%} percentiles of the resampled means; none with one seed. With "
     "few seeds the interval is optimistic (with 2 seeds it spans the two values). Paired comparisons: a task's best "
     "row against each of the next ones, on the seeds both have; the difference's mean and the same bootstrap over "
-    "the per-seed differences. Two rows are distinguishable when that interval excludes 0; with fewer than 2 common "
-    "seeds they are not tested. **Ranks.** On each task, the rows with a value are ranked by the task's main metric "
+    "the per-seed differences. Two rows are distinguishable when that interval excludes 0; with fewer than "
+    f"{MIN_PAIRED} common seeds they are not tested. **Ranks.** On each task, the rows with a value are ranked by the task's main metric "
     "in its direction (ties share the average rank). Mean rank: the mean over the suite's tasks; Borda count: the "
     "sum over tasks of the number of rows ranked below (ties count half). A method missing tasks is ranked only on "
     "the tasks it has and listed after the complete ones, marked with how many it has: its mean rank is over fewer "
@@ -57,7 +58,7 @@ class Paired:
 
     @property
     def distinguishable(self) -> bool | None:
-        """True/False: the interval excludes / includes 0; None: not tested (fewer than 2 common seeds)."""
+        """True/False: the interval excludes / includes 0; None: not tested (fewer than MIN_PAIRED common seeds)."""
         return None if self.ci is None else not (self.ci[0] <= 0 <= self.ci[1])
 
     def text(self) -> str:
@@ -76,7 +77,8 @@ def paired(a: str, a_values: dict[int, float], b: str, b_values: dict[int, float
     seeds = sorted(set(a_values) & set(b_values))
     sign = 1.0 if higher else -1.0
     diffs = np.array([sign * (a_values[s] - b_values[s]) for s in seeds])
-    return Paired(a, b, len(seeds), float(diffs.mean()) if len(seeds) else None, bootstrap_ci(diffs))
+    ci = bootstrap_ci(diffs) if len(seeds) >= MIN_PAIRED else None
+    return Paired(a, b, len(seeds), float(diffs.mean()) if len(seeds) else None, ci)
 
 
 def ranks(values: pd.DataFrame, higher: dict[str, bool]) -> pd.DataFrame:
