@@ -6,7 +6,8 @@ data, one run in a hundred failed; then times `bench leaderboard --results DIR -
 runs it (a fresh process, start-up included) three times: with no cache of the specs' facts (it then imports the
 protocols, and so torch), with that cache and no plots (the limit applies to this one: new results on a machine
 that has built a leaderboard before), and again with nothing changed (every plot reused); then its phases in this
-process. Prints a table; exit 1 over the limit.
+process. Prints a table; exit 1 over the limit, judged on the run's CPU seconds (its own and its plot workers'):
+on a shared machine the wall time grows with other jobs' load; on an idle one it is about the CPU time or less.
 
     python scripts/bench_leaderboard.py [--files 10000] [--limit 10]
 """
@@ -123,7 +124,6 @@ def main() -> int:
             if proc.returncode:
                 print(proc.stderr, file=sys.stderr)
                 return 1
-        cli_s = runs["again"][0]
         (found, files), load_s = timed(lambda: leaderboard.load([store.root]))
         board, build_s = timed(lambda: leaderboard.build(found, [str(f) for f in files]))
         _, md_s = timed(lambda: markdown.render(board))
@@ -148,9 +148,15 @@ def main() -> int:
             ("  plots (PNG, drawn on every core)", f"{len(described)} plots", *_secs(plots_s)),
         ]
     print(tabulate(rows, headers=["step", "size", "wall s", "CPU s"], tablefmt="github", disable_numparse=True))
-    verdict = "within" if cli_s <= args.limit else "OVER"
-    print(f"\n`bench leaderboard` on {args.files:,} result files: {cli_s:.2f} s, {verdict} the {args.limit:g} s limit")
-    return 0 if cli_s <= args.limit else 1
+    wall, cpu = runs["again"]
+    load = os.getloadavg()[0]
+    verdict = "within" if cpu <= args.limit else "OVER"
+    print(
+        f"\n`bench leaderboard` on {args.files:,} result files (new results, specs cached): {wall:.2f} s wall, "
+        f"{cpu:.2f} CPU s: {verdict} the {args.limit:g} s limit. Judged on CPU seconds, which other jobs do not "
+        f"inflate (load average {load:.1f} on {os.cpu_count()} cores now); idle, the wall time is about that or less."
+    )
+    return 0 if cpu <= args.limit else 1
 
 
 if __name__ == "__main__":
