@@ -459,6 +459,11 @@ def load_spec(cls: type[_Spec], path: Path) -> Any:
         raise SpecError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
     if not isinstance(data, dict):
         raise SpecError("expected a mapping of fields at the top level", where=path)
+    if "path" in data:
+        raise SpecError(
+            "path: not a field of a spec (the harness records where the file is)",
+            where=f"{path}:{line_of(root, ('path',))}",
+        )
     if cls is TaskSpec and "overrides" in data:
         raise SpecError(
             "overrides: set with `bench run --set`, not in a task file; use params or a variant",

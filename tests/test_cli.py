@@ -43,6 +43,10 @@ def test_list_prints_tables_of_tasks_methods_and_suites():
         ),
         ("name: bad\nversion: 1\n  description: [x\n", "bad.yaml:3: not valid YAML"),
         ("name: other\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\n", "must match its file name"),
+        (
+            "name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\npath: /etc\n",
+            "bad.yaml:6: path:",
+        ),
     ],
 )
 def test_a_malformed_task_spec_gives_one_line_naming_file_line_and_field(tmp_path, body, expected):
