@@ -226,7 +226,7 @@ def cmd_list(args) -> int:
                 m.embed_dim or "",
                 "yes" if m.baseline and not m.variant_name else "",
                 m.weights if isinstance(m.weights, str) else m.weights.file if m.weights else "",
-                m.image or "(built from images/" + m.base + ")",
+                m.image or f"(built from {_shown(m.folder)})",
                 m.description,
             )
             for m in specs.load_all("method")
@@ -247,6 +247,12 @@ def cmd_list(args) -> int:
         headers = ["suite", "tasks", "methods", "seeds", "data", "description"]
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     return 0
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when inside it (images/dino), else as it is (a BENCH_IMAGES folder)."""
+    path = path.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 
 from harness.results import RunResult, json_schema
 
-from conftest import REPO, TEST_METHODS, bench, one_line_error
+from conftest import REPO, TEST_METHODS, bench, cli, one_line_error, shared_code_method
 
 
 def result_files(root: Path) -> list[Path]:
@@ -234,3 +234,12 @@ def test_random_vit_serves_every_output_kind(tmp_path, data_root):
 def test_committed_result_schema_matches_the_code():
     committed = json.loads((REPO / "leaderboard" / "result.schema.json").read_text())
     assert committed == json_schema(), "run `make schema` and commit leaderboard/result.schema.json"
+
+
+def test_list_methods_says_where_each_image_is_built_from(tmp_path, monkeypatch, capsys):
+    shared_code_method(tmp_path)
+    monkeypatch.setenv("BENCH_IMAGES", f"{tmp_path}{os.pathsep}{REPO / 'images'}")
+    code, out, _ = cli(capsys, "list", "methods")
+    row = next(line for line in out.splitlines() if line.startswith("| shared_user "))
+    assert code == 0 and f"(built from {tmp_path / 'shared_user'})" in row
+    assert "(built from images/dino)" in out
