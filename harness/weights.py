@@ -10,6 +10,7 @@ resumable `.part` files, BENCH_FETCH_BASE_URL mirrors, checksum verification tha
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from harness.errors import SpecError, UserError, WeightsError, WeightsMissing
 from harness.provenance import file_sha256, now
+from harness.results import write_atomic
 
 if TYPE_CHECKING:
     from harness.specs import MethodSpec
@@ -128,13 +130,14 @@ def resolve(method: MethodSpec, root: Path | None, synthetic: bool) -> MethodSpe
 
 
 def record(method: MethodSpec, sha256: str, size: int) -> Path:
-    """Write the first fetch's checksum to the lock file (atomically, other entries kept)."""
+    """Write the first fetch's checksum to the lock file (atomically, other entries kept): the read, update and
+    write hold an flock on a guard file beside it, so concurrent fetches of other methods never lose an entry."""
     lock = lock_path(method)
-    entries = read_lock(lock)
-    entries[lock_key(method)] = {"sha256": sha256, "size": size, "url": method.weights.url, "recorded": now()}
-    tmp = lock.with_name(f".{lock.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, lock)
+    with open(lock.with_name(f".{lock.name}.flock"), "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        entries = read_lock(lock)
+        entries[lock_key(method)] = {"sha256": sha256, "size": size, "url": method.weights.url, "recorded": now()}
+        write_atomic(lock, json.dumps(entries, indent=2, sort_keys=True) + "\n")
     return lock
 
 

@@ -275,3 +275,28 @@ def test_a_container_gets_the_variant_and_only_its_weights_file_mounted(methods,
     config = container_config(sandbox_for(random, None), random.name)
     assert "BENCH_WEIGHTS" not in config["environment"] and config["environment"]["BENCH_VARIANT"] == ""
     assert config["volumes"] == {}
+
+
+def _record_many(methods: Path, worker: int) -> None:
+    from harness import weights
+    from harness.specs import WeightsSource
+
+    spec = specs.get("method", "weighted")
+    for i in range(25):
+        source = WeightsSource(file=f"w{worker}_{i}.bin", url="http://127.0.0.1/x", sha256=None)
+        weights.record(spec.model_copy(update={"weights": source}), "0" * 64, i)
+
+
+def test_concurrent_fetches_of_other_methods_never_lose_a_lock_entry(methods):
+    """Six processes recording 25 checksums each into one lock file: every one of the 150 entries is kept."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_record_many, args=(methods, w)) for w in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in workers)
+    entries = json.loads((methods / LOCK_NAME).read_text())
+    assert len(entries) == 150
