@@ -6,6 +6,7 @@
   them itself; a Ctrl-C to the terminal's whole process group would kill them mid-write, and torch then waits
   seconds for each).
 - `die_with_parent`: a child (a local method, a data-loader worker) is killed when the harness dies, even by kill -9.
+- `gone`: whether the process that owns something (a container: runners/docker.py) has ended.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -71,3 +73,17 @@ def die_with_parent(parent: int) -> None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
+
+
+def gone(host: str, pid: int | str) -> bool:
+    """Whether the owner `pid` on `host` is known to have ended: a process of this host that no longer exists.
+    Another host's processes cannot be checked from here, so they never count as gone."""
+    if host != socket.gethostname() or not str(pid).isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        pass
+    return False
