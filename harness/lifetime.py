@@ -6,21 +6,27 @@
   them itself; a Ctrl-C to the terminal's whole process group would kill them mid-write, and torch then waits
   seconds for each).
 - `die_with_parent`: a child (a local method, a data-loader worker) is killed when the harness dies, even by kill -9.
-- `gone`: whether the process that owns something (a container: runners/docker.py) has ended.
+- `owned_prefix` / `remove_orphaned`: folders named after the process that made them (pid@host), removed by a later
+  start once that process is gone; `gone` is the one test of that, also for containers (runners/docker.py).
 """
 
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
+import re
+import shutil
 import signal
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 PR_SET_PDEATHSIG = 1
 _PRCTL = getattr(ctypes.CDLL(None), "prctl", None)  # Linux; looked up here, so a forked child loads nothing
+_OWNED = re.compile(r"(\d+)@([^@/]+)\.[^.@/]+$")  # owned_prefix's mark, then mkdtemp's random suffix
 
 
 class Interrupted(KeyboardInterrupt):
@@ -87,3 +93,18 @@ def gone(host: str, pid: int | str) -> bool:
     except PermissionError:  # another user's live process
         pass
     return False
+
+
+def owned_prefix(prefix: str) -> str:
+    """`prefix` and this process's mark, for tempfile.mkdtemp or TemporaryDirectory: remove_orphaned(folder,
+    prefix) removes such a folder once the process is gone."""
+    return f"{prefix}{os.getpid()}@{socket.gethostname()}."
+
+
+def remove_orphaned(folder: Path, prefix: str) -> None:
+    """Remove the entries of `folder` named by owned_prefix(P) for a P starting with `prefix` whose owner is gone
+    (killed before its own cleanup ran); never those of a live process or of another host (a shared data root)."""
+    for entry in Path(folder).glob(glob.escape(prefix) + "*"):
+        mark = _OWNED.search(entry.name[len(prefix) :])
+        if mark and gone(mark[2], mark[1]):
+            shutil.rmtree(entry, ignore_errors=True)

@@ -82,6 +82,16 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 120):
     return found
 
 
+def orphaned_folder(parent: Path, prefix: str) -> Path:
+    """A folder in `parent` named by lifetime.owned_prefix(prefix) for another process, which has exited since:
+    what a harness killed before its own cleanup leaves."""
+    code = "import sys, tempfile; from harness.lifetime import owned_prefix; "
+    code += "print(tempfile.mkdtemp(prefix=owned_prefix(sys.argv[1]), dir=sys.argv[2]))"
+    made = subprocess.run([sys.executable, "-c", code, prefix, str(parent)], capture_output=True, text=True, cwd=REPO)
+    assert made.returncode == 0, made.stderr
+    return Path(made.stdout.strip())
+
+
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     """`bench ARGS` in this process (the CLI's own main): exit code, stdout, stderr. Saves a Python start-up."""
     from harness.cli import main

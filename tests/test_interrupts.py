@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TEST_METHODS, bench_started, wait_for
+from harness.data import DATASETS, synthetic_root
+from harness.lifetime import owned_prefix
+from harness.runners.local import LocalRunner
+
+from conftest import REPO, TEST_METHODS, bench_started, method_spec, wait_for
 
 
 def _stat(pid: int) -> list[str]:
@@ -109,9 +116,37 @@ def test_ctrl_c_or_sigterm_stops_the_method_and_exits_promptly_with_one_line(
 
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["kill -9 PID", "kill -9 -PGID"])
-def test_kill_9_of_the_harness_takes_its_method_and_workers_along(hanging, to_group):
+def test_kill_9_of_the_harness_takes_its_method_and_workers_along(hanging, to_group, monkeypatch):
     proc, method, workers, tmp, results = hanging
     (os.killpg if to_group else os.kill)(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert gone_within([method, *workers], 5), [p for p in (method, *workers) if alive(p)]
     assert not list(results.rglob("*.json"))
+
+    # its folder (contract socket, method log) is left; the next start removes it, and never a live process's
+    [left] = tmp.glob("bench-*")
+    live = Path(tempfile.mkdtemp(prefix=owned_prefix("bench-"), dir=tmp))  # this test process's: alive
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    with LocalRunner().start(method_spec("pixels"), 0, {"name": "test", "output": "global"}, 60):
+        pass
+    assert not left.exists() and live.exists()
+
+
+GENERATE = "import sys; from pathlib import Path; from harness.data import open_dataset; "
+GENERATE += "open_dataset('voc', Path(sys.argv[1]), synthetic=True, scale='small')"  # about 10 s
+
+
+def test_a_killed_generation_leaves_its_staging_folder_to_the_next_start_once_its_owner_is_gone(tmp_path):
+    """A procedural stand-in is generated in a staging folder, renamed into place when complete."""
+    generator = subprocess.Popen([sys.executable, "-c", GENERATE, str(tmp_path)], cwd=REPO, stderr=subprocess.PIPE)
+    try:
+        [staging] = wait_for(lambda: list((tmp_path / "_synthetic").glob(".voc-small-s0-*")), generator)
+        synthetic_root(DATASETS["flowers102"], tmp_path, "tiny", 0)  # another start meanwhile
+        assert staging.exists() and generator.poll() is None  # a live generator's folder is left alone
+    finally:
+        generator.kill()
+        generator.communicate()
+    assert staging.exists()
+    synthetic_root(DATASETS["flowers102"], tmp_path, "tiny", 0)
+    assert not staging.exists()
+    assert sorted(p.name for p in (tmp_path / "_synthetic").iterdir()) == ["flowers102-tiny-s0"]
