@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tabulate import tabulate
 
 from harness import specs
 from harness.errors import UserError
+from harness.lifetime import Interrupted, interruptible
 from harness.results import ResultStore, json_schema
 from harness.specs import REPO_ROOT
 
@@ -608,13 +610,18 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with interruptible():  # SIGTERM too stops the method and cleans up, as Ctrl-C does
+            return COMMANDS[args.command](args)
     except UserError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"bench: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr, flush=True)
+        if argv is None:  # bench itself, not a caller's main([...]): its methods are stopped and its folders gone, so
+            sys.stdout.flush()  # exit now, without the second or two Python takes to tear down torch
+            os._exit(128 + signum)
+        return 128 + signum
 
 
 if __name__ == "__main__":

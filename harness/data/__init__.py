@@ -16,6 +16,7 @@ from pathlib import Path
 from harness.data.base import DatasetReader
 from harness.data.synthetic import GENERATOR_VERSION, MARKER_FILE
 from harness.errors import DataError
+from harness.lifetime import owned_prefix, remove_orphaned
 
 # name -> reader: every DatasetReader subclass with a `name` of its own defined in a module of this package,
 # filled once all of them are imported (at the end of this file), sorted by name
@@ -45,9 +46,10 @@ def open_dataset(name: str, data_root: Path, synthetic: bool, seed: int = 0, sca
 def synthetic_root(reader: type[DatasetReader], data_root: Path, scale: str, seed: int) -> Path:
     """data_root/_synthetic/<name>-<scale>-s<seed>/<subdir>, generated atomically when absent."""
     home = data_root / "_synthetic" / f"{reader.name}-{scale}-s{seed}"
+    remove_orphaned(home.parent, ".")  # the staging folders of generations killed midway
     if not home.exists():
         home.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))
+        staging = Path(tempfile.mkdtemp(prefix=owned_prefix(f".{home.name}-"), dir=home.parent))
         try:
             reader.synthesize(staging / reader.subdir, scale=scale, seed=seed)
             staging.chmod(0o755)  # mkdtemp makes it private
