@@ -9,7 +9,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,6 +25,10 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
 METHOD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?$"
 # a variant's name carries its task's; --set overrides follow as +name=value
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*(@[a-z0-9][a-z0-9_]*)?(\+[a-z0-9_]+=[^+/\s]+)*$"
+MAX_TIMEOUT_S = 30 * 24 * 3600  # a month: above every task's limit, far below what a deadline can hold
+# a time limit (a task's timeout_s, --timeout) and a seed (numpy's and torch's range), as specs and the CLI check them
+Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 def check_method_name(name: str, what: str) -> str:
@@ -77,7 +81,7 @@ class TaskSpec(_Spec):
     dataset: str
     params: dict[str, Any] = Field(default_factory=dict)
     reference: str | None = None  # the paper / official evaluator this task follows
-    timeout_s: float = Field(default=3600, gt=0)
+    timeout_s: Seconds = 3600
     batch_size: int = Field(default=16, ge=1)
     fit_labels: bool = False  # may a method's fit stage see the training split's labels?
     variants: dict[str, TaskVariant] = Field(default_factory=dict)
@@ -191,7 +195,7 @@ class SuiteSpec(_Spec):
     variants: bool = False
     exclude: list[str] = Field(default_factory=list)
     methods: list[str] | None = None  # None: every baseline method
-    seeds: list[int] = Field(default=[0], min_length=1)
+    seeds: list[Seed] = Field(default=[0], min_length=1)
     data: Literal["real", "synthetic"] = "real"
 
     @field_validator("tasks", mode="before")

@@ -11,7 +11,7 @@ import pytest
 
 from harness.results import RunResult, json_schema
 
-from conftest import REPO, TEST_METHODS, bench, one_line_error
+from conftest import REPO, TEST_METHODS, bench, cli, one_line_error
 
 
 def result_files(root: Path) -> list[Path]:
@@ -43,6 +43,14 @@ def test_list_prints_tables_of_tasks_methods_and_suites():
         ),
         ("name: bad\nversion: 1\n  description: [x\n", "bad.yaml:3: not valid YAML"),
         ("name: other\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\n", "must match its file name"),
+        (
+            "name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\ntimeout_s: .inf\n",
+            "bad.yaml:6: timeout_s: Input should be a finite number",
+        ),
+        (
+            "name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\ntimeout_s: 1e300\n",
+            "bad.yaml:6: timeout_s: Input should be less than or equal to 2592000",
+        ),
     ],
 )
 def test_a_malformed_task_spec_gives_one_line_naming_file_line_and_field(tmp_path, body, expected):
@@ -79,6 +87,30 @@ def test_missing_real_dataset_says_where_and_how_and_writes_nothing(tmp_path):
     line = one_line_error(proc)
     assert str(tmp_path / "data") in line and "--data synthetic" in line
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (("run", "--timeout", "nan"), "argument --timeout: Input should be a finite number, got 'nan'"),
+        (("run", "--timeout", "1e300"), "argument --timeout: Input should be less than or equal to 2592000"),
+        (("run", "--timeout", "-1"), "argument --timeout: Input should be greater than 0, got '-1'"),
+        (("run", "--workers", "-1"), "argument --workers: Input should be greater than or equal to 0"),
+        (("run", "--seed", "-1"), "argument --seed: Input should be greater than or equal to 0, got '-1'"),
+        (("run", "--seed", str(2**32)), "argument --seed: Input should be less than or equal to 4294967295"),
+        (("matrix", "--suite", "smoke", "--seeds", "0,-1"), "argument --seeds: Input should be greater than or equal"),
+        (("inputs", "--task", "flowers102_knn", "--out", "x", "--seed", str(2**32)), "argument --seed: Input should"),
+        (("score", "--task", "flowers102_knn", "--outputs", "x", "--seed", "1.5"), "argument --seed: Input should be"),
+    ],
+)
+def test_a_number_out_of_range_is_one_line_naming_the_flag_and_runs_nothing(args, error, capsys, tmp_path, data_root):
+    """Before: nan and 1e300 seconds were tracebacks, -1 seconds a recorded timeout, --seed -1 a result."""
+    cell = ["--method", "pixels", "--task", "flowers102_knn"] if args[0] == "run" else []
+    where = ["--data", "synthetic", "--data-root", str(data_root), "--no-progress"]
+    results = [] if args[0] == "inputs" else ["--results", str(tmp_path / "results")]
+    line = one_line_error(cli(capsys, *args, *cell, *where, *results))
+    assert line.startswith(f"bench: error: {error}"), line
+    assert line.endswith(f"(see `bench {args[0]} --help`)") and not (tmp_path / "results").exists()
 
 
 # --- running -------------------------------------------------------------------------------------------------

@@ -123,6 +123,7 @@ def test_a_suite_selects_tasks_declaratively(bench_dir, body, expanded, capsys):
         ("tasks: everything\n", "s.yaml:3: tasks: Value error, 'everything' is neither `all` nor a list"),
         ("tasks: []\n", "s.yaml:3: tasks: Value error, an empty list selects no task"),
         ("tasks: all\nvariants: maybe\n", "s.yaml:4: variants: Input should be a valid boolean"),
+        ("tasks: all\nseeds: [0, -1]\n", "s.yaml:4: seeds.1: Input should be greater than or equal to 0"),
     ],
 )
 def test_a_bad_suite_selection_is_one_line_naming_file_line_and_field(bench_dir, body, where):
