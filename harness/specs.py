@@ -384,8 +384,27 @@ def _include_problem(spec: MethodSpec, entry: str) -> str | None:
     return None
 
 
+def _entrypoint_problem(spec: MethodSpec) -> str | None:
+    """Why `entrypoint:` cannot be used, or None: it must name a file in the method's folder (symlinks resolved),
+    which its code hash and image cover; the file must exist unless a pinned `image:` brings its own."""
+    if Path(spec.entrypoint).is_absolute():
+        return "give a file relative to the method's folder, e.g. adapter.py"
+    folder = spec.folder.resolve()
+    target = (folder / spec.entrypoint).resolve()
+    if not target.is_relative_to(folder):
+        return (
+            f"resolves to {target}, outside the method's folder {folder}, which its code hash and image cover: "
+            "move the file there (share code with `include:`)"
+        )
+    if spec.image is None and not target.is_file():
+        return f"{target} {'is not a file' if target.exists() else 'does not exist'}"
+    return None
+
+
 def _check_method(spec: MethodSpec, path: Path, root: yaml.Node) -> None:
-    """Validate `include:` and every variant now rather than mid-run."""
+    """Validate `entrypoint:`, `include:` and every variant now rather than mid-run."""
+    if why := _entrypoint_problem(spec):
+        raise SpecError(f"entrypoint: {spec.entrypoint!r}: {why}", where=f"{path}:{line_of(root, ('entrypoint',))}")
     for i, entry in enumerate(spec.include):
         why = _include_problem(spec, entry)
         if why is None and entry in spec.include[:i]:

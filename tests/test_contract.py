@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -177,10 +178,11 @@ def test_an_unknown_transport_setting_is_a_user_error_before_anything_starts(mon
 def adhoc(tmp_path: Path, behaviour: str, outputs: str = "[global]", more_yaml: str = "") -> MethodSpec:
     """A test method whose folder (and so behaviour, see tests/methods/_misbehave) is made up on the spot."""
     folder = tmp_path / behaviour
+    shutil.copytree(TESTS / "methods" / "_misbehave", tmp_path / "_misbehave", dirs_exist_ok=True)
     folder.mkdir()
-    adapter = TESTS / "methods" / "_misbehave" / "adapter.py"
+    (folder / "adapter.py").write_text((TESTS / "methods" / "crasher" / "adapter.py").read_text())  # by folder name
     (folder / "method.yaml").write_text(
-        f"name: {behaviour}\nversion: '0'\ndescription: x\noutputs: {outputs}\nentrypoint: {adapter}\n{more_yaml}"
+        f"name: {behaviour}\nversion: '0'\ndescription: x\noutputs: {outputs}\ninclude: [../_misbehave]\n{more_yaml}"
     )
     return load_spec(MethodSpec, folder / "method.yaml")
 
@@ -226,7 +228,7 @@ def test_a_hanging_method_times_out_and_its_process_is_killed():
     assert "adapter starting" in running.log_tail
     # every process of the method's group is gone
     assert not any(
-        p.name.isdigit() and _cmdline(p).find("_misbehave/adapter.py") >= 0 and "hanger" in _cwd(p)
+        p.name.isdigit() and _cmdline(p).find("hanger/adapter.py") >= 0 and "hanger" in _cwd(p)
         for p in Path("/proc").iterdir()
     )
 
