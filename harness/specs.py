@@ -346,15 +346,11 @@ class MethodSpec(_Spec):
     def weights_path(self) -> Path | None:
         """The weights file or folder, which must exist: mounted read-only for the method, never copied. For
         `{file, url, sha256}` weights, `<weights root>/<method>/<file>`, checked against its checksum (a missing or
-        different file raises WeightsError); None under a random init."""
+        different file raises WeightsError); a host path must be under the weights root or the method's folder
+        (weights.host_path); None under a random init."""
         if self.weights is None or self.random_init:
             return None
-        if isinstance(self.weights, WeightsSource):
-            return weights.verified(self)
-        path = (self.folder / Path(self.weights).expanduser()).resolve()
-        if not path.exists():
-            raise SpecError(f"weights: {path} does not exist", where=self.path)
-        return path
+        return weights.verified(self) if isinstance(self.weights, WeightsSource) else weights.host_path(self)
 
     @property
     def weights_digest(self) -> str | None:

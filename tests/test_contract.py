@@ -255,13 +255,15 @@ def test_declared_outputs_missing_from_info_fail_the_handshake(tmp_path):
 
 
 def test_weights_reach_the_method_and_are_part_of_the_result_key(tmp_path):
-    spec = adhoc(tmp_path, "weighted", more_yaml="weights: ../w/model.bin\n")  # 4th feature: first byte of it
-    with pytest.raises(SpecError, match=r"method.yaml: weights: .*/w/model.bin does not exist"):
+    weights = tmp_path / "w" / "model.bin"  # under the weights root; 4th feature: its first byte
+    spec = adhoc(tmp_path, "weighted", more_yaml=f"weights: {weights}\n")
+    spec = spec.model_copy(update={"weights_root": weights.parent})
+    with pytest.raises(SpecError, match=r"method.yaml: weights: '.*/w/model.bin': .*/w/model.bin does not exist"):
         LocalRunner().result_ref(spec)
-    (tmp_path / "w").mkdir()
+    weights.parent.mkdir()
     refs = []
     for first in (7, 9):
-        (tmp_path / "w" / "model.bin").write_bytes(bytes([first]) + b"rest")
+        weights.write_bytes(bytes([first]) + b"rest")
         with LocalRunner().start(spec, 0, {}, 60) as running:
             assert (running.session.embed(images())[:, 3] == first).all()
         refs.append(LocalRunner().result_ref(spec))
