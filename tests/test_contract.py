@@ -146,7 +146,7 @@ def test_a_method_that_returns_from_fit_early_stops_the_stream(monkeypatch):
         ("crasher", r"closed its output stream.*\(exited with code 3\)"),
         ("raiser", "boom from the method"),
         ("nan_out", "NaN or Inf"),
-        ("wrong_count", "expected 2 dims with 3 items"),
+        ("wrong_count", r"features has shape \(2, 4\), expected \(3, 4\)"),
     ],
 )
 def test_misbehaving_methods_become_method_failures(name, error):
