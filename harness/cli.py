@@ -44,7 +44,7 @@ _seconds, _seed, _workers = _checked(specs.Seconds), _checked(specs.Seed), _chec
 
 
 def _csv(kind):
-    return lambda s: [kind(x) for x in s.split(",") if x.strip()]
+    return lambda s: [kind(x.strip()) for x in s.split(",") if x.strip()]
 
 
 def _add_run_options(

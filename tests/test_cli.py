@@ -150,6 +150,22 @@ def test_run_writes_one_typed_result_and_a_rerun_is_skipped(tmp_path, data_root)
     assert forced.returncode == 0 and path.stat().st_mtime_ns != mtime
 
 
+def test_a_matrix_runs_and_counts_each_cell_once_however_often_it_is_named(tmp_path, data_root, capsys, monkeypatch):
+    """Before, a task listed twice ran twice (the second time `cached, skipped`) and the summary said 2 cells."""
+    (tmp_path / "bench" / "suites").mkdir(parents=True)
+    (tmp_path / "bench" / "suites" / "twice.yaml").write_text(
+        "name: twice\ndescription: test\ntasks: [flowers102_knn, flowers102_knn]\nmethods: [pixels, pixels]\n"
+        "seeds: [0, 0]\ndata: synthetic\n"
+    )
+    monkeypatch.setenv("BENCH_BENCHMARKS", f"{tmp_path / 'bench'}{os.pathsep}{REPO / 'benchmarks'}")
+    where = ["--data-root", str(data_root), "--results", str(tmp_path / "results"), "--no-progress"]
+    for more in ([], ["--methods", "pixels, pixels", "--seeds", "1,1"]):
+        code, _, err = cli(capsys, "matrix", "--suite", "twice", *where, *more)
+        assert code == 0 and err.count(" x flowers102_knn seed ") == 2, err  # its start and end lines
+        assert err.strip().endswith("bench: 1 cells, 1 ok, 0 failed or timed out"), err
+    assert len(result_files(tmp_path / "results")) == 2
+
+
 @pytest.mark.slow
 def test_matrix_records_crashes_and_timeouts_and_carries_on(tmp_path, data_root):
     (tmp_path / "bench" / "suites").mkdir(parents=True)
