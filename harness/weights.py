@@ -88,6 +88,29 @@ def fetch_command(method: MethodSpec) -> str:
     return f"`bench weights fetch {method.name}{f' --weights-root {root}' if root != default_root() else ''}`"
 
 
+def _host_path(method: MethodSpec) -> Path:
+    """Where weights given as a host path are, symlinks resolved (relative paths are to the method's folder)."""
+    return (method.folder / Path(method.weights).expanduser()).resolve()
+
+
+def host_path(method: MethodSpec) -> Path:
+    """The weights given as a host path: an existing regular file or folder under the weights root or the method's
+    folder (after symlinks), as a method may read it (mounted read-only, its output in results); else SpecError."""
+    path, given = _host_path(method), f"weights: {method.weights!r}"
+    if not path.exists():
+        raise SpecError(f"{given}: {path} does not exist", where=method.path)
+    root, folder = root_of(method).resolve(), method.folder.resolve()
+    if not (path.is_relative_to(root) or path.is_relative_to(folder)):
+        raise SpecError(
+            f"{given} resolves to {path}, outside the weights root {root} (--weights-root, env {ROOT_ENV}) and the "
+            f"method's folder {folder}: put the weights in one of them",
+            where=method.path,
+        )
+    if not (path.is_file() or path.is_dir()):
+        raise SpecError(f"{given}: {path} is not a regular file or folder", where=method.path)
+    return path
+
+
 def verified(method: MethodSpec) -> Path:
     """The method's weights file, present and with the expected sha256; else WeightsMissing / WeightsError, one line
     naming the file, where it is expected and the command that fixes it."""
@@ -193,7 +216,7 @@ def fetch(method: MethodSpec, progress: bool = True, retries: int = 3, log: Call
 def status(method: MethodSpec) -> tuple[str, str, str, str]:
     """(file, expected at, present, checksum) for `bench weights list`; a present file is hashed and checked."""
     if not declared(method):
-        path = (method.folder / Path(method.weights).expanduser()).resolve()
+        path = _host_path(method)
         return method.weights, str(path), "present" if path.exists() else "missing", "host path: not checked"
     path = expected_path(method)
     want, where = expected(method)

@@ -4,6 +4,7 @@ A reader registers itself: define a DatasetReader subclass with a `name` in a mo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import os
@@ -94,12 +95,8 @@ def fingerprint(root: Path, full: bool = False) -> str:
     root = Path(root)
     if not root.is_dir():
         raise DataError("cannot fingerprint: folder missing", where=root)
-    files = sorted(
-        (Path(folder) / f).relative_to(root).as_posix()
-        for folder, _, names in os.walk(root, followlinks=True)
-        for f in names
-    )
-    sizes = {rel: (root / rel).stat().st_size for rel in files}
+    sizes = dataset_files(root)
+    files = list(sizes)
     digest = hashlib.sha256()
     for rel in files:
         digest.update(f"{rel}\0{sizes[rel]}\n".encode())
@@ -115,6 +112,39 @@ def fingerprint(root: Path, full: bool = False) -> str:
                 f.seek(max(0, sizes[rel] - EDGE_BYTES))
                 digest.update(f.read(EDGE_BYTES))
     return f"{'fp1full' if full else 'fp1'}:{digest.hexdigest()[:16]}"
+
+
+def dataset_files(root: Path) -> dict[str, int]:
+    """Every file under a dataset folder, symlinked folders followed, by sorted relative path: its size. A dangling
+    symlink, a symlink loop or an unreadable folder is a DataError naming it."""
+
+    def unreadable(err: OSError):
+        raise DataError(f"cannot read folder ({err.strerror})", where=err.filename)
+
+    sizes, above = {}, {str(root): {os.path.realpath(root)}}  # each folder walked: the real folders it is in
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=unreadable):
+        chain = above.pop(folder)
+        for name in dirs:
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if real in chain:
+                raise DataError(f"symlink loop: it leads back to {real}, a folder it is in", where=path)
+            above[path] = chain | {real}
+        for name in names:
+            path = Path(folder) / name
+            try:
+                sizes[path.relative_to(root).as_posix()] = path.stat().st_size
+            except OSError as err:
+                raise DataError(_stat_problem(path, err), where=path) from None
+    return dict(sorted(sizes.items()))
+
+
+def _stat_problem(path: Path, err: OSError) -> str:
+    if not path.is_symlink():
+        return f"cannot read ({err.strerror})"
+    if err.errno == errno.ELOOP:
+        return "symlink loop: it never resolves to a file"
+    return f"dangling symlink to {os.readlink(path)}"
 
 
 def _readers(cls: type[DatasetReader]) -> list[type[DatasetReader]]:
