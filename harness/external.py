@@ -34,6 +34,7 @@ from harness import specs
 from harness.contract import OPS, OUTPUTS, MethodInfo
 from harness.data.files import npz_members
 from harness.errors import HarnessBug, MethodFailure, UserError
+from harness.lifetime import owned_prefix, remove_orphaned
 from harness.provenance import hash_files
 from harness.results import DataKind, DatasetInfo, ResultStore, RunResult
 from harness.run import RunOptions, cell_key, prepare, score_cell
@@ -225,7 +226,8 @@ def export_inputs(
         raise UserError("already exists (--force to replace it)", where=out)
     run = prepare(task, seed, opts)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    remove_orphaned(out.parent, f".{out.name}-")  # an export killed midway
+    staging = Path(tempfile.mkdtemp(prefix=owned_prefix(f".{out.name}-"), dir=out.parent))
     try:
         session = RecordingSession(staging, info)
         run.ctx.session = session

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import shutil
+import tempfile
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -18,7 +19,10 @@ import pytest
 
 from harness.cli import main
 from harness.leaderboard import render
+from harness.lifetime import owned_prefix
 from harness.results import ResultStore, RunResult
+
+from conftest import orphaned_folder
 
 REPO = Path(__file__).resolve().parent.parent
 # voc_hummingbird at 64 px (a 4x4 patch grid) with a small memory: the same protocol, seconds instead of minutes
@@ -364,3 +368,13 @@ def test_a_harness_bug_keeps_its_traceback_instead_of_looking_like_a_user_error(
             ]
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_killed_midway_leaves_its_staging_folder_to_the_next_export(env, capsys, tmp_path):
+    out = tmp_path / "out"
+    dead = orphaned_folder(tmp_path, ".out-")
+    live = Path(tempfile.mkdtemp(prefix=owned_prefix(".out-"), dir=tmp_path))  # this process's: never touched
+    code, _ = bench(
+        capsys, "inputs", "--task", "flowers102_knn", "--out", str(out), "--embed-dim", "48", *data_args(env)
+    )
+    assert code == 0 and live.exists() and not dead.exists()
