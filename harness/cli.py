@@ -5,21 +5,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import Annotated
 
+from pydantic import Field, TypeAdapter, ValidationError
 from tabulate import tabulate
 
 from harness import specs
 from harness.errors import UserError
+from harness.lifetime import Interrupted, interruptible
 from harness.results import ResultStore, json_schema
 from harness.specs import REPO_ROOT
 
 DEFAULT_LEADERBOARD = REPO_ROOT / "leaderboard" / "README.md"
 
 
-def _csv(kind: type):
-    return lambda s: [kind(x) for x in s.split(",") if x.strip()]
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are user errors like any other: one line, exit 2 (main prints it)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _checked(annotated):
+    """An argparse type: the text validated as `annotated` (e.g. specs.Seconds), pydantic's reason its message."""
+    adapter = TypeAdapter(annotated)
+
+    def parse(text: str):
+        try:
+            return adapter.validate_python(text)
+        except ValidationError as e:
+            raise argparse.ArgumentTypeError(f"{e.errors()[0]['msg']}, got {text!r}") from None
+
+    return parse
+
+
+_seconds, _seed, _workers = _checked(specs.Seconds), _checked(specs.Seed), _checked(Annotated[int, Field(ge=0)])
+
+
+def _csv(kind):
+    return lambda s: [kind(x.strip()) for x in s.split(",") if x.strip()]
 
 
 def _add_run_options(
@@ -65,8 +92,8 @@ def _add_run_options(
     p.add_argument("--force", action="store_true", help=force_help)
     if runner:
         _add_weights_root(p)
-        p.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: the task's)")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
+        p.add_argument("--timeout", type=_seconds, default=None, help="seconds per cell (default: the task's)")
+    p.add_argument("--workers", type=_workers, default=2, help="data loading processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -80,7 +107,7 @@ def _add_weights_root(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser = _Parser(prog="bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list tasks, methods or suites")
@@ -89,19 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one method on one task")
     p.add_argument("--method", required=True)
     p.add_argument("--task", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     _add_run_options(p)
 
     p = sub.add_parser("matrix", help="run every method x task x seed of a suite")
     p.add_argument("--suite", required=True)
     p.add_argument("--methods", type=_csv(str), default=None, help="comma-separated (default: the suite's)")
-    p.add_argument("--seeds", type=_csv(int), default=None, help="comma-separated (default: the suite's)")
+    p.add_argument("--seeds", type=_csv(_seed), default=None, help="comma-separated (default: the suite's)")
     _add_run_options(p)
 
     p = sub.add_parser("inputs", help="export the exact inputs a task sends, for a method run outside the harness")
     p.add_argument("--task", required=True)
     p.add_argument("--out", type=Path, required=True, help="folder to create: manifest.json and requests/")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--info",
         type=Path,
@@ -123,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True)
     p.add_argument("--outputs", type=Path, required=True, help="the folder of `bench inputs`, with replies/ added")
     p.add_argument("--name", default=None, help="the method's name in results (default: the folder's name)")
-    p.add_argument("--seed", type=int, default=None, help="default: the one the inputs were exported with")
+    p.add_argument("--seed", type=_seed, default=None, help="default: the one the inputs were exported with")
     _add_run_options(p, runner=False, data_help="default: as exported")
 
     p = sub.add_parser("leaderboard", help="aggregate results into the leaderboard: markdown, index.html, plots/")
@@ -171,7 +198,7 @@ def _add_data_parser(sub) -> None:
     )
     stand_in = argparse.ArgumentParser(add_help=False)
     stand_in.add_argument("--scale", choices=["tiny", "small"], default="tiny", help="procedural stand-in size")
-    stand_in.add_argument("--seed", type=int, default=0, help="procedural stand-in seed")
+    stand_in.add_argument("--seed", type=_seed, default=0, help="procedural stand-in seed")
     kind = argparse.ArgumentParser(add_help=False, parents=[stand_in])
     kind.add_argument(
         "--data",
@@ -234,7 +261,7 @@ def cmd_list(args) -> int:
                 m.embed_dim or "",
                 "yes" if m.baseline and not m.variant_name else "",
                 m.weights if isinstance(m.weights, str) else m.weights.file if m.weights else "",
-                m.image or "(built from images/" + m.base + ")",
+                m.image or f"(built from {_shown(m.folder)})",
                 m.description,
             )
             for m in specs.load_all("method")
@@ -255,6 +282,12 @@ def cmd_list(args) -> int:
         headers = ["suite", "tasks", "methods", "seeds", "data", "description"]
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     return 0
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when inside it (images/dino), else as it is (a BENCH_IMAGES folder)."""
+    path = path.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
@@ -519,7 +552,7 @@ def _add_image_parsers(sub) -> None:
             default=Path(os.environ.get("BENCH_DATA", "data")),
             help="where procedural stand-ins are made (env BENCH_DATA, default ./data)",
         )
-        p.add_argument("--timeout", type=float, default=600, help="seconds per check (default 600)")
+        p.add_argument("--timeout", type=_seconds, default=600, help="seconds per check (default 600)")
         p.add_argument("--tasks", type=_csv(str), default=None, help="comma-separated (default: the smoke suite's)")
     p.add_argument("--name", required=True, help="the method's name (its folder under images/)")
     for meta in ("description", "paper", "code", "license"):
@@ -614,15 +647,20 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        args = build_parser().parse_args(argv)
+        with interruptible():  # SIGTERM too stops the method and cleans up, as Ctrl-C does
+            return COMMANDS[args.command](args)
     except UserError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"bench: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr, flush=True)
+        if argv is None:  # bench itself, not a caller's main([...]): its methods are stopped and its folders gone, so
+            sys.stdout.flush()  # exit now, without the second or two Python takes to tear down torch
+            os._exit(128 + signum)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -27,14 +27,15 @@ class Output:
     needs: tuple[str, ...]  # MethodInfo fields a method producing this output must give
     shape: str  # for messages and docs
 
-    def reply_shape(self, info: "MethodInfo", images_shape: tuple[int, ...], slots: int = 2) -> tuple[int, ...]:
-        """The shape a reply to `images_shape` (N, H, W, 3) has; `slots`: masks per image (the method's choice)."""
+    def reply_shapes(self, info: "MethodInfo", images_shape: tuple[int, ...]) -> dict[str, tuple[int | None, ...]]:
+        """The arrays a reply to images (N, H, W, 3) holds, the first required, and their shapes (None: the
+        method's choice, the masks' K); D is the width the info declares (global_dim, else embed_dim)."""
         n, h, w, _ = images_shape
         if self.kind == "global":
-            return n, info.global_dim or info.embed_dim
+            return {"features": (n, info.global_dim or info.embed_dim)}
         if self.kind == "dense":
-            return n, h // info.patch_size, w // info.patch_size, info.embed_dim
-        return n, slots, h, w
+            return {"features": (n, h // info.patch_size, w // info.patch_size, info.embed_dim)}
+        return {"masks": (n, None, h, w), "reconstructions": (n, 3, h, w)}
 
 
 OUTPUTS: dict[str, Output] = {

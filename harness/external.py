@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -31,12 +32,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness import specs
 from harness.contract import OPS, OUTPUTS, MethodInfo
+from harness.data.files import npz_members
 from harness.errors import HarnessBug, MethodFailure, UserError
+from harness.lifetime import owned_prefix, remove_orphaned
 from harness.provenance import hash_files
 from harness.results import DataKind, DatasetInfo, ResultStore, RunResult
 from harness.run import RunOptions, cell_key, prepare, score_cell
 from harness.runners.base import RunningMethod
-from harness.runners.session import MethodSession
+from harness.runners.session import MethodSession, check_reply_array, reply_limit
 
 MANIFEST = "manifest.json"
 BACKEND = "external"
@@ -115,8 +118,8 @@ class RecordingSession(FileSession):
         np.savez(path, op=np.array(op), images=images)
         self.requests.append(record(op, images))
         self.bytes_sent += images.nbytes
-        output = OPS[op]
-        return {"ok": True}, {output.reply: self.rng.random(output.reply_shape(self.info, images.shape), np.float32)}
+        shape = next(iter(OPS[op].reply_shapes(self.info, images.shape).values()))
+        return {"ok": True}, {OPS[op].reply: self.rng.random([2 if d is None else d for d in shape], np.float32)}
 
 
 class ReplaySession(FileSession):
@@ -136,7 +139,7 @@ class ReplaySession(FileSession):
             raise self._mismatch(f"request {i} differs from the recorded one")
         self.requests.append(self.manifest.requests[i])
         self.reply = request_file(self.folder, "replies", i)
-        out = load_reply(self.reply)
+        out = load_reply(self.reply, op, images, self.info)
         self.bytes_sent += images.nbytes
         self.method_seconds += time.monotonic() - t0
         return {"ok": True}, out
@@ -154,15 +157,36 @@ class ReplaySession(FileSession):
             )
 
 
-def load_reply(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of one reply file; a missing or unreadable file is one line naming it."""
+def _present(path: Path) -> Path:
     if not path.is_file():
         raise UserError(
             "missing: every request needs its reply (see `Bring your own outputs` in images/CONTRACT.md)", where=path
         )
+    return path
+
+
+def load_reply(path: Path, op: str, images: np.ndarray, info: MethodInfo) -> dict[str, np.ndarray]:
+    """The arrays of the reply file to request `op` on `images`; a missing or unreadable file is one line naming it.
+    The .npy headers are checked before any data is read or inflated: each array's declared shape and dtype against
+    the reply expected, and their bytes against the live contract's cap."""
+    with open(_present(path), "rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            raise UserError("an .npy file, not an .npz: save a reply's arrays with np.savez(path, features=...)", path)
+    members = npz_members(path)  # headers only; a header whose shape needs more bytes than the file holds: one line
+    expected = OPS[op].reply_shapes(info, images.shape)
+    for name, member in members.items():
+        if name in expected:
+            check_reply_array(op, name, member.shape, member.dtype, expected[name], info)
+    size, limit = sum(math.prod(m.shape) * m.dtype.itemsize for m in members.values()), reply_limit(images.nbytes)
+    if size > limit:
+        raise UserError(
+            f"its arrays hold {size} bytes, above the limit of {limit} bytes (max(256 MiB, 16 x the request's "
+            "bytes), as for a live reply)",
+            where=path,
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+            return {name: npz[name] for name in members}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"not a readable .npz file of arrays ({e})", where=path) from None
 
@@ -202,7 +226,8 @@ def export_inputs(
         raise UserError("already exists (--force to replace it)", where=out)
     run = prepare(task, seed, opts)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    remove_orphaned(out.parent, f".{out.name}-")  # an export killed midway
+    staging = Path(tempfile.mkdtemp(prefix=owned_prefix(f".{out.name}-"), dir=out.parent))
     try:
         session = RecordingSession(staging, info)
         run.ctx.session = session
@@ -256,10 +281,7 @@ def load_manifest(folder: Path) -> Manifest:
 
 def outputs_ref(folder: Path, manifest: Manifest) -> str:
     """What identifies the outputs scored: a sha256 of the manifest and every reply file, in order."""
-    replies = [request_file(folder, "replies", i) for i in range(len(manifest.requests))]
-    for path in replies:
-        if not path.is_file():
-            load_reply(path)  # the one-line error naming the missing file
+    replies = [_present(request_file(folder, "replies", i)) for i in range(len(manifest.requests))]
     return "outputs-sha256:" + hash_files([(Path(folder) / MANIFEST, MANIFEST), *((p, p.name) for p in replies)])
 
 

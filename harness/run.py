@@ -259,8 +259,9 @@ def run_matrix(
     seeds: list[int] | None = None,
     overrides: dict[str, str] | None = None,
 ) -> list[RunResult]:
-    """Every compatible (method, task, seed) cell of a suite; a failing cell never stops the others."""
-    tasks = [specs.get("task", t).with_overrides(overrides or {}) for t in suite.tasks]
+    """Every compatible (method, task, seed) cell of a suite, each once however often it is named; a failing cell
+    never stops the others."""
+    tasks = [specs.get("task", t).with_overrides(overrides or {}) for t in dict.fromkeys(suite.tasks)]
     method_specs = [  # every method's weights checked before the first cell runs
         with_weights(specs.get("method", m), opts)
         for m in dict.fromkeys(methods or suite.methods or specs.baseline_methods())

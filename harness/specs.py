@@ -9,7 +9,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,6 +20,11 @@ from harness.errors import SpecError, UserError
 from harness.names import METHOD_NAME_PATTERN, NAME_PATTERN, TASK_NAME_PATTERN
 from harness.provenance import file_sha256, hash_folders, hash_path
 from harness.yamlfile import line_of, validation_error_line
+
+MAX_TIMEOUT_S = 30 * 24 * 3600  # a month: above every task's limit, far below what a deadline can hold
+# a time limit (a task's timeout_s, --timeout) and a seed (numpy's and torch's range), as specs and the CLI check them
+Seconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 def check_method_name(name: str, what: str) -> str:
@@ -72,7 +77,7 @@ class TaskSpec(_Spec):
     dataset: str
     params: dict[str, Any] = Field(default_factory=dict)
     reference: str | None = None  # the paper / official evaluator this task follows
-    timeout_s: float = Field(default=3600, gt=0)
+    timeout_s: Seconds = 3600
     batch_size: int = Field(default=16, ge=1)
     fit_labels: bool = False  # may a method's fit stage see the training split's labels?
     variants: dict[str, TaskVariant] = Field(default_factory=dict)
@@ -191,7 +196,7 @@ class SuiteSpec(_Spec):
     variants: bool = False
     exclude: list[str] = Field(default_factory=list)
     methods: list[str] | None = None  # None: every baseline method
-    seeds: list[int] = Field(default=[0], min_length=1)
+    seeds: list[Seed] = Field(default=[0], min_length=1)
     data: Literal["real", "synthetic"] = "real"
 
     @field_validator("tasks", mode="before")
@@ -342,15 +347,11 @@ class MethodSpec(_Spec):
     def weights_path(self) -> Path | None:
         """The weights file or folder, which must exist: mounted read-only for the method, never copied. For
         `{file, url, sha256}` weights, `<weights root>/<method>/<file>`, checked against its checksum (a missing or
-        different file raises WeightsError); None under a random init."""
+        different file raises WeightsError); a host path must be under the weights root or the method's folder
+        (weights.host_path); None under a random init."""
         if self.weights is None or self.random_init:
             return None
-        if isinstance(self.weights, WeightsSource):
-            return weights.verified(self)
-        path = (self.folder / Path(self.weights).expanduser()).resolve()
-        if not path.exists():
-            raise SpecError(f"weights: {path} does not exist", where=self.path)
-        return path
+        return weights.verified(self) if isinstance(self.weights, WeightsSource) else weights.host_path(self)
 
     @property
     def weights_digest(self) -> str | None:
@@ -380,8 +381,27 @@ def _include_problem(spec: MethodSpec, entry: str) -> str | None:
     return None
 
 
+def _entrypoint_problem(spec: MethodSpec) -> str | None:
+    """Why `entrypoint:` cannot be used, or None: it must name a file in the method's folder (symlinks resolved),
+    which its code hash and image cover; the file must exist unless a pinned `image:` brings its own."""
+    if Path(spec.entrypoint).is_absolute():
+        return "give a file relative to the method's folder, e.g. adapter.py"
+    folder = spec.folder.resolve()
+    target = (folder / spec.entrypoint).resolve()
+    if not target.is_relative_to(folder):
+        return (
+            f"resolves to {target}, outside the method's folder {folder}, which its code hash and image cover: "
+            "move the file there (share code with `include:`)"
+        )
+    if spec.image is None and not target.is_file():
+        return f"{target} {'is not a file' if target.exists() else 'does not exist'}"
+    return None
+
+
 def _check_method(spec: MethodSpec, path: Path, root: yaml.Node) -> None:
-    """Validate `include:` and every variant now rather than mid-run."""
+    """Validate `entrypoint:`, `include:` and every variant now rather than mid-run."""
+    if why := _entrypoint_problem(spec):
+        raise SpecError(f"entrypoint: {spec.entrypoint!r}: {why}", where=f"{path}:{line_of(root, ('entrypoint',))}")
     for i, entry in enumerate(spec.include):
         why = _include_problem(spec, entry)
         if why is None and entry in spec.include[:i]:
@@ -459,6 +479,11 @@ def load_spec(cls: type[_Spec], path: Path) -> Any:
         raise SpecError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
     if not isinstance(data, dict):
         raise SpecError("expected a mapping of fields at the top level", where=path)
+    if "path" in data:
+        raise SpecError(
+            "path: not a field of a spec (the harness records where the file is)",
+            where=f"{path}:{line_of(root, ('path',))}",
+        )
     if cls is TaskSpec and "overrides" in data:
         raise SpecError(
             "overrides: set with `bench run --set`, not in a task file; use params or a variant",

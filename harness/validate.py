@@ -8,6 +8,8 @@ from pathlib import Path
 
 from harness.contract import OUTPUTS, MethodInfo
 from harness.errors import MethodFailure, UserError
+from harness.lifetime import owned_prefix
+from harness.runners.base import RUN_FOLDER
 from harness.runners.images import ResolvedImage, resolve
 from harness.specs import MethodSpec
 
@@ -126,7 +128,7 @@ def validate(
         image=resolved.id,
     )
     runner = DockerRunner()
-    with tempfile.TemporaryDirectory(prefix="bench-validate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=owned_prefix(f"{RUN_FOLDER}validate-")) as tmp:  # see Runner.start
         store = ResultStore(Path(tmp) / "results")
         opts = RunOptions(backend="docker", synthetic=True, data_root=data_root, timeout_s=timeout_s, progress=False)
         for task in (specs.get("task", t) for t in tasks or specs.get("suite", "smoke").tasks):

@@ -10,6 +10,7 @@ resumable `.part` files, BENCH_FETCH_BASE_URL mirrors, checksum verification tha
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from harness.errors import SpecError, UserError, WeightsError, WeightsMissing
 from harness.provenance import file_sha256, now
+from harness.results import write_atomic
 
 if TYPE_CHECKING:
     from harness.specs import MethodSpec
@@ -86,6 +88,29 @@ def fetch_command(method: MethodSpec) -> str:
     return f"`bench weights fetch {method.name}{f' --weights-root {root}' if root != default_root() else ''}`"
 
 
+def _host_path(method: MethodSpec) -> Path:
+    """Where weights given as a host path are, symlinks resolved (relative paths are to the method's folder)."""
+    return (method.folder / Path(method.weights).expanduser()).resolve()
+
+
+def host_path(method: MethodSpec) -> Path:
+    """The weights given as a host path: an existing regular file or folder under the weights root or the method's
+    folder (after symlinks), as a method may read it (mounted read-only, its output in results); else SpecError."""
+    path, given = _host_path(method), f"weights: {method.weights!r}"
+    if not path.exists():
+        raise SpecError(f"{given}: {path} does not exist", where=method.path)
+    root, folder = root_of(method).resolve(), method.folder.resolve()
+    if not (path.is_relative_to(root) or path.is_relative_to(folder)):
+        raise SpecError(
+            f"{given} resolves to {path}, outside the weights root {root} (--weights-root, env {ROOT_ENV}) and the "
+            f"method's folder {folder}: put the weights in one of them",
+            where=method.path,
+        )
+    if not (path.is_file() or path.is_dir()):
+        raise SpecError(f"{given}: {path} is not a regular file or folder", where=method.path)
+    return path
+
+
 def verified(method: MethodSpec) -> Path:
     """The method's weights file, present and with the expected sha256; else WeightsMissing / WeightsError, one line
     naming the file, where it is expected and the command that fixes it."""
@@ -128,13 +153,14 @@ def resolve(method: MethodSpec, root: Path | None, synthetic: bool) -> MethodSpe
 
 
 def record(method: MethodSpec, sha256: str, size: int) -> Path:
-    """Write the first fetch's checksum to the lock file (atomically, other entries kept)."""
+    """Write the first fetch's checksum to the lock file (atomically, other entries kept): the read, update and
+    write hold an flock on a guard file beside it, so concurrent fetches of other methods never lose an entry."""
     lock = lock_path(method)
-    entries = read_lock(lock)
-    entries[lock_key(method)] = {"sha256": sha256, "size": size, "url": method.weights.url, "recorded": now()}
-    tmp = lock.with_name(f".{lock.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, lock)
+    with open(lock.with_name(f".{lock.name}.flock"), "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        entries = read_lock(lock)
+        entries[lock_key(method)] = {"sha256": sha256, "size": size, "url": method.weights.url, "recorded": now()}
+        write_atomic(lock, json.dumps(entries, indent=2, sort_keys=True) + "\n")
     return lock
 
 
@@ -190,7 +216,7 @@ def fetch(method: MethodSpec, progress: bool = True, retries: int = 3, log: Call
 def status(method: MethodSpec) -> tuple[str, str, str, str]:
     """(file, expected at, present, checksum) for `bench weights list`; a present file is hashed and checked."""
     if not declared(method):
-        path = (method.folder / Path(method.weights).expanduser()).resolve()
+        path = _host_path(method)
         return method.weights, str(path), "present" if path.exists() else "missing", "host path: not checked"
     path = expected_path(method)
     want, where = expected(method)

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -54,6 +55,42 @@ def bench(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=full, cwd=REPO, timeout=timeout
     )
+
+
+def bench_started(*args, env=None) -> subprocess.Popen:
+    """`bench ARGS` started as a terminal starts it, in a process group of its own (`os.killpg(proc.pid, SIGINT)`
+    is the terminal's Ctrl-C); stdout and stderr piped, as text."""
+    full = dict(os.environ, BENCH_BASE_IMAGE=BASE, **(env or {}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", *args],
+        cwd=REPO,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 120):
+    """Poll `condition()` until it is truthy and return that; fail with bench's stderr if `proc` exits first."""
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if proc.poll() is not None:
+            pytest.fail(f"bench exited with {proc.returncode} first: {proc.stderr.read()}")
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        time.sleep(0.1)
+    return found
+
+
+def orphaned_folder(parent: Path, prefix: str) -> Path:
+    """A folder in `parent` named by lifetime.owned_prefix(prefix) for another process, which has exited since:
+    what a harness killed before its own cleanup leaves."""
+    code = "import sys, tempfile; from harness.lifetime import owned_prefix; "
+    code += "print(tempfile.mkdtemp(prefix=owned_prefix(sys.argv[1]), dir=sys.argv[2]))"
+    made = subprocess.run([sys.executable, "-c", code, prefix, str(parent)], capture_output=True, text=True, cwd=REPO)
+    assert made.returncode == 0, made.stderr
+    return Path(made.stdout.strip())
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ import pytest
 
 from harness.results import RunResult, json_schema
 
-from conftest import REPO, TEST_METHODS, bench, one_line_error
+from conftest import REPO, TEST_METHODS, bench, cli, one_line_error, shared_code_method
 
 
 def result_files(root: Path) -> list[Path]:
@@ -43,6 +43,18 @@ def test_list_prints_tables_of_tasks_methods_and_suites():
         ),
         ("name: bad\nversion: 1\n  description: [x\n", "bad.yaml:3: not valid YAML"),
         ("name: other\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\n", "must match its file name"),
+        (
+            "name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\npath: /etc\n",
+            "bad.yaml:6: path:",
+        ),
+        (
+            "name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\ntimeout_s: .inf\n",
+            "bad.yaml:6: timeout_s: Input should be a finite number",
+        ),
+        (
+            "name: bad\nversion: 1\ndescription: x\nprotocol: knn\ndataset: flowers102\ntimeout_s: 1e300\n",
+            "bad.yaml:6: timeout_s: Input should be less than or equal to 2592000",
+        ),
     ],
 )
 def test_a_malformed_task_spec_gives_one_line_naming_file_line_and_field(tmp_path, body, expected):
@@ -81,6 +93,30 @@ def test_missing_real_dataset_says_where_and_how_and_writes_nothing(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (("run", "--timeout", "nan"), "argument --timeout: Input should be a finite number, got 'nan'"),
+        (("run", "--timeout", "1e300"), "argument --timeout: Input should be less than or equal to 2592000"),
+        (("run", "--timeout", "-1"), "argument --timeout: Input should be greater than 0, got '-1'"),
+        (("run", "--workers", "-1"), "argument --workers: Input should be greater than or equal to 0"),
+        (("run", "--seed", "-1"), "argument --seed: Input should be greater than or equal to 0, got '-1'"),
+        (("run", "--seed", str(2**32)), "argument --seed: Input should be less than or equal to 4294967295"),
+        (("matrix", "--suite", "smoke", "--seeds", "0,-1"), "argument --seeds: Input should be greater than or equal"),
+        (("inputs", "--task", "flowers102_knn", "--out", "x", "--seed", str(2**32)), "argument --seed: Input should"),
+        (("score", "--task", "flowers102_knn", "--outputs", "x", "--seed", "1.5"), "argument --seed: Input should be"),
+    ],
+)
+def test_a_number_out_of_range_is_one_line_naming_the_flag_and_runs_nothing(args, error, capsys, tmp_path, data_root):
+    """Before: nan and 1e300 seconds were tracebacks, -1 seconds a recorded timeout, --seed -1 a result."""
+    cell = ["--method", "pixels", "--task", "flowers102_knn"] if args[0] == "run" else []
+    where = ["--data", "synthetic", "--data-root", str(data_root), "--no-progress"]
+    results = [] if args[0] == "inputs" else ["--results", str(tmp_path / "results")]
+    line = one_line_error(cli(capsys, *args, *cell, *where, *results))
+    assert line.startswith(f"bench: error: {error}"), line
+    assert line.endswith(f"(see `bench {args[0]} --help`)") and not (tmp_path / "results").exists()
+
+
 # --- running -------------------------------------------------------------------------------------------------
 
 
@@ -116,6 +152,22 @@ def test_run_writes_one_typed_result_and_a_rerun_is_skipped(tmp_path, data_root)
     assert path.stat().st_mtime_ns == mtime
     forced = bench(*args, "--force")
     assert forced.returncode == 0 and path.stat().st_mtime_ns != mtime
+
+
+def test_a_matrix_runs_and_counts_each_cell_once_however_often_it_is_named(tmp_path, data_root, capsys, monkeypatch):
+    """Before, a task listed twice ran twice (the second time `cached, skipped`) and the summary said 2 cells."""
+    (tmp_path / "bench" / "suites").mkdir(parents=True)
+    (tmp_path / "bench" / "suites" / "twice.yaml").write_text(
+        "name: twice\ndescription: test\ntasks: [flowers102_knn, flowers102_knn]\nmethods: [pixels, pixels]\n"
+        "seeds: [0, 0]\ndata: synthetic\n"
+    )
+    monkeypatch.setenv("BENCH_BENCHMARKS", f"{tmp_path / 'bench'}{os.pathsep}{REPO / 'benchmarks'}")
+    where = ["--data-root", str(data_root), "--results", str(tmp_path / "results"), "--no-progress"]
+    for more in ([], ["--methods", "pixels, pixels", "--seeds", "1,1"]):
+        code, _, err = cli(capsys, "matrix", "--suite", "twice", *where, *more)
+        assert code == 0 and err.count(" x flowers102_knn seed ") == 2, err  # its start and end lines
+        assert err.strip().endswith("bench: 1 cells, 1 ok, 0 failed or timed out"), err
+    assert len(result_files(tmp_path / "results")) == 2
 
 
 @pytest.mark.slow
@@ -230,3 +282,12 @@ def test_random_vit_serves_every_output_kind(tmp_path, data_root):
 def test_committed_result_schema_matches_the_code():
     committed = json.loads((REPO / "leaderboard" / "result.schema.json").read_text())
     assert committed == json_schema(), "run `make schema` and commit leaderboard/result.schema.json"
+
+
+def test_list_methods_says_where_each_image_is_built_from(tmp_path, monkeypatch, capsys):
+    shared_code_method(tmp_path)
+    monkeypatch.setenv("BENCH_IMAGES", f"{tmp_path}{os.pathsep}{REPO / 'images'}")
+    code, out, _ = cli(capsys, "list", "methods")
+    row = next(line for line in out.splitlines() if line.startswith("| shared_user "))
+    assert code == 0 and f"(built from {tmp_path / 'shared_user'})" in row
+    assert "(built from images/dino)" in out

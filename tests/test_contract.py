@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_a_method_that_returns_from_fit_early_stops_the_stream(monkeypatch):
         ("crasher", r"closed its output stream.*\(exited with code 3\)"),
         ("raiser", "boom from the method"),
         ("nan_out", "NaN or Inf"),
-        ("wrong_count", "expected 2 dims with 3 items"),
+        ("wrong_count", r"features has shape \(2, 4\), expected \(3, 4\)"),
     ],
 )
 def test_misbehaving_methods_become_method_failures(name, error):
@@ -177,10 +178,11 @@ def test_an_unknown_transport_setting_is_a_user_error_before_anything_starts(mon
 def adhoc(tmp_path: Path, behaviour: str, outputs: str = "[global]", more_yaml: str = "") -> MethodSpec:
     """A test method whose folder (and so behaviour, see tests/methods/_misbehave) is made up on the spot."""
     folder = tmp_path / behaviour
+    shutil.copytree(TESTS / "methods" / "_misbehave", tmp_path / "_misbehave", dirs_exist_ok=True)
     folder.mkdir()
-    adapter = TESTS / "methods" / "_misbehave" / "adapter.py"
+    (folder / "adapter.py").write_text((TESTS / "methods" / "crasher" / "adapter.py").read_text())  # by folder name
     (folder / "method.yaml").write_text(
-        f"name: {behaviour}\nversion: '0'\ndescription: x\noutputs: {outputs}\nentrypoint: {adapter}\n{more_yaml}"
+        f"name: {behaviour}\nversion: '0'\ndescription: x\noutputs: {outputs}\ninclude: [../_misbehave]\n{more_yaml}"
     )
     return load_spec(MethodSpec, folder / "method.yaml")
 
@@ -226,7 +228,7 @@ def test_a_hanging_method_times_out_and_its_process_is_killed():
     assert "adapter starting" in running.log_tail
     # every process of the method's group is gone
     assert not any(
-        p.name.isdigit() and _cmdline(p).find("_misbehave/adapter.py") >= 0 and "hanger" in _cwd(p)
+        p.name.isdigit() and _cmdline(p).find("hanger/adapter.py") >= 0 and "hanger" in _cwd(p)
         for p in Path("/proc").iterdir()
     )
 
@@ -253,13 +255,15 @@ def test_declared_outputs_missing_from_info_fail_the_handshake(tmp_path):
 
 
 def test_weights_reach_the_method_and_are_part_of_the_result_key(tmp_path):
-    spec = adhoc(tmp_path, "weighted", more_yaml="weights: ../w/model.bin\n")  # 4th feature: first byte of it
-    with pytest.raises(SpecError, match=r"method.yaml: weights: .*/w/model.bin does not exist"):
+    weights = tmp_path / "w" / "model.bin"  # under the weights root; 4th feature: its first byte
+    spec = adhoc(tmp_path, "weighted", more_yaml=f"weights: {weights}\n")
+    spec = spec.model_copy(update={"weights_root": weights.parent})
+    with pytest.raises(SpecError, match=r"method.yaml: weights: '.*/w/model.bin': .*/w/model.bin does not exist"):
         LocalRunner().result_ref(spec)
-    (tmp_path / "w").mkdir()
+    weights.parent.mkdir()
     refs = []
     for first in (7, 9):
-        (tmp_path / "w" / "model.bin").write_bytes(bytes([first]) + b"rest")
+        weights.write_bytes(bytes([first]) + b"rest")
         with LocalRunner().start(spec, 0, {}, 60) as running:
             assert (running.session.embed(images())[:, 3] == first).all()
         refs.append(LocalRunner().result_ref(spec))

@@ -175,6 +175,30 @@ def test_bad_data_mid_run_exits_2_with_one_line_and_writes_no_result(synth_root,
     assert not results.exists()
 
 
+@pytest.mark.parametrize(
+    "link, target, why",
+    [
+        ("jpg/dangling.jpg", "/nonexistent", "dangling symlink to /nonexistent"),
+        ("jpg/loop", ".", "symlink loop: it leads back to {root}/jpg, a folder it is in"),
+        ("jpg/self", "self", "symlink loop"),  # a link to itself
+    ],
+    ids=["dangling", "loop", "self"],
+)
+def test_a_dangling_or_looping_symlink_in_a_dataset_is_one_line_naming_it(
+    link, target, why, synth_root, tmp_path, capsys
+):
+    """Before: `bench run` died with a traceback in the fingerprint's walk, and `bench data check` passed."""
+    root = as_real(synth_root, tmp_path / "data", "flowers102")
+    (root / link).symlink_to(target)
+    where = ["--data-root", str(tmp_path / "data"), "--no-progress"]
+    results = ["--results", str(tmp_path / "results")]
+    assert cli.main(["run", "--method", "pixels", "--task", "flowers102_knn", *where, *results]) == 2
+    assert one_line_error(capsys).startswith(f"bench: error: {root / link}: {why.format(root=root)}")
+    assert not (tmp_path / "results").exists()
+    assert bench("check", "flowers102", *where) == 2
+    assert f"{root / link}: {why.format(root=root)}" in capsys.readouterr().out
+
+
 def test_readme_lists_every_dataset_and_where_it_belongs():
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Datasets") :]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,7 +22,19 @@ from harness.errors import MethodFailure, MethodTimeout
 from harness.provenance import hash_path
 from harness.results import RunResult
 
-from conftest import BASE, HOSTILE, LABEL, REGISTRY, REPO, bench, cli, hostile_spec, images, method_spec  # noqa: F401
+from conftest import (
+    HOSTILE,
+    LABEL,
+    REGISTRY,
+    REPO,
+    bench,
+    bench_started,
+    cli,
+    hostile_spec,
+    images,
+    method_spec,
+    wait_for,
+)
 
 
 def start(name: str, timeout_s: float = 60, backend: str = "docker"):
@@ -111,46 +121,58 @@ def test_a_hanging_method_times_out_and_its_container_is_removed(backend, built,
     assert "stopped by the harness" in running.log_tail
 
 
-def test_ctrl_c_stops_the_run_and_removes_the_container(backend, built, docker_ready, data_root, tmp_path):
-    env = dict(os.environ, BENCH_BASE_IMAGE=BASE, BENCH_IMAGES=f"{HOSTILE}{os.pathsep}{REPO / 'images'}")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "run",
-            "--method",
-            "sleeper",
-            "--task",
-            "flowers102_knn",
-            "--backend",
-            backend,
-            "--data",
-            "synthetic",
-            "--data-root",
-            str(data_root),
-            "--results",
-            str(tmp_path),
-            "--no-progress",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+@pytest.fixture
+def sleeping(backend, built, docker_ready, data_root, tmp_path):
+    """`bench run` of the sleeper (which never answers) on procedural flowers102_knn, once its container runs:
+    (proc, container). The results go to tmp_path."""
+    proc = bench_started(
+        *("run", "--method", "sleeper", "--task", "flowers102_knn", "--backend", backend, "--data", "synthetic"),
+        *("--data-root", str(data_root), "--results", str(tmp_path), "--no-progress"),
+        env={"BENCH_IMAGES": f"{HOSTILE}{os.pathsep}{REPO / 'images'}"},
     )
+    owned = {"label": f"{LABEL}.owner={socket.gethostname()}:{proc.pid}"}
     try:
-        deadline = time.monotonic() + 120
-        while not docker_ready.containers.list(filters={"label": f"{LABEL}.owner={socket.gethostname()}:{proc.pid}"}):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
-            time.sleep(0.2)
+        [container] = wait_for(lambda: docker_ready.containers.list(filters=owned), proc)
         time.sleep(1)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        yield proc, container
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "interrupted" in stderr, stderr
+        proc.wait()  # not communicate(): a data-loader worker it left would keep its pipes open
+
+
+def removed_within(container, docker_ready, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while container.id in [c.id for c in docker_ready.containers.list(all=True)]:
+        if time.monotonic() > deadline:
+            container.remove(force=True)  # a stuck sleeper would wait an hour
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.parametrize(
+    "signum, to_group, code, said",
+    [(signal.SIGINT, True, 130, "bench: interrupted"), (signal.SIGTERM, False, 143, "bench: terminated")],
+    ids=["ctrl-c", "kill PID"],
+)
+def test_ctrl_c_or_sigterm_stops_the_run_and_removes_the_container(
+    sleeping, docker_ready, tmp_path, signum, to_group, code, said
+):
+    proc, container = sleeping
+    (os.killpg if to_group else os.kill)(proc.pid, signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == code and err.splitlines()[1:] == [said], err
+    assert removed_within(container, docker_ready, 0)
     assert not list(tmp_path.rglob("*.json"))  # an interrupted run writes no result
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["kill -9 PID", "kill -9 -PGID"])
+def test_kill_9_of_the_harness_removes_its_container_within_seconds(sleeping, docker_ready, tmp_path, to_group):
+    proc, container = sleeping
+    (os.killpg if to_group else os.kill)(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert removed_within(container, docker_ready, 10)
+    assert not list(tmp_path.rglob("*.json"))
 
 
 def test_containers_of_a_killed_harness_are_reaped_by_the_next_launch(built, docker_ready):
@@ -206,8 +228,8 @@ HOSTILE_OUTCOMES = {  # method -> (status, what the error must say); None: ok
     "memhog": ("failed", "OOM-killed: it exceeded its memory limit of"),
     "sleeper": ("timeout", "did not answer within the task's time limit"),
     "nan_out": ("failed", "NaN or Inf"),
-    "wrong_shape": ("failed", "has shape (32, 4, 1), expected 2 dims"),
-    "wrong_count": ("failed", "has shape (31, 4), expected 2 dims with 32 items"),
+    "wrong_shape": ("failed", "features has shape (32, 4, 1), expected (32, 4)"),
+    "wrong_count": ("failed", "features has shape (31, 4), expected (32, 4)"),
     "flood": ("failed", "payload of 17179869184 bytes exceeds the limit"),
     "dies_midstream": ("failed", "closed its output stream"),
     "forged_stdout": ("failed", "bad frame magic"),

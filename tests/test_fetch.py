@@ -6,6 +6,7 @@ import hashlib
 import io
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ from harness.data import DATASETS, synthetic_root
 from harness.data.fetch import BASE_URL_ENV, DOWNLOADS, fetch, load_sources
 from harness.data.voc import read_mask
 from harness.errors import DataError, SpecError
+from harness.lifetime import owned_prefix
 
-from conftest import ArchiveServer
+from conftest import ArchiveServer, orphaned_folder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,6 +91,16 @@ def test_fresh_download_installs_a_dataset_that_passes_check(served, tmp_path, c
 
     server.requests.clear()  # already there: nothing is downloaded again
     assert fetch("flowers102", data_root, sources, progress=False) == root and server.requests == []
+
+
+def test_staging_folders_of_killed_fetches_are_removed_and_a_live_ones_never(served, tmp_path):
+    _, sources = served
+    downloads = tmp_path / "data" / DOWNLOADS
+    downloads.mkdir(parents=True)
+    dead = orphaned_folder(downloads, ".staging-flowers102-")
+    live = Path(tempfile.mkdtemp(prefix=owned_prefix(".staging-flowers102-"), dir=downloads))  # this process's
+    fetch("flowers102", tmp_path / "data", sources, progress=False)
+    assert live.exists() and not dead.exists()
 
 
 def test_a_cut_connection_resumes_from_the_part_file(served, tmp_path):

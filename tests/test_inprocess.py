@@ -188,3 +188,19 @@ def test_an_object_without_its_weights_is_marked_random_init(data_root, tmp_path
     result = harness.evaluate(Unweighted(), "flowers102_knn", data_root=data_root, results=tmp_path)
     assert result.status == "ok" and result.provenance.weights == "random-init"
     assert result.key.method_ref.endswith("+weights:random-init")
+
+
+class Wider(benchsdk.Method):
+    """Declares 48 features and returns 64, every time: only the declared width can catch it (before, it scored)."""
+
+    name, version, outputs, embed_dim = "wider", "0", ("global",), 48
+
+    def embed(self, images):
+        return np.tile(images.mean(axis=(1, 2)).astype(np.float32), (1, 64 // 3 + 1))[:, :64]
+
+
+def test_features_of_another_width_than_the_method_declares_fail_naming_the_width(data_root, tmp_path):
+    result = harness.evaluate(Wider(), "flowers102_knn", data_root=data_root, results=tmp_path)
+    assert result.status == "failed" and result.error.endswith(
+        "features has shape (32, 64), expected (32, 48): 64 features wide, but the method declares embed_dim 48"
+    )

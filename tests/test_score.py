@@ -7,7 +7,11 @@ The replies here are computed with the pixels method's own code, so `bench score
 from __future__ import annotations
 
 import importlib.util
+import math
 import shutil
+import tempfile
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,10 @@ import pytest
 
 from harness.cli import main
 from harness.leaderboard import render
+from harness.lifetime import owned_prefix
 from harness.results import ResultStore, RunResult
+
+from conftest import orphaned_folder
 
 REPO = Path(__file__).resolve().parent.parent
 # voc_hummingbird at 64 px (a 4x4 patch grid) with a small memory: the same protocol, seconds instead of minutes
@@ -224,10 +231,32 @@ def rewrite(change):
     return spoil
 
 
+def deflated(path: Path, shape: tuple, data_bytes: int | None = None, name: str = "features") -> None:
+    """A reply whose one member's .npy header declares float32 `shape`, then `data_bytes` zero bytes (default: as
+    many as the shape needs), deflated: a file of kilobytes that may inflate to gigabytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as npz, npz.open(f"{name}.npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        left, zeros = math.prod(shape) * 4 if data_bytes is None else data_bytes, bytes(1 << 24)
+        while left > 0:
+            f.write(zeros[: min(left, len(zeros))])
+            left -= len(zeros)
+
+
+def _npy(path: Path) -> None:
+    with open(path, "wb") as f:  # np.save(path) would add .npy to the name
+        np.save(f, np.zeros((32, 48), np.float32))
+
+
 def _nan(features: np.ndarray) -> np.ndarray:
     features = features.copy()
     features[0, 0] = np.nan
     return features
+
+
+def score_knn(capsys, env: Path, folder: Path, results: Path) -> tuple[int, str]:
+    """`bench score` of flowers102_knn outputs in `folder`."""
+    where = ["--data-root", str(env / "data"), "--workers", "0", "--results", str(results)]
+    return bench(capsys, "score", "--task", "flowers102_knn", "--outputs", str(folder), *where)
 
 
 @pytest.mark.parametrize(
@@ -236,10 +265,12 @@ def _nan(features: np.ndarray) -> np.ndarray:
         (lambda p: p.unlink(), "missing: every request needs its reply"),
         (lambda p: p.write_bytes(b"not a zip"), "not a readable .npz file"),
         (lambda p: np.savez(p, embeddings=np.zeros((1, 48), np.float32)), "embed: reply has no 'features' array"),
-        (rewrite(lambda f: f[:, :-1]), "embed returned shape (32, 47), expected (32, 48)"),
-        (rewrite(lambda f: f[:-1]), "embed: features has shape (31, 48), expected 2 dims with 32 items first"),
+        (rewrite(lambda f: f[:, :-1]), "features has shape (32, 47), expected (32, 48): 47 features wide, but the"),
+        (rewrite(lambda f: f[:-1]), "embed: features has shape (31, 48), expected (32, 48)"),
         (rewrite(lambda f: f.astype(np.int64)), "embed: features has dtype int64, expected floating point"),
         (rewrite(_nan), "embed: features contains NaN or Inf"),
+        (_npy, "an .npy file, not an .npz: save a reply's arrays with np.savez(path, features=...)"),
+        (lambda p: deflated(p, (10**12, 10**12), data_bytes=64), "key 'features' is truncated"),  # before: MemoryError
     ],
 )
 def test_a_bad_reply_is_one_line_naming_its_file_and_writes_no_result(spoil, message, env, exported, capsys, tmp_path):
@@ -247,24 +278,40 @@ def test_a_bad_reply_is_one_line_naming_its_file_and_writes_no_result(spoil, mes
     shutil.copytree(exported["flowers102_knn"], folder)
     reply = folder / "replies" / "000002.npz"
     spoil(reply)
-    line = one_line_error(
-        *bench(
-            capsys,
-            "score",
-            "--task",
-            "flowers102_knn",
-            "--outputs",
-            str(folder),
-            "--data-root",
-            str(env / "data"),
-            "--workers",
-            "0",
-            "--results",
-            str(tmp_path / "results"),
-        )
-    )
+    line = one_line_error(*score_knn(capsys, env, folder, tmp_path / "results"))
     assert line.startswith(f"bench: error: {reply}: ") and message in line, line
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "embed_dim, shape, message",
+    [
+        (48, (32, 5_000_000), "embed: features has shape (32, 5000000), expected (32, 48)"),
+        (3_000_000, (32, 3_000_000), "its arrays hold 384000000 bytes, above the limit of 268435456 bytes"),
+    ],
+    ids=["shape", "size"],
+)
+def test_a_reply_that_inflates_past_its_shape_or_the_live_cap_is_refused_from_its_header(
+    embed_dim, shape, message, env, exported, capsys, tmp_path
+):
+    """Kilobytes on disk, 640 MB or 384 MB inflated: refused from the .npy header (declared shape, dtype and the live
+    contract's cap, max(256 MiB, 16 x the request)), before reading the data, which the old check came after."""
+    folder = tmp_path / "knn"
+    shutil.copytree(exported["flowers102_knn"], folder)
+    manifest = folder / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"embed_dim": 48', f'"embed_dim": {embed_dim}'))
+    reply = folder / "replies" / "000000.npz"
+    deflated(reply, shape)
+    assert reply.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        code, err = score_knn(capsys, env, folder, tmp_path / "results")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    line = one_line_error(code, err)
+    assert line.startswith(f"bench: error: {reply}: ") and message in line, line
+    assert peak < 64 << 20 and not (tmp_path / "results").exists()
 
 
 def test_inputs_needs_the_method_info_the_task_reads_and_never_leaves_a_partial_folder(env, capsys, tmp_path):
@@ -321,3 +368,13 @@ def test_a_harness_bug_keeps_its_traceback_instead_of_looking_like_a_user_error(
             ]
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_killed_midway_leaves_its_staging_folder_to_the_next_export(env, capsys, tmp_path):
+    out = tmp_path / "out"
+    dead = orphaned_folder(tmp_path, ".out-")
+    live = Path(tempfile.mkdtemp(prefix=owned_prefix(".out-"), dir=tmp_path))  # this process's: never touched
+    code, _ = bench(
+        capsys, "inputs", "--task", "flowers102_knn", "--out", str(out), "--embed-dim", "48", *data_args(env)
+    )
+    assert code == 0 and live.exists() and not dead.exists()

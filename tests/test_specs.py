@@ -123,6 +123,7 @@ def test_a_suite_selects_tasks_declaratively(bench_dir, body, expanded, capsys):
         ("tasks: everything\n", "s.yaml:3: tasks: Value error, 'everything' is neither `all` nor a list"),
         ("tasks: []\n", "s.yaml:3: tasks: Value error, an empty list selects no task"),
         ("tasks: all\nvariants: maybe\n", "s.yaml:4: variants: Input should be a valid boolean"),
+        ("tasks: all\nseeds: [0, -1]\n", "s.yaml:4: seeds.1: Input should be greater than or equal to 0"),
     ],
 )
 def test_a_bad_suite_selection_is_one_line_naming_file_line_and_field(bench_dir, body, where):
@@ -158,6 +159,7 @@ variants:
 @pytest.fixture()
 def images_dir(tmp_path, monkeypatch):
     (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "adapter.py").write_text("")
     monkeypatch.setenv("BENCH_IMAGES", str(tmp_path))
     return tmp_path
 
@@ -268,3 +270,35 @@ def test_a_bad_include_is_one_line_naming_file_line_and_why(images_dir, entry, w
         specs.get("method", "shared_user")
     assert re.search(rf"/method\.yaml:7: include: {re.escape(repr(entry))}: .*{re.escape(why)}", str(err.value))
     assert "\n" not in str(err.value)
+
+
+# --- entrypoint: a file in the method's folder, which its code hash covers -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entrypoint, why",
+    [
+        ("../common/adapter.py", "resolves to {common}, outside the method's folder {folder}"),
+        ("link.py", "resolves to {common}, outside the method's folder {folder}"),  # a symlink to it
+        ("{common}", "give a file relative to the method's folder"),
+        ("missing.py", "{folder}/missing.py does not exist"),
+        ("sub", "{folder}/sub is not a file"),
+    ],
+)
+def test_an_entrypoint_outside_the_method_folder_or_missing_is_one_line_at_load(images_dir, entrypoint, why):
+    """Before, `../common/adapter.py` loaded and ran, but the code hash covers the method's folder (and include:)
+    only: editing the shared file reused the old results. A missing file failed the run as the method's fault."""
+    folder, common = images_dir / "ep", images_dir / "common" / "adapter.py"
+    (folder / "sub").mkdir(parents=True)
+    common.parent.mkdir()
+    common.write_text("")
+    (folder / "link.py").symlink_to(common)
+    body = "name: ep\nversion: '0'\ndescription: x\noutputs: [global]\nembed_dim: 4\n"
+    (folder / "method.yaml").write_text(body + f"entrypoint: {entrypoint.format(common=common)}\n")
+    with pytest.raises(SpecError) as err:
+        specs.get("method", "ep")
+    message = f"{folder}/method.yaml:6: entrypoint: {entrypoint.format(common=common)!r}: "
+    assert str(err.value).startswith(message) and why.format(common=common, folder=folder) in str(err.value)
+    assert "\n" not in str(err.value)
+    (folder / "method.yaml").write_text(body + "entrypoint: missing.py\nimage: example.org/ep@sha256:" + "0" * 64)
+    assert specs.get("method", "ep").image  # a pinned image brings its own entrypoint

@@ -17,6 +17,7 @@ import pytest
 from harness import specs
 from harness.data.fetch import BASE_URL_ENV
 from harness.leaderboard import render
+from harness.provenance import hash_path
 from harness.results import ResultStore, RunResult
 from harness.runners.base import sandbox_for
 from harness.runners.inprocess import InProcessRunner
@@ -275,3 +276,111 @@ def test_a_container_gets_the_variant_and_only_its_weights_file_mounted(methods,
     config = container_config(sandbox_for(random, None), random.name)
     assert "BENCH_WEIGHTS" not in config["environment"] and config["environment"]["BENCH_VARIANT"] == ""
     assert config["volumes"] == {}
+
+
+def _record_many(methods: Path, worker: int) -> None:
+    from harness import weights
+    from harness.specs import WeightsSource
+
+    spec = specs.get("method", "weighted")
+    for i in range(25):
+        source = WeightsSource(file=f"w{worker}_{i}.bin", url="http://127.0.0.1/x", sha256=None)
+        weights.record(spec.model_copy(update={"weights": source}), "0" * 64, i)
+
+
+def test_concurrent_fetches_of_other_methods_never_lose_a_lock_entry(methods):
+    """Six processes recording 25 checksums each into one lock file: every one of the 150 entries is kept."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_record_many, args=(methods, w)) for w in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in workers)
+    entries = json.loads((methods / LOCK_NAME).read_text())
+    assert len(entries) == 150
+
+
+# --- weights given as a host path ---------------------------------------------------------------------------------
+
+
+def host_weights(methods: Path, value: str) -> Path:
+    """The weighted test method with `weights: <value>` (a host path) in place of its {file, url, sha256}."""
+    yaml_file = methods / "weighted" / "method.yaml"
+    text = yaml_file.read_text()
+    start, end = text.index("weights:  #"), text.index("variants:")
+    yaml_file.write_text(text[:start] + f"weights: {value}\n" + text[end:])
+    return yaml_file
+
+
+def run_weighted(capsys, tmp_path, data_root, root, backend="local"):
+    return cli(
+        capsys,
+        *("run", "--method", "weighted", "--task", "flowers102_knn", "--backend", backend, "--data", "synthetic"),
+        *("--data-root", str(data_root), "--results", str(tmp_path / "results"), "--weights-root", str(root)),
+        "--no-progress",
+    )
+
+
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ("/etc/passwd", "resolves to /etc/passwd, outside"),
+        ("/", "resolves to /, outside"),
+        ("../elsewhere.bin", "elsewhere.bin, outside"),  # beside the method's folder, not in it
+        ("etc_link", "resolves to /etc, outside"),  # a symlink in the method's folder
+        ("fifo", "is not a regular file or folder"),
+    ],
+    ids=["etc_passwd", "root", "beside", "symlink_to_etc", "fifo"],
+)
+def test_host_path_weights_outside_the_weights_root_and_the_method_folder_are_refused(
+    value, why, methods, root, tmp_path, data_root, capsys
+):
+    """Before, any host path was mounted (read-only) for the method, whose output lands in the result's log_tail."""
+    (methods / "elsewhere.bin").write_bytes(b"\x05")
+    (methods / "weighted" / "etc_link").symlink_to("/etc")
+    os.mkfifo(methods / "weighted" / "fifo")
+    yaml_file = host_weights(methods, value)
+    line = one_line_error(run_weighted(capsys, tmp_path, data_root, root))  # one line: the method never started
+    assert line.startswith(f"bench: error: {yaml_file}: weights: {value!r}") and why in line, line
+    if "outside" in why:
+        assert f"the weights root {root.resolve()} (--weights-root" in line and str(methods / "weighted") in line
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("value", ["weights.bin", "{root}/mine.bin", "link.bin"])
+def test_host_path_weights_in_the_method_folder_or_under_the_weights_root_are_used(
+    value, methods, root, tmp_path, data_root, capsys
+):
+    root.mkdir()
+    (root / "mine.bin").write_bytes(b"\x07")
+    (methods / "weighted" / "weights.bin").write_bytes(b"\x07")
+    (methods / "weighted" / "link.bin").symlink_to(root / "mine.bin")  # a symlink into the weights root
+    host_weights(methods, value.format(root=root))
+    code, _, err = run_weighted(capsys, tmp_path, data_root, root)
+    [result] = ResultStore(tmp_path / "results").all()
+    assert code == 0 and result.status == "ok", err
+    assert result.provenance.weights == "sha256:" + hash_path(root / "mine.bin")  # the same bytes: \x07
+
+
+def test_the_docker_backend_refuses_them_too_before_building_or_starting_anything(
+    docker_ready, tmp_path, data_root, capsys, monkeypatch
+):
+    """A symlink in the method's folder to /etc/passwd: before, the file was mounted into the untrusted container."""
+    methods = REPO / "tests" / f".weights-{os.getpid()}"  # inside the build context, removed afterwards
+    try:
+        for name in ("weighted", "_misbehave"):
+            shutil.copytree(TEST_METHODS / name, methods / name)
+        monkeypatch.setenv("BENCH_IMAGES", str(methods))
+        (methods / "weighted" / "passwd").symlink_to("/etc/passwd")
+        yaml_file = host_weights(methods, "passwd")
+        images_before = {i.id for i in docker_ready.images.list(all=True)}
+        line = one_line_error(run_weighted(capsys, tmp_path, data_root, tmp_path / "weights", backend="docker"))
+        assert line.startswith(f"bench: error: {yaml_file}: weights: 'passwd' resolves to /etc/passwd, outside")
+        assert (
+            not (tmp_path / "results").exists() and {i.id for i in docker_ready.images.list(all=True)} == images_before
+        )
+    finally:
+        shutil.rmtree(methods, ignore_errors=True)

@@ -4,6 +4,7 @@ A reader registers itself: define a DatasetReader subclass with a `name` in a mo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from harness.data.base import DatasetReader
 from harness.data.synthetic import GENERATOR_VERSION, MARKER_FILE
 from harness.errors import DataError
+from harness.lifetime import owned_prefix, remove_orphaned
 
 # name -> reader: every DatasetReader subclass with a `name` of its own defined in a module of this package,
 # filled once all of them are imported (at the end of this file), sorted by name
@@ -45,9 +47,10 @@ def open_dataset(name: str, data_root: Path, synthetic: bool, seed: int = 0, sca
 def synthetic_root(reader: type[DatasetReader], data_root: Path, scale: str, seed: int) -> Path:
     """data_root/_synthetic/<name>-<scale>-s<seed>/<subdir>, generated atomically when absent."""
     home = data_root / "_synthetic" / f"{reader.name}-{scale}-s{seed}"
+    remove_orphaned(home.parent, ".")  # the staging folders of generations killed midway
     if not home.exists():
         home.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))
+        staging = Path(tempfile.mkdtemp(prefix=owned_prefix(f".{home.name}-"), dir=home.parent))
         try:
             reader.synthesize(staging / reader.subdir, scale=scale, seed=seed)
             staging.chmod(0o755)  # mkdtemp makes it private
@@ -92,12 +95,8 @@ def fingerprint(root: Path, full: bool = False) -> str:
     root = Path(root)
     if not root.is_dir():
         raise DataError("cannot fingerprint: folder missing", where=root)
-    files = sorted(
-        (Path(folder) / f).relative_to(root).as_posix()
-        for folder, _, names in os.walk(root, followlinks=True)
-        for f in names
-    )
-    sizes = {rel: (root / rel).stat().st_size for rel in files}
+    sizes = dataset_files(root)
+    files = list(sizes)
     digest = hashlib.sha256()
     for rel in files:
         digest.update(f"{rel}\0{sizes[rel]}\n".encode())
@@ -113,6 +112,39 @@ def fingerprint(root: Path, full: bool = False) -> str:
                 f.seek(max(0, sizes[rel] - EDGE_BYTES))
                 digest.update(f.read(EDGE_BYTES))
     return f"{'fp1full' if full else 'fp1'}:{digest.hexdigest()[:16]}"
+
+
+def dataset_files(root: Path) -> dict[str, int]:
+    """Every file under a dataset folder, symlinked folders followed, by sorted relative path: its size. A dangling
+    symlink, a symlink loop or an unreadable folder is a DataError naming it."""
+
+    def unreadable(err: OSError):
+        raise DataError(f"cannot read folder ({err.strerror})", where=err.filename)
+
+    sizes, above = {}, {str(root): {os.path.realpath(root)}}  # each folder walked: the real folders it is in
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=unreadable):
+        chain = above.pop(folder)
+        for name in dirs:
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if real in chain:
+                raise DataError(f"symlink loop: it leads back to {real}, a folder it is in", where=path)
+            above[path] = chain | {real}
+        for name in names:
+            path = Path(folder) / name
+            try:
+                sizes[path.relative_to(root).as_posix()] = path.stat().st_size
+            except OSError as err:
+                raise DataError(_stat_problem(path, err), where=path) from None
+    return dict(sorted(sizes.items()))
+
+
+def _stat_problem(path: Path, err: OSError) -> str:
+    if not path.is_symlink():
+        return f"cannot read ({err.strerror})"
+    if err.errno == errno.ELOOP:
+        return "symlink loop: it never resolves to a file"
+    return f"dangling symlink to {os.readlink(path)}"
 
 
 def _readers(cls: type[DatasetReader]) -> list[type[DatasetReader]]:

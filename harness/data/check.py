@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from harness.data import DATASETS, is_procedural
+from harness.data import DATASETS, dataset_files, is_procedural
 from harness.data.base import ClassificationSplit, DatasetReader, Split
 from harness.errors import DataError
 
@@ -32,12 +32,14 @@ def check_folder(
 def problems(
     reader: DatasetReader, sample: int = DEFAULT_SAMPLE, full: bool = False, progress: bool = True
 ) -> list[str]:
-    """Every problem of an opened dataset: layout, each split opening, item counts against the official ones
-    (real data only: procedural stand-ins are small by design), labels, and decoding of `sample` items per
-    split evenly spread (every item when `full`), masks too where the split has them."""
+    """Every problem of an opened dataset: layout, every file reachable (no dangling symlink or loop, as the run's
+    fingerprint needs), each split opening, item counts against the official ones (real data only: procedural
+    stand-ins are small by design), labels, and decoding of `sample` items per split evenly spread (every item when
+    `full`), masks too where the split has them."""
     found = []
     try:
         reader.check_layout()
+        dataset_files(reader.root)
     except DataError as err:
         return [str(err)]
     real = not is_procedural(reader.root)

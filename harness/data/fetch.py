@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from harness.data import DATASETS
 from harness.errors import DataError, SpecError
+from harness.lifetime import owned_prefix, remove_orphaned
 from harness.yamlfile import validation_error_line
 
 SOURCES_FILE = Path(__file__).with_name("sources.yaml")
@@ -132,9 +133,8 @@ def fetch(
         download(_url(archive), part, archive.size, progress, retries)
         verify(part, archive, progress)
         parts.append(part)
-    for stale in downloads.glob(f".staging-{name}-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=downloads))
+    remove_orphaned(downloads, ".staging-")  # left by killed runs; never a live one's
+    staging = Path(tempfile.mkdtemp(prefix=owned_prefix(f".staging-{name}-"), dir=downloads))
     try:
         _unpack_and_install(source, parts, staging, target, progress)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zipfile
@@ -166,7 +167,7 @@ def _member(archive: zipfile.ZipFile, raw: BinaryIO, info: zipfile.ZipInfo, path
             header_bytes = stream.tell()
     except ValueError as err:
         raise DataError(f"key '{key}' is not a readable .npy array ({err})", where=path) from None
-    if info.file_size < header_bytes + int(np.prod(shape)) * dtype.itemsize:
+    if info.file_size < header_bytes + math.prod(shape) * dtype.itemsize:  # Python ints: no overflow
         raise DataError(f"key '{key}' is truncated: fewer bytes than its shape {shape} needs", where=path)
     offset = None
     if info.compress_type == zipfile.ZIP_STORED:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -11,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from harness.errors import UserError
+from harness.lifetime import die_with_parent, signals_blocked
 
 if TYPE_CHECKING:
     from harness.data.base import Split
@@ -47,6 +50,10 @@ def _stack(samples: list[tuple | _Failed]) -> tuple[np.ndarray, ...] | _Failed:
     return failed or tuple(np.stack(column) for column in zip(*samples))
 
 
+def _start_worker(harness: int, worker_id: int) -> None:
+    die_with_parent(harness)
+
+
 def iter_batches(
     n_items: int,
     load_fn: Callable[[int], tuple],
@@ -59,7 +66,8 @@ def iter_batches(
 
     `load_fn` runs in `num_workers` processes (0 = in this one), so it must be picklable: a module-level
     function, or a functools.partial of one. A UserError (e.g. DataError) it raises reaches the caller
-    unchanged, whichever process raised it.
+    unchanged, whichever process raised it. The workers die with the harness, and leave Ctrl-C and SIGTERM to it:
+    it stops them itself, promptly (harness/lifetime.py).
     """
     loader = DataLoader(
         _Samples(n_items, load_fn),
@@ -68,9 +76,12 @@ def iter_batches(
         drop_last=False,
         num_workers=num_workers,
         collate_fn=_stack,
+        worker_init_fn=partial(_start_worker, os.getpid()),
     )
+    with signals_blocked():  # while the workers are forked
+        batches = iter(loader)
     with tqdm(total=n_items, desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for batch in loader:
+        for batch in batches:
             if isinstance(batch, _Failed):
                 raise batch.error
             yield batch

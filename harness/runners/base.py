@@ -22,12 +22,14 @@ from typing import ClassVar, Iterator, Protocol
 
 from harness.contract import MethodInfo
 from harness.errors import MethodFailure
+from harness.lifetime import owned_prefix, remove_orphaned
 from harness.runners.session import Channel, ContractSocket, MethodSession
 from harness.specs import MethodSpec
 from harness.weights import RANDOM_INIT
 
 LOG_TAIL_BYTES = 8192
 LOG_CAP_BYTES = 16 << 20  # per stream the harness copies into a method's log
+RUN_FOLDER = "bench-"  # a run's temporary folder: its contract socket and the method's log
 EXIT_WAIT_S = 0.5  # how long stop() waits for a method that may be exiting by itself, before signalling it
 
 
@@ -162,7 +164,11 @@ class Runner(ABC):
     def start(self, method: MethodSpec, seed: int, task: dict, timeout_s: float) -> Iterator["RunningMethod"]:
         """Start, handshake, yield the running method; stop it on every path (errors, timeouts, Ctrl-C)."""
         self.prepare(method)
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ContractSocket(Path(tmp) / "contract") as contract:
+        remove_orphaned(Path(tempfile.gettempdir()), RUN_FOLDER)
+        with (
+            tempfile.TemporaryDirectory(prefix=owned_prefix(RUN_FOLDER)) as tmp,
+            ContractSocket(Path(tmp) / "contract") as contract,
+        ):
             running = RunningMethod(Path(tmp) / "method.log")
             handle = self.launch(method, running.log, contract.path)
             try:

@@ -18,15 +18,17 @@ import fcntl
 import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import weakref
 from pathlib import Path
 
 from harness.errors import MethodFailure
+from harness.lifetime import gone
 from harness.runners.base import EXIT_WAIT_S, CappedLog, Runner, Sandbox, sandbox_for
 from harness.runners.images import ResolvedImage, client, resolve_method
-from harness.specs import MethodSpec
+from harness.specs import REPO_ROOT, MethodSpec
 
 CHUNK = 1 << 20
 LABEL = "vrbench.harness"
@@ -82,13 +84,18 @@ def container_config(sandbox: Sandbox, method_name: str) -> dict:
 
 
 _LIVE: "weakref.WeakSet[Container]" = weakref.WeakSet()
+# Docker host -> its watchdog, and the write end of the pipe it waits on
+_WATCHDOGS: dict[str | None, tuple[subprocess.Popen, int]] = {}
 
 
 def _forget_in_forked_child() -> None:
     """A process forked from the harness (data loader workers) must not hold the streams' ends: a copy of a
-    pipe's write end would hide the method's EOF, a copy of the read end would keep a flood blocking."""
+    pipe's write end would hide the method's EOF, a copy of the read end would keep a flood blocking; nor a
+    watchdog's pipe, whose EOF says that the harness has ended."""
     for c in list(_LIVE):
         _close(*(getattr(c, name) for name in c.FDS), c.sock.detach())
+    _close(*(fd for _, fd in _WATCHDOGS.values()))
+    _WATCHDOGS.clear()
 
 
 os.register_at_fork(after_in_child=_forget_in_forked_child)
@@ -229,18 +236,49 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def reap_orphans(dc) -> None:
-    """Remove containers left by a harness process on this host that no longer exists (one killed with SIGKILL)."""
+def reap_orphans(dc, owner: str | None = None) -> None:
+    """Remove the containers of `owner` (host:pid), by default those of every harness process on this host that no
+    longer exists (one killed with SIGKILL)."""
     import docker
 
-    host = socket.gethostname()
     for c in dc.containers.list(all=True, filters={"label": LABEL}):
-        owner_host, _, pid = c.labels.get(f"{LABEL}.owner", "").partition(":")
-        if owner_host == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        label = c.labels.get(f"{LABEL}.owner", "")
+        host, _, pid = label.partition(":")
+        if (label == owner) if owner else gone(host, pid):
             try:
                 c.remove(force=True)
             except docker.errors.APIError:
                 pass  # already going
+
+
+def watch_over_containers(host: str | None) -> None:
+    """Start, once per harness process and Docker host, a watchdog that removes this process's containers as soon
+    as it ends, however it ends (kill -9 included): a process in a session of its own (a kill of the harness's
+    process group spares it) that waits for EOF on a pipe only the harness holds. The watchdog also leaves with
+    the harness; what it misses, the next launch reaps (reap_orphans)."""
+    if host in _WATCHDOGS:
+        return
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    read, write = os.pipe()
+    code = "import sys; from harness.runners.docker import watchdog; watchdog(*sys.argv[1:])"
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    popen = subprocess.Popen(
+        [sys.executable, "-c", code, owner, host or ""],
+        stdin=read,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # not the harness's: whoever reads that would wait for the watchdog too
+        env=dict(os.environ, PYTHONPATH=path),
+        start_new_session=True,
+    )
+    os.close(read)
+    _WATCHDOGS[host] = popen, write
+
+
+def watchdog(owner: str, host: str) -> None:
+    """The watchdog's program: wait for the harness to end (EOF on stdin), then remove what it left running."""
+    dc = client(host or None)
+    sys.stdin.buffer.read()
+    reap_orphans(dc, owner)
 
 
 class DockerRunner(Runner):
@@ -272,6 +310,7 @@ class DockerRunner(Runner):
 
         image = self.image(method)
         reap_orphans(self.client)
+        watch_over_containers(self.host)
         try:
             container = self.client.containers.create(
                 image.id, **container_config(sandbox_for(method, contract_socket), method.name)

@@ -10,8 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
+from harness.lifetime import die_with_parent
 from harness.runners.base import EXIT_WAIT_S, Runner, method_env
 from harness.specs import REPO_ROOT, MethodSpec
 
@@ -91,6 +93,7 @@ class LocalRunner(Runner):
                 stderr=log_file,
                 cwd=method.folder,
                 env=env,
-                start_new_session=True,
+                start_new_session=True,  # not in the terminal's process group: the harness stops it, not Ctrl-C
+                preexec_fn=partial(die_with_parent, os.getpid()),  # and kill -9 of the harness takes it along
             )
         return LocalProcess(popen)

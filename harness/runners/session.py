@@ -24,6 +24,32 @@ from harness.errors import HarnessBug, MethodFailure, MethodTimeout, UserError
 MIN_REPLY_LIMIT = 256 << 20  # bytes; replies may be larger than requests (dense features), but not unboundedly
 
 
+def reply_limit(request_bytes: int) -> int:
+    """The most bytes of arrays a reply to a request of `request_bytes` may hold (live or saved for `bench score`)."""
+    return max(MIN_REPLY_LIMIT, 16 * request_bytes)
+
+
+def check_reply_array(op: str, name: str, shape: tuple, dtype: np.dtype, expected: tuple, info: MethodInfo) -> None:
+    """A reply array's shape (None in `expected`: any size) and dtype, from the array or, before reading a saved
+    one, from its header; a mismatch is a MethodFailure naming the width the method declared where that differs."""
+    if len(shape) != len(expected) or any(w is not None and g != w for g, w in zip(shape, expected)):
+        want = "(" + ", ".join("*" if d is None else str(d) for d in expected) + ")"
+        width = ""
+        if name == "features" and shape and len(shape) == len(expected) and shape[-1] != expected[-1]:
+            field = "global_dim" if op == "embed" and info.global_dim else "embed_dim"
+            width = f": {shape[-1]} features wide, but the method declares {field} {expected[-1]}"
+        raise MethodFailure(f"{op}: {name} has shape {tuple(shape)}, expected {want}{width}")
+    if not np.issubdtype(dtype, np.floating):
+        raise MethodFailure(f"{op}: {name} has dtype {dtype}, expected floating point")
+
+
+def _checked(op: str, name: str, arr: np.ndarray, expected: tuple, info: MethodInfo) -> np.ndarray:
+    check_reply_array(op, name, arr.shape, arr.dtype, expected, info)
+    if not np.isfinite(arr).all():
+        raise MethodFailure(f"{op}: {name} contains NaN or Inf")
+    return arr.astype(np.float32, copy=False)
+
+
 class Channel:
     """A pair of file descriptors (pipes or a socket) with deadline-bounded exact reads and full writes."""
 
@@ -155,7 +181,7 @@ class MethodSession:
         request_bytes = sum(memoryview(f).nbytes for f in frames)
         try:
             self.channel.write_all(frames)
-            header, out = read_frame(self.channel.read_exact, max_payload=max(MIN_REPLY_LIMIT, 16 * request_bytes))
+            header, out = read_frame(self.channel.read_exact, max_payload=reply_limit(request_bytes))
         except WireError as e:
             raise MethodFailure(f"contract violation in reply to {op!r}: {e}") from None
         finally:
@@ -198,21 +224,16 @@ class MethodSession:
             raise MethodFailure(f"{op}: reply has no {key!r} array (got {sorted(out)})")
         return out
 
-    @staticmethod
-    def _check(op: str, name: str, arr: np.ndarray, ndim: int, n: int) -> np.ndarray:
-        if arr.ndim != ndim or arr.shape[0] != n:
-            raise MethodFailure(f"{op}: {name} has shape {arr.shape}, expected {ndim} dims with {n} items first")
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise MethodFailure(f"{op}: {name} has dtype {arr.dtype}, expected floating point")
-        if not np.isfinite(arr).all():
-            raise MethodFailure(f"{op}: {name} contains NaN or Inf")
-        return arr.astype(np.float32, copy=False)
-
-    def _output(self, kind: str, images: np.ndarray) -> tuple[np.ndarray, dict]:
-        """The reply's main array for output `kind`, checked against the contract's table; and the whole reply."""
+    def _output(self, kind: str, images: np.ndarray) -> tuple[np.ndarray | None, ...]:
+        """The reply's arrays for output `kind`, checked against the contract's table, as float32: the main one, then
+        the optional ones (None where absent)."""
         spec = OUTPUTS[kind]
         out = self._images_request(kind, images)
-        return self._check(spec.op, spec.reply, out[spec.reply], spec.ndim, len(images)), out
+        shapes = spec.reply_shapes(self.info, images.shape)
+        return tuple(
+            None if name not in out else _checked(spec.op, name, out[name], shape, self.info)
+            for name, shape in shapes.items()
+        )
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 (N, D)."""
@@ -224,15 +245,7 @@ class MethodSession:
 
     def segment(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 (N, H, W, 3) -> masks float32 (N, K, H, W) and optional reconstructions (N, 3, H, W)."""
-        masks, out = self._output("masks", images)
-        if masks.shape[2:] != images.shape[1:3]:
-            raise MethodFailure(f"segment: masks are {masks.shape[2:]}, images {images.shape[1:3]}")
-        recon = out.get("reconstructions")
-        if recon is not None:
-            recon = self._check("segment", "reconstructions", recon, 4, len(images))
-            if recon.shape[1:] != (3, *images.shape[1:3]):
-                raise MethodFailure(f"segment: reconstructions are {recon.shape}, expected (N, 3, H, W)")
-        return masks, recon
+        return self._output("masks", images)
 
     def fit(self, batches: Iterable[FitBatch], with_labels: bool) -> None:
         """Stream the training split to the method's fit stage: images, and labels and patch indices only when the

@@ -1,4 +1,5 @@
-"""A test method whose behaviour is chosen by the name of the folder it runs from (its method.yaml's folder).
+"""A test method whose behaviour is chosen by the name of the folder it runs from (its method.yaml's folder), whose
+adapter.py subclasses Misbehave and serves it with main(); the folder includes this one (`include: [../_misbehave]`), so its code hash covers it.
 
 weighted: its 4th feature is the first byte of its $BENCH_WEIGHTS file, -1 without one (a random init).
 Any behaviour: the variant `dimN` ($BENCH_VARIANT) makes its features N wide (the extra ones zero), else 4.
@@ -97,8 +98,8 @@ class Misbehave(Method):
         )
 
 
-if __name__ == "__main__":
+def main(method: Misbehave) -> None:
     print("adapter starting (stderr is the method's log)", file=sys.stderr)
     if BEHAVIOUR == "dies_at_start":
         sys.exit("cannot load weights: /weights/model.pt not found")
-    serve(Misbehave())
+    serve(method)
