@@ -26,11 +26,11 @@ def no_step_summary(monkeypatch):
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
 
 
-def run(task=TASK, seed=0, value=40.0, data="real", method="pixels", status="ok", **update) -> RunResult:
+def run(task=TASK, seed=0, value=40.0, data="real", method="pixels", status="ok", ref="", **update) -> RunResult:
     """A result of `task` with the key this harness gives it now (its spec hash and evaluator) and `value` for its
-    main metric."""
+    main metric; `ref` is appended to its method_ref."""
     spec = specs.get("task", task)
-    key = cell_key(spec, method, "code-sha256:" + "a" * 64, data, seed)
+    key = cell_key(spec, method, "code-sha256:" + "a" * 64 + ref, data, seed)
     metrics = {spec.protocol_class.main_metric: value} if status == "ok" else {}
     return result(method, seed, 0, data=data, status=status).model_copy(
         update={"key": key, "metrics": metrics, **update}
@@ -137,6 +137,12 @@ def test_stale_missing_new_and_failed_cells(tmp_path, capsys):
     only_stale = store(tmp_path, run(seed=2, value=10.0), name="r2")
     assert regress(capsys, path, only_stale)[0] == 0  # stale is reported...
     assert regress(capsys, path, only_stale, "--strict")[0] == 1  # ...and fails a deterministic baseline
+
+
+def test_a_random_init_result_is_never_compared_with_a_real_weights_number(tmp_path, capsys):
+    path = baseline_of(capsys, tmp_path, run(ref="+weights-sha256:" + "b" * 64))
+    code, out, _ = regress(capsys, path, store(tmp_path, run(ref="+weights:random-init", value=1.0)))
+    assert code == 0 and "ran a random init, the other real weights" in rows(out)[("stale", "pixels", 0)]
 
 
 def test_update_replaces_the_cells_it_has_results_for_and_keeps_the_rest_with_their_provenance(tmp_path, capsys):
