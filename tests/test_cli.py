@@ -213,6 +213,10 @@ def test_random_vit_serves_every_output_kind(tmp_path, data_root):
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = {RunResult.model_validate_json(p.read_text()).key.task for p in result_files(tmp_path / "r")}
     assert found == {"flowers102_knn", "coco_r2", "clevrtex_objseg"}
+    baseline = REPO / "leaderboard" / "baselines" / "smoke.json"  # these three are smoke cells: the same numbers
+    args = ("regress", "--baseline", str(baseline), "--results", str(tmp_path / "r"), "--strict")
+    proc = bench(*args, env={**env, "GITHUB_STEP_SUMMARY": ""})  # not onto a CI page's summary
+    assert proc.returncode == 0 and "0 regression(s), 0 improvement(s), 3 unchanged" in proc.stdout, proc.stdout
 
 
 def test_committed_result_schema_matches_the_code():
