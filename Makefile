@@ -39,11 +39,12 @@ test-fast: setup lint
 bench-deps: setup
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 
-# ruff (lint + format check) and import-linter's layer contracts (pyproject.toml)
+# ruff (lint + format check), import-linter's layer contracts (pyproject.toml), actionlint over .github/workflows
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/actionlint
 
 # dockerd and a local registry on 127.0.0.1:5000 (installs docker.io, docker-registry, debootstrap if missing)
 services:

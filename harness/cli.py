@@ -86,15 +86,19 @@ def _add_run_options(
         help="where datasets live (env BENCH_DATA, default ./data)",
     )
     if results:
-        p.add_argument(
-            "--results", type=Path, default=None, help="results folder (env BENCH_RESULTS, default leaderboard/results)"
-        )
+        _add_results(p)
     p.add_argument("--force", action="store_true", help=force_help)
     if runner:
         _add_weights_root(p)
         p.add_argument("--timeout", type=_seconds, default=None, help="seconds per cell (default: the task's)")
     p.add_argument("--workers", type=_workers, default=2, help="data loading processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_results(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--results", type=Path, default=None, help="results folder (env BENCH_RESULTS, default leaderboard/results)"
+    )
 
 
 def _add_weights_root(p: argparse.ArgumentParser) -> None:
@@ -170,7 +174,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(sub)
     _add_weights_parser(sub)
     _add_image_parsers(sub)
+    _add_ci_parsers(sub)
     return parser
+
+
+def _add_ci_parsers(sub) -> None:
+    """`bench regress` and `bench ci plan`: regression checks against stored baselines, and the cells a change
+    touches."""
+    p = sub.add_parser("regress", help="compare results with a suite's baseline; exit 1 on a regression")
+    p.add_argument("--baseline", type=Path, required=True, help="leaderboard/baselines/<suite>.json")
+    _add_results(p)
+    p.add_argument("--abs-tol", type=float, default=None, help="allowed change of any number (overrides the rules)")
+    p.add_argument("--rel-tol", type=float, default=None, help="allowed change as a fraction of the number")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="improvements and stale baseline numbers fail too (a deterministic baseline: update it with the change)",
+    )
+    p.add_argument("--update", action="store_true", help="rewrite the baseline's cells from the current results")
+    p.add_argument(
+        "--summary", type=Path, default=None, help="append a markdown summary here (default: $GITHUB_STEP_SUMMARY)"
+    )
+    p = sub.add_parser("ci", help="continuous integration helpers")
+    ci = p.add_subparsers(dest="ci_command", required=True)
+    p = ci.add_parser("plan", help="the cells (method, task, seeds, data) a change set touches")
+    p.add_argument("--changed", nargs="*", default=[], metavar="FILE", help="changed files, relative to the repo")
+    p.add_argument("--json", action="store_true", help="print JSON: {cells: [...], changes: [...]}")
 
 
 def _add_weights_parser(sub) -> None:
@@ -630,6 +659,45 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def cmd_regress(args) -> int:
+    from pydantic import ValidationError
+
+    from harness import regress
+
+    try:
+        cli_tol = None
+        if args.abs_tol is not None or args.rel_tol is not None:
+            cli_tol = regress.Tolerance(abs=args.abs_tol or 0.0, rel=args.rel_tol or 0.0)
+    except ValidationError:
+        raise UserError("--abs-tol and --rel-tol take numbers >= 0") from None
+    suite = regress.suite_of(args.baseline)
+    baseline = regress.load(args.baseline)
+    if baseline is None and not args.update:
+        raise UserError("no baseline here: `bench regress --update` writes one from the results", where=args.baseline)
+    store = ResultStore(args.results)
+    current = regress.current_results(store.all(), suite)
+    if args.update and not current:
+        raise UserError(f"no results of suite {suite.name} in {store.root}: run `bench matrix --suite {suite.name}`")
+    rows = regress.compare(baseline or regress.Baseline(suite=suite.name, updated_at="", cells=[]), current, cli_tol)
+    failing = regress.failed(rows, args.strict) and not args.update
+    print(regress.table(rows) or "No cell changed.")
+    print(f"bench regress: {args.baseline}: {regress.counts(rows)}")
+    if summary := args.summary or regress.summary_path():
+        regress.append_summary(summary, regress.markdown(rows, args.baseline, failing))
+    if args.update:
+        regress.write(regress.updated(baseline, suite.name, current), args.baseline)
+        print(f"bench: wrote {args.baseline}", file=sys.stderr)
+    return 1 if failing else 0
+
+
+def cmd_ci(args) -> int:
+    from harness import ciplan
+
+    plan = ciplan.plan(args.changed)
+    print(json.dumps(plan.as_json(), indent=2) if args.json else plan.render())
+    return 0
+
+
 COMMANDS = {
     "list": cmd_list,
     "run": cmd_run,
@@ -643,6 +711,8 @@ COMMANDS = {
     "build": cmd_build,
     "validate": cmd_validate,
     "submit": cmd_submit,
+    "regress": cmd_regress,
+    "ci": cmd_ci,
 }
 
 

@@ -65,6 +65,17 @@ class TaskVariant(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class Tolerance(BaseModel):
+    """How far a number may move before `bench regress` calls it a change: max(abs, rel x |baseline|)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    abs: float = Field(default=0.0, ge=0)
+    rel: float = Field(default=0.0, ge=0)
+
+    def of(self, value: float) -> float:
+        return max(self.abs, self.rel * abs(value))
+
+
 class TaskSpec(_Spec):
     """One task of the fixed suite: a protocol applied to a dataset with fixed parameters.
 
@@ -82,6 +93,9 @@ class TaskSpec(_Spec):
     fit_labels: bool = False  # may a method's fit stage see the training split's labels?
     variants: dict[str, TaskVariant] = Field(default_factory=dict)
     overrides: dict[str, Any] = Field(default_factory=dict)  # set with --set, never in a YAML file
+    # `bench regress`'s tolerance on the main metric (harness.regress), for the task and its variants; not in the
+    # spec hash: it changes no number
+    tolerance: Tolerance | None = None
 
     @field_validator("variants")
     @classmethod
@@ -178,7 +192,9 @@ class TaskSpec(_Spec):
     @property
     def spec_hash(self) -> str:
         """Hash of the validated spec with protocol defaults filled in: changes whenever what runs changes."""
-        body = self.model_dump(mode="json") | {"params": self.protocol_params.model_dump(mode="json")}
+        body = self.model_dump(mode="json", exclude={"tolerance"}) | {
+            "params": self.protocol_params.model_dump(mode="json")
+        }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

@@ -48,6 +48,17 @@ def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("data")  # procedural datasets are generated here once per session
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, data_root) -> tuple[tuple[str, ...], Path, subprocess.CompletedProcess]:
+    """The smoke suite with the raw-pixel baseline on procedural data, run once per session (the end-to-end test
+    and the smoke baseline's regression check read the same results): its `bench` arguments, results folder and
+    process."""
+    results = tmp_path_factory.mktemp("smoke") / "results"
+    args = ("matrix", "--suite", "smoke", "--methods", "pixels", "--data-root", str(data_root))
+    args += ("--results", str(results), "--no-progress")
+    return args, results, bench(*args)
+
+
 def bench(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
     """`bench ARGS` as a user runs it: a fresh Python process in the repository (local methods' images build FROM
     the local base)."""

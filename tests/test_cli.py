@@ -221,25 +221,13 @@ def test_matrix_records_crashes_and_timeouts_and_carries_on(tmp_path, data_root)
 
 
 @pytest.mark.slow
-def test_smoke_suite_end_to_end_then_nothing_reruns(tmp_path, data_root):
-    """Every smoke task with the raw-pixel baseline (random_vit's share is in the next test, to keep CI short)."""
+def test_smoke_suite_end_to_end_then_nothing_reruns(tmp_path, smoke_run):
+    """Every smoke task with the raw-pixel baseline (random_vit's share is in the next test, to keep CI short; the
+    committed baseline's check of these numbers is in tests/test_regress.py)."""
     from harness import specs
 
     tasks = specs.get("suite", "smoke").tasks
-    results = tmp_path / "results"
-    args = (
-        "matrix",
-        "--suite",
-        "smoke",
-        "--methods",
-        "pixels",
-        "--data-root",
-        str(data_root),
-        "--results",
-        str(results),
-        "--no-progress",
-    )
-    proc = bench(*args)
+    args, results, proc = smoke_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = [RunResult.model_validate_json(p.read_text()) for p in result_files(results)]
     assert sorted(r.key.task for r in found) == sorted(tasks)
@@ -277,6 +265,10 @@ def test_random_vit_serves_every_output_kind(tmp_path, data_root):
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = {RunResult.model_validate_json(p.read_text()).key.task for p in result_files(tmp_path / "r")}
     assert found == {"flowers102_knn", "coco_r2", "clevrtex_objseg"}
+    baseline = REPO / "leaderboard" / "baselines" / "smoke.json"  # these three are smoke cells: the same numbers
+    args = ("regress", "--baseline", str(baseline), "--results", str(tmp_path / "r"), "--strict")
+    proc = bench(*args, env={**env, "GITHUB_STEP_SUMMARY": ""})  # not onto a CI page's summary
+    assert proc.returncode == 0 and "0 regression(s), 0 improvement(s), 3 unchanged" in proc.stdout, proc.stdout
 
 
 def test_committed_result_schema_matches_the_code():
