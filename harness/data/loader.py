@@ -80,12 +80,17 @@ def iter_batches(
     )
     with signals_blocked():  # while the workers are forked
         batches = iter(loader)
-    with tqdm(total=n_items, desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for batch in batches:
-            if isinstance(batch, _Failed):
-                raise batch.error
-            yield batch
-            bar.update(len(batch[0]))
+    try:
+        with tqdm(total=n_items, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for batch in batches:
+                if isinstance(batch, _Failed):
+                    raise batch.error
+                yield batch
+                bar.update(len(batch[0]))
+    finally:
+        # freeing torch's iterator shuts its workers down now; left to interpreter exit (after a UserError),
+        # multiprocessing would SIGTERM them, which they block, and wait for them forever
+        del batches
 
 
 class ImagesOnly:
