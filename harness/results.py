@@ -118,8 +118,9 @@ class Timings(_Model):
     method_peak_bytes: int | None = Field(
         default=None,
         description="the method's peak resident memory as its backend measured it (local: its process's VmHWM, read "
-        "before the session ends, its child processes apart); None: not measured (in-process, external, docker, or "
-        "a method that ended by itself)",
+        "before the session ends, its child processes apart; docker: its container's cgroup max_usage, page cache "
+        "included, on cgroup v1 daemons); None: not measured (in-process, external, a cgroup v2 docker daemon, or a "
+        "method that ended by itself)",
     )
 
 

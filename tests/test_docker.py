@@ -220,6 +220,8 @@ def test_pixels_in_docker_scores_exactly_as_locally_and_is_keyed_by_image(built,
     assert docker.key.method_ref == built["pixels"].ref and docker.key.method_ref.startswith("sha256:")
     assert docker.provenance.backend == "docker" and docker.provenance.method_info["name"] == "pixels"
     assert docker.timings.images_sent == local.timings.images_sent > 0
+    # the container's cgroup peak (page cache included) is at least the process's own peak resident memory
+    assert docker.timings.method_peak_bytes >= 20 << 20 and local.timings.method_peak_bytes >= 20 << 20
 
 
 HOSTILE_OUTCOMES = {  # method -> (status, what the error must say); None: ok

@@ -109,7 +109,7 @@ class Container:
     def __init__(self, container, log: Path):
         self.container, self.log = container, log
         self.exit_reason: str | None = None
-        self.peak_memory_bytes: int | None = None  # not measured (measure_memory does nothing)
+        self.peak_memory_bytes: int | None = None  # set by measure_memory where the daemon reports it
         self.sock_io = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         self.sock = getattr(self.sock_io, "_sock", self.sock_io)
         self.sock.setblocking(True)
@@ -174,7 +174,15 @@ class Container:
         return buf
 
     def measure_memory(self) -> None:
-        """Not measured here (peak_memory_bytes stays None)."""
+        """Note the container's peak memory so far: its cgroup's max_usage, as `docker stats` reads it (cgroup v1:
+        memory.max_usage_in_bytes, page cache included). A daemon on cgroup v2 reports no peak: left None."""
+        try:
+            stats = self.container.stats(stream=False, one_shot=True)
+        except Exception:  # docker or HTTP errors, an API older than 1.41: not measured
+            return
+        peak = (stats.get("memory_stats") or {}).get("max_usage")
+        if isinstance(peak, int) and peak > 0:
+            self.peak_memory_bytes = max(self.peak_memory_bytes or 0, peak)
 
     def stop(self, grace_s: float) -> None:
         """SIGTERM, then SIGKILL after grace_s; note how it ended in the log; remove the container on every path."""
@@ -189,7 +197,8 @@ class Container:
                 pass
             self.container.reload()
             running = self.container.attrs["State"]["Running"]
-            if running:
+            if running:  # stopped while it runs (a timeout): what it had used until now
+                self.measure_memory()
                 self.container.stop(timeout=max(1, int(round(grace_s))))
             for t in self._threads:
                 t.join(timeout=10)
