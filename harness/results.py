@@ -152,17 +152,21 @@ class CellBusy(Exception):
 
 
 MIN_FREE_BYTES = 16 << 20  # what a results folder needs free before any work starts
+_UMASK = os.umask(0o022)  # read once (setting it is process-wide), then put back
+os.umask(_UMASK)
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write `text` (or bytes) to `path` whole or not at all (temp file beside it + rename); a failed write (full disk, no
-    permission) is one UserError line naming the file, and the old file stays as it was."""
+    permission) is one UserError line naming the file, and the old file stays as it was. The file gets the mode a
+    plain open() would give it (0666 less the umask), not mkstemp's owner-only 0600: results folders are shared."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     except OSError as e:
         raise UserError(f"cannot write: {e.strerror or e}", where=path) from None
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.replace(tmp, path)

@@ -186,6 +186,19 @@ def test_a_failed_leaderboard_write_keeps_the_old_page_and_is_one_line(tmp_path)
     ]
 
 
+def test_results_and_the_leaderboard_are_readable_by_others_as_a_plain_write_makes_them(tmp_path):
+    store = ResultStore(tmp_path / "results")
+    path = store.put(result("m", 0, 40.0))
+    out = tmp_path / "board" / "README.md"
+    assert bench("leaderboard", "--results", str(store.root), "--out", str(out)).returncode == 0
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")
+    want = plain.stat().st_mode & 0o777
+    assert want & 0o044, "the umask here hides files from others: the check needs one that does not"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (path, out, out.with_name("index.html"))}
+    assert modes == dict.fromkeys(modes, want), modes
+
+
 # --- 9. one cell, one harness ---------------------------------------------------------------------------------------
 
 
