@@ -40,6 +40,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.docker)
 
 
+@pytest.fixture(autouse=True)
+def own_catalog_cache(tmp_path_factory, monkeypatch):
+    """In this process, the leaderboard's cache of the specs' facts lives in a folder of each test's own: a test
+    that patches a protocol's version would otherwise write what it saw into the checkout's .cache/leaderboard/
+    under the files' real digest, and the next real `bench regress` / `bench leaderboard` would read every knn
+    result as stale. (`bench` subprocesses patch nothing and use the checkout's cache.)"""
+    from harness.leaderboard import catalog
+
+    monkeypatch.setattr(catalog, "CACHE", tmp_path_factory.mktemp("catalog"))
+
+
 # --- running bench ------------------------------------------------------------------------------------------------
 
 
