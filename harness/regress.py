@@ -280,11 +280,14 @@ def append_summary(path: Path, text: str) -> None:
 
 def updated(baseline: Baseline | None, suite: str, current: dict[tuple, RunResult]) -> Baseline:
     """The baseline with every cell that has a current ok result replaced by it (its main metric, with its
-    provenance); the other cells, stale ones included, stay as they were."""
+    provenance); the other cells, stale ones included, stay as they were, and so does a cell whose key and number
+    the result repeats (its source stays the run that first measured it)."""
     cells = {b.cell: b for b in baseline.cells} if baseline else {}
     for cell, r in current.items():
         metric, _ = main_metric(r.key.task)
         if r.status != "ok" or metric not in r.metrics:
+            continue
+        if (old := cells.get(cell)) and (old.key, old.metric, old.value) == (r.key, metric, r.metrics[metric]):
             continue
         p = r.provenance
         cells[cell] = BaselineCell(

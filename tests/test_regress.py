@@ -150,14 +150,16 @@ def test_update_replaces_the_cells_it_has_results_for_and_keeps_the_rest_with_th
     before = json.loads(path.read_text())
     provenance = result("pixels", 1, 0).provenance.model_copy(update={"git_commit": "def", "finished_at": "u"})
     newer = run(seed=1, value=30.0, provenance=provenance)
-    code, out, _ = regress(capsys, path, store(tmp_path, newer, run(seed=0, status="failed")), "--update")
+    same = run(seed=2, value=42.0, provenance=provenance)  # the number the baseline has: its source stays
+    code, out, _ = regress(capsys, path, store(tmp_path, newer, same, run(seed=0, status="failed")), "--update")
     assert code == 0 and "REGRESSION" in out  # the comparison is shown, then the baseline is rewritten
     after = json.loads(path.read_text())
     cells = {c["key"]["seed"]: c for c in after["cells"]}
     assert cells[1]["value"] == 30.0 and cells[1]["source"]["harness_commit"] == "def"
     assert cells[1]["source"]["result"] == str(newer.key.relpath()) and cells[1]["metric"] == "miou"
-    assert cells[1]["key"]["spec_hash"] == newer.key.spec_hash and cells[1]["key"]["evaluator"] == "hummingbird/v1"
-    assert [cells[s] for s in (0, 2)] == [before["cells"][0], before["cells"][2]]  # a failed result replaces nothing
+    assert cells[1]["key"]["spec_hash"] == newer.key.spec_hash and cells[1]["key"]["evaluator"] == newer.key.evaluator
+    assert cells[0] == before["cells"][0]  # a failed result replaces nothing
+    assert cells[2] == before["cells"][2]  # an equal one neither: the source is where the number was first measured
 
 
 def test_the_markdown_summary_goes_to_the_github_step_summary(tmp_path, capsys, monkeypatch):
