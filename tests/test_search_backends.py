@@ -146,6 +146,7 @@ def test_the_hummingbird_tasks_carry_the_published_settings():
         "threads": 0,
         "clustering_seed": 1,  # ours, for numbers that are the same run to run (ann.py)
         "min_partition_size": 1,
+        "center_init": "kmeans++",  # ours: random centres follow a per-process hash seed (ann.py)
     }
     ade = specs.get("task", "ade20k_hummingbird")
     params = ade.protocol_params

@@ -13,17 +13,22 @@ quantises 2 dimensions per block. Our option is applied as written; its default,
 fork (no-train-all-gain, `fungi-hummingbird/src/hbird_eval.py`) passes it by keyword only: 4.
 
 Deliberate differences, for numbers that are the same run to run: the reference leaves the tree's k-means seed at
-ScaNN's default, 0, which draws a new seed per build, and its minimum leaf size at the builder's 50, below which
-ScaNN re-seeds a leaf from an unseeded random source; its mIoU changes between runs on identical inputs. Ours sets
-`clustering_seed` 1 and `min_partition_size` 1: two builds on identical inputs give identical trees whatever the
-thread count (tests/test_determinism.py). `min_partition_size: 50` restores the reference's tree, and its
-run-to-run variation, which the result then notes.
+ScaNN's default, 0, which draws a new seed per build; its minimum leaf size at the builder's 50, below which ScaNN
+re-seeds a leaf from an unseeded random source; and the builder's random centre initialisation, whose centres
+ScaNN collects in an absl hash set, so their order follows that process's hash seed (on memories above ~100,000
+rows, two processes then build different trees from the same seed). Its mIoU changes between runs on identical
+inputs (92.4712 and 92.4774 at memory 1,024,000). Ours sets `clustering_seed` 1, `min_partition_size` 1 and
+k-means++ initialisation (ScaNN's own, its proto default): builds in different processes on identical inputs give
+identical answers (tests/test_determinism.py); the k-means++ pass costs the build about 2.4x its time (1,015,872 x
+384 rows, 512 leaves, 2 threads: 252 s against 104 s). `min_partition_size: 50` and `center_init: random` restore
+the reference's tree, and its run-to-run variation, which the result then notes.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from typing import Literal
 
 import numpy as np
 import torch
@@ -59,6 +64,8 @@ class ScannOptions(BaseModel):
     # ScaNN re-seeds a leaf smaller than this from an unseeded random source, so any value above 1 makes builds differ
     # whenever a leaf is that small (often on small memories); the reference runs ScaNN's builder default, 50
     min_partition_size: PositiveInt = 1
+    # the tree's initial centres: random (the reference, through the builder) orders them by a per-process hash seed
+    center_init: Literal["kmeans++", "random"] = "kmeans++"
     threads: NonNegativeInt = 0  # for training and search; 0 = every core
 
     @model_validator(mode="after")
@@ -124,10 +131,16 @@ class FaissSearch:
         return torch.from_numpy(scores).to(self.device), torch.from_numpy(index).to(self.device, torch.int64)
 
 
-def _seeded(config: str, seed: int) -> str:
-    """ScaNN's text config with the tree's `clustering_seed` set (its builder has no setter for it)."""
-    if config.count("partitioning {") != 1 or "clustering_seed" in config:
+CENTER_INIT = {"kmeans++": "DEFAULT_KMEANS_PLUS_PLUS", "random": "RANDOM_INITIALIZATION"}
+
+
+def _configured(config: str, seed: int, center_init: str) -> str:
+    """ScaNN's text config with the tree's `clustering_seed` and centre initialisation set (its builder has no setter
+    for either, and writes RANDOM_INITIALIZATION)."""
+    init = "single_machine_center_initialization: RANDOM_INITIALIZATION"
+    if config.count("partitioning {") != 1 or "clustering_seed" in config or config.count(init) != 1:
         raise RuntimeError(f"unexpected ScaNN config layout, cannot set clustering_seed:\n{config}")
+    config = config.replace(init, f"single_machine_center_initialization: {CENTER_INIT[center_init]}")
     return config.replace("partitioning {", f"partitioning {{\n        clustering_seed: {seed}", 1)
 
 
@@ -172,7 +185,7 @@ class ScannSearch:
             )
             .reorder(opts.num_reordering_candidates)
         )
-        self.config = _seeded(builder.create_config(), opts.clustering_seed)
+        self.config = _configured(builder.create_config(), opts.clustering_seed, opts.center_init)
         self.searcher = scann.scann_ops_pybind.create_searcher(_float32_rows(bank, 0, self.n), self.config, threads)
         self.searcher.set_num_threads(threads)
         self.padded = 0
@@ -183,7 +196,7 @@ class ScannSearch:
     @property
     def reproducible(self) -> bool:
         """Whether two builds on identical inputs are sure to answer identically (see ScannOptions)."""
-        return self.options.min_partition_size == 1
+        return self.options.min_partition_size == 1 and self.options.center_init == "kmeans++"
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         _check_k(k, self.n)

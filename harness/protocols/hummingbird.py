@@ -191,6 +191,7 @@ class MemoryPlan(NamedTuple):
 
 class HummingbirdProtocol(Protocol):
     name = "hummingbird"
+    version = 2  # 2: ScaNN's tree initialised by k-means++ (ann.py), so its numbers no longer vary by process
     Params = HummingbirdParams
     output = "dense"
     main_metric = "miou"
