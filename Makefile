@@ -33,7 +33,7 @@ test: setup lint services base-image browser slurm
 
 # the inner loop: lint, then every test that needs no service and takes under a minute (no root needed)
 test-fast: setup lint
-	$(VENV)/bin/python -m pytest -m "not docker and not slow"
+	$(VENV)/bin/python -m pytest -m "not docker and not slurm and not slow"
 
 # what the benchmark and comparison scripts under scripts/ need beyond the harness (pyproject's `bench` extra)
 bench-deps: setup

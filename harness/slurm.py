@@ -32,6 +32,7 @@ from tabulate import tabulate
 from harness import specs
 from harness.data import open_dataset
 from harness.errors import MethodFailure, UserError
+from harness.lifetime import interruptible
 from harness.provenance import now
 from harness.results import NewerResult, ResultKey, ResultStore, RunResult, write_atomic
 from harness.run import Cell, RunOptions, cell_key, data_kind, matrix_cells, run_cell, timeout_s
@@ -197,7 +198,8 @@ class CellJob(submitit.helpers.Checkpointable):
             failure = MethodFailure(f"slurm job {job_id}: started {n} times, retries (--max-retries) exhausted")
             return run_cell(*self._cell(), self.opts, store, failure=failure).status
         try:
-            return run_cell(*self._cell(), self.opts, store).status
+            with interruptible():  # scancel's SIGTERM: the cell unwinds as at Ctrl-C, writing nothing
+                return run_cell(*self._cell(), self.opts, store).status
         except UncompletedJobError:  # preempted with no retry left (checkpoint said so): the cell has unwound
             failure = MethodFailure(
                 f"slurm job {job_id}: preempted or at its time limit on start {n}, retries (--max-retries) exhausted"
