@@ -17,7 +17,7 @@ import pytest
 from harness.errors import SpecError
 from harness.specs import MethodSpec, load_spec
 
-from conftest import REPO, TEST_METHODS, bench, bench_started, one_line_error, wait_for
+from conftest import REPO, TEST_METHODS, bench, bench_started, cli, one_line_error, wait_for
 
 TIMING_AND_HOST = {"timings", "provenance.host", "provenance.started_at", "provenance.finished_at"}
 
@@ -56,7 +56,7 @@ def _without(result: dict, fields: set[str]) -> dict:
     return out
 
 
-def test_matrix_through_slurm_equals_local_and_is_never_submitted_twice(slurm_ready, tmp_path, data_root):
+def test_matrix_through_slurm_equals_local_and_is_never_submitted_twice(slurm_ready, tmp_path, data_root, capsys):
     env = _suite(tmp_path, "slurm2x2", ["pixels", "chatty"])
     local = bench(*_matrix("slurm2x2", data_root, tmp_path / "local"), env=env)
     assert local.returncode == 0, local.stderr
@@ -73,8 +73,8 @@ def test_matrix_through_slurm_equals_local_and_is_never_submitted_twice(slurm_re
     for path in ours:
         assert _without(ours[path], TIMING_AND_HOST) == _without(theirs[path], TIMING_AND_HOST), path
 
-    status = bench("status", "--suite", "slurm2x2", "--results", str(slurm))
-    assert status.returncode == 0 and status.stderr.strip() == "bench: 4 done", status.stderr
+    code, _, err = cli(capsys, "status", "--suite", "slurm2x2", "--results", str(slurm))
+    assert code == 0 and err.strip() == "bench: 4 done", err
 
 
 def _stop(proc, gate: Path) -> None:
@@ -130,7 +130,31 @@ def test_scancel_and_kill9_are_resubmitted_and_nothing_is_lost_or_written_twice(
     assert [len(c["jobs"]) for c in cells.values()] == [2, 2]
 
 
-def test_a_cell_out_of_retries_is_a_failed_result_with_the_schedulers_reason(slurm_ready, tmp_path, data_root):
+def test_a_preempted_job_is_requeued_in_place_by_submitit(slurm_ready, tmp_path, data_root):
+    env = _suite(tmp_path, "gated1", ["gated"], tasks=("flowers102_knn",))
+    gate = tmp_path / "gate"
+    gate.touch()
+    results = tmp_path / "results"
+    proc = bench_started(*_matrix("gated1", data_root, results, "--executor", "slurm"), env={**env, "GATE_FILE": str(gate)})  # fmt: skip
+    try:
+        ((_, job),) = _started(gate, 1, proc)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what Slurm sends before preempting it
+        state = ["squeue", "-h", "-j", job, "-o", "%T %r"]
+        wait_for(lambda: subprocess.run(state, capture_output=True, text=True).stdout.strip() == "PENDING BeginTime", proc)  # fmt: skip
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)  # not Slurm's 2 min
+        _wait_started(gate, 2, proc)
+        gate.unlink()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _stop(proc, gate)
+    assert proc.returncode == 0 and "1 cells, 1 ok" in err and "resubmitted" not in err, err
+    (cell,) = json.loads((results / ".slurm" / "gated1.json").read_text())["cells"].values()
+    assert cell["jobs"] == [job]  # the same job, requeued
+    logs = (results / ".slurm" / "jobs" / f"{job}_0_log.err").read_text()
+    assert "this job is preempted" in logs and logs.count(f"-> {results}") == 1
+
+
+def test_a_cell_out_of_retries_is_a_failed_result_with_the_schedulers_reason(slurm_ready, tmp_path, data_root, capsys):
     env = _suite(tmp_path, "gated1", ["gated"], tasks=("flowers102_knn",))
     gate = tmp_path / "gate"
     gate.touch()
@@ -147,23 +171,23 @@ def test_a_cell_out_of_retries_is_a_failed_result_with_the_schedulers_reason(slu
     (result,) = _results(results).values()
     assert result["status"] == "failed"
     assert result["error"] == f"slurm job {job} ended CANCELLED; 0 retries (--max-retries) exhausted"
-    status = bench("status", "--results", str(results))
-    assert "failed" in status.stdout and "CANCELLED" in status.stdout, status.stdout
+    _, out, _ = cli(capsys, "status", "--results", str(results))
+    assert "failed" in out and "CANCELLED" in out, out
 
 
-def test_bench_cancel_stops_a_detached_matrix(slurm_ready, tmp_path, data_root):
+def test_bench_cancel_stops_a_detached_matrix(slurm_ready, tmp_path, data_root, capsys):
     env = _suite(tmp_path, "gated1", ["gated"], tasks=("flowers102_knn",))
     gate = tmp_path / "gate"
     gate.touch()
     results = tmp_path / "results"
     args = _matrix("gated1", data_root, results, "--executor", "slurm", "--detach")
     assert bench(*args, env={**env, "GATE_FILE": str(gate)}).returncode == 0
-    cancel = bench("cancel", "--suite", "gated1", "--results", str(results))
-    assert cancel.returncode == 0 and "cancelled 1 slurm job(s) of suite gated1" in cancel.stderr, cancel.stderr
+    code, _, err = cli(capsys, "cancel", "--suite", "gated1", "--results", str(results))
+    assert code == 0 and "cancelled 1 slurm job(s) of suite gated1" in err, err
     deadline = time.monotonic() + 30
-    while "cancelled" not in (status := bench("status", "--results", str(results))).stdout:
-        assert time.monotonic() < deadline, status.stdout
-        time.sleep(0.5)
+    while "cancelled" not in (out := cli(capsys, "status", "--results", str(results))[1]):
+        assert time.monotonic() < deadline, out
+        time.sleep(0.3)
     assert not _results(results)
 
 
