@@ -237,3 +237,8 @@ def test_job_parameters_come_from_the_method_and_the_task():
         "partition": "gpu",
         "array_parallelism": 4,
     }
+
+
+def test_detach_without_slurm_is_one_line(capsys, data_root):
+    line = one_line_error(cli(capsys, "matrix", "--suite", "smoke", "--data-root", str(data_root), "--detach"))
+    assert line == "bench: error: --detach needs --executor slurm (a local matrix runs here, attached)"
