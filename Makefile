@@ -18,7 +18,7 @@ BASE ?= vrbench/base:bookworm
 # outside CI a service that cannot start is reported and its tests skip; under CI=true it fails the run
 OR_SKIP = || { [ "$${CI:-}" != true ] && echo "==> $@ unavailable: the tests that need it will skip" >&2; }
 
-.PHONY: setup test test-fast lint bench bench-deps leaderboard schema clean services base-image browser
+.PHONY: setup test test-fast lint bench bench-deps leaderboard schema clean services base-image browser slurm
 
 setup: $(STAMP)
 
@@ -28,12 +28,12 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-test: setup lint services base-image browser
+test: setup lint services base-image browser slurm
 	$(VENV)/bin/python -m pytest
 
 # the inner loop: lint, then every test that needs no service and takes under a minute (no root needed)
 test-fast: setup lint
-	$(VENV)/bin/python -m pytest -m "not docker and not slow"
+	$(VENV)/bin/python -m pytest -m "not docker and not slurm and not slow"
 
 # what the benchmark and comparison scripts under scripts/ need beyond the harness (pyproject's `bench` extra)
 bench-deps: setup
@@ -49,6 +49,10 @@ lint: setup
 # dockerd and a local registry on 127.0.0.1:5000 (installs docker.io, docker-registry, debootstrap if missing)
 services:
 	@scripts/services.sh $(OR_SKIP)
+
+# a single-node Slurm cluster: munged, slurmctld, slurmd (installs munge and slurm-wlm's daemons if missing)
+slurm:
+	@scripts/slurm.sh $(OR_SKIP)
 
 # Debian's chromium, headless, for the leaderboard page's browser test (installs it if missing)
 browser:

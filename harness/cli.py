@@ -95,6 +95,18 @@ def _add_run_options(
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_slurm_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Slurm (--executor slurm)")
+    g.add_argument("--executor", choices=["local", "slurm"], default="local", help="run cells here, or as Slurm jobs")
+    for flag in ("partition", "account", "qos"):
+        g.add_argument(f"--{flag}", default=None, help=f"sbatch --{flag}")
+    g.add_argument("--max-parallel", type=_checked(Annotated[int, Field(ge=1)]), default=None, help="jobs at once")
+    g.add_argument(
+        "--max-retries", type=_workers, default=2, help="resubmissions or requeues of a cell's job (default 2)"
+    )
+    g.add_argument("--detach", action="store_true", help="submit and exit; `bench status` shows the cells")
+
+
 def _add_results(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--results", type=Path, default=None, help="results folder (env BENCH_RESULTS, default leaderboard/results)"
@@ -128,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_csv(str), default=None, help="comma-separated (default: the suite's)")
     p.add_argument("--seeds", type=_csv(_seed), default=None, help="comma-separated (default: the suite's)")
     _add_run_options(p)
+    _add_slurm_options(p)
+    for name, help_ in (
+        ("status", "per-cell state of the matrices submitted to Slurm (pending/running/done/failed/timed out)"),
+        ("cancel", "cancel the pending and running Slurm jobs of submitted matrices"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--suite", default=None, help="default: every suite submitted to this results folder")
+        _add_results(p)
 
     p = sub.add_parser("inputs", help="export the exact inputs a task sends, for a method run outside the harness")
     p.add_argument("--task", required=True)
@@ -345,12 +365,42 @@ def cmd_matrix(args) -> int:
     suite = specs.get("suite", args.suite)
     if args.data is None:
         args.data = suite.data
-    results = run_matrix(
-        suite, _options(args), ResultStore(args.results), args.methods, args.seeds, _overrides(args.overrides)
-    )
+    cells = (suite, _options(args))
+    rest = (ResultStore(args.results), args.methods, args.seeds, _overrides(args.overrides))
+    if args.executor == "local":
+        if args.detach:
+            raise UserError("--detach needs --executor slurm (a local matrix runs here, attached)")
+        results, raised = run_matrix(*cells, *rest), 0
+    else:
+        from harness.slurm import SlurmOptions, run_matrix_slurm
+
+        sopts = SlurmOptions(**{k: getattr(args, k) for k in ("partition", "account", "qos", "max_parallel")})
+        sopts.max_retries, sopts.detach = args.max_retries, args.detach
+        sopts.poll_s = float(os.environ.get("BENCH_SLURM_POLL_S", sopts.poll_s))
+        if (outcome := run_matrix_slurm(*cells, sopts, *rest)) is None:
+            return 0
+        results, raised = outcome
     bad = [r for r in results if r.status != "ok"]
-    print(f"bench: {len(results)} cells, {len(results) - len(bad)} ok, {len(bad)} failed or timed out", file=sys.stderr)
-    return 0 if not bad else 1
+    n, failed = len(results) + raised, len(bad) + raised
+    print(f"bench: {n} cells, {n - failed} ok, {failed} failed or timed out", file=sys.stderr)
+    return 0 if not failed else 1
+
+
+def cmd_status(args) -> int:
+    from harness.slurm import render_status, status
+
+    rows, counts = status(ResultStore(args.results), args.suite)
+    print(render_status(rows))
+    print("bench: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())), file=sys.stderr)
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from harness.slurm import cancel
+
+    n = cancel(ResultStore(args.results), args.suite)
+    print(f"bench: cancelled {n} slurm job(s)" + (f" of suite {args.suite}" if args.suite else ""), file=sys.stderr)
+    return 0
 
 
 def cmd_inputs(args) -> int:
@@ -702,6 +752,8 @@ COMMANDS = {
     "list": cmd_list,
     "run": cmd_run,
     "matrix": cmd_matrix,
+    "status": cmd_status,
+    "cancel": cmd_cancel,
     "inputs": cmd_inputs,
     "score": cmd_score,
     "leaderboard": cmd_leaderboard,

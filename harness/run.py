@@ -57,10 +57,12 @@ def run_cell(
     store: ResultStore,
     runner: Runner | None = None,
     wait: bool = True,
+    failure: MethodFailure | None = None,
 ) -> RunResult:
     """Run one cell, or return its stored result. Method misbehaviour becomes a failed/timeout result;
     bad specs or data raise UserError before anything is written. `runner`: default, a new one of opts.backend
-    (a matrix passes one, so each method is prepared once)."""
+    (a matrix passes one, so each method is prepared once). `failure`: the cell could not run (a scheduler gave
+    up on it): its result is this failure, the method is never started."""
     if reason := incompatibility(method, task):
         raise UserError(reason)
     store.check_writable()
@@ -74,12 +76,23 @@ def run_cell(
         opts,
         store,
         runner.name,
-        lambda: runner.start(method, seed, task_info, opts.timeout_s or task.timeout_s),
+        (lambda: _failed(failure)) if failure else lambda: runner.start(method, seed, task_info, timeout_s(task, opts)),
         sandboxed=runner.sandboxed,
         fit=method.fit,
         weights=RANDOM_INIT if method.random_init else f"sha256:{d}" if (d := method.weights_digest) else None,
         wait=wait,
     )
+
+
+def timeout_s(task: specs.TaskSpec, opts: RunOptions) -> float:
+    """The method's time budget in a cell: --timeout, else the task's."""
+    return opts.timeout_s or task.timeout_s
+
+
+@contextmanager
+def _failed(failure: MethodFailure) -> Iterator[RunningMethod]:
+    raise failure
+    yield  # a context manager that never enters
 
 
 def cell_key(task: specs.TaskSpec, method: str, method_ref: str, data: str, seed: int) -> ResultKey:
@@ -261,19 +274,8 @@ def run_matrix(
 ) -> list[RunResult]:
     """Every compatible (method, task, seed) cell of a suite, each once however often it is named; a failing cell
     never stops the others."""
-    tasks = [specs.get("task", t).with_overrides(overrides or {}) for t in dict.fromkeys(suite.tasks)]
-    method_specs = [  # every method's weights checked before the first cell runs
-        with_weights(specs.get("method", m), opts)
-        for m in dict.fromkeys(methods or suite.methods or specs.baseline_methods())
-    ]
     runner = get_runner(opts.backend)
-    cells = [
-        (method, task, seed)
-        for task in tasks
-        for method in method_specs
-        if not _skipped(method, task)
-        for seed in dict.fromkeys(seeds or suite.seeds)
-    ]
+    cells = matrix_cells(suite, opts, methods, seeds, overrides)
     results, busy = [], []
     for cell in cells:  # a cell another harness is running now waits until the end, then is found done
         try:
@@ -286,6 +288,32 @@ def run_matrix(
     for cell in busy:
         results.append(run_cell(*cell, opts, store, runner))
     return results
+
+
+Cell = tuple[specs.MethodSpec, specs.TaskSpec, int]
+
+
+def matrix_cells(
+    suite: specs.SuiteSpec,
+    opts: RunOptions,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    overrides: dict[str, str] | None = None,
+) -> list[Cell]:
+    """A suite's compatible (method, task, seed) cells in run order, each once however often it is named; every
+    method's weights are checked here, before the first cell runs."""
+    tasks = [specs.get("task", t).with_overrides(overrides or {}) for t in dict.fromkeys(suite.tasks)]
+    method_specs = [
+        with_weights(specs.get("method", m), opts)
+        for m in dict.fromkeys(methods or suite.methods or specs.baseline_methods())
+    ]
+    return [
+        (method, task, seed)
+        for task in tasks
+        for method in method_specs
+        if not _skipped(method, task)
+        for seed in dict.fromkeys(seeds or suite.seeds)
+    ]
 
 
 def _skipped(method: specs.MethodSpec, task: specs.TaskSpec) -> bool:

@@ -227,10 +227,10 @@ class SuiteSpec(_Spec):
 
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    cpus: float | None = None
-    memory_gb: float = 8
-    shm_gb: float = 1
-    gpus: int = 0
+    cpus: float | None = Field(default=None, gt=0)  # also the CPUs a Slurm job asks for (default 1)
+    memory_gb: float = Field(default=8, gt=0)
+    shm_gb: float = Field(default=1, gt=0)
+    gpus: int = Field(default=0, ge=0)  # Slurm: --gres=gpu:N
 
 
 class WeightsSource(BaseModel):

@@ -3,7 +3,8 @@ the one-line error check, method specs, in-process sessions, an HTTP server of f
 weights fetch`), and the Docker fixtures.
 
 Markers: `docker` (set here on every test that uses the `docker_ready` fixture: needs dockerd, the registry and
-the base image) and `slow` (a test of a minute or more). `make test-fast` runs the rest: no root, no services.
+the base image), `slurm` (every test using `slurm_ready`: a single-node Slurm cluster) and `slow` (a test of a
+minute or more). `make test-fast` runs the rest: no root, no services.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "docker_ready" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.docker)
+        if "slurm_ready" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
 
 
 @pytest.fixture(autouse=True)
@@ -289,6 +292,15 @@ def docker_ready():
     from harness.runners.images import client
 
     return client()
+
+
+@pytest.fixture(scope="session")
+def slurm_ready() -> None:
+    """Skip (or, with CI=true, fail) every test that needs Slurm: scripts/slurm.sh installs and starts a single-node
+    cluster if it is not up."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm.sh")], capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        unavailable("slurm", (proc.stderr.strip().splitlines() or ["?"])[-1])
 
 
 @pytest.fixture(scope="session")

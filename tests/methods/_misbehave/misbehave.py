@@ -10,6 +10,7 @@ no_connect: says it moves to the contract socket and stays on stdio.  exits_inst
 pigeon: asks for a transport nobody offers.  unreachable: cannot reach the harness's socket (stays on stdio).
 loud: writes megabytes to its real stdout after moving to the socket.
 hoarder: touches HOARD_MIB (256) MiB once in setup, then frees them (its peak memory is known).
+gated: in setup, appends "<its pid> <its harness's pid>" to $GATE_FILE.started, then waits while $GATE_FILE exists.
 """
 
 import os
@@ -49,6 +50,11 @@ class Misbehave(Method):
     fit_stage = BEHAVIOUR == "fitter"
 
     def setup(self, seed, task):
+        if BEHAVIOUR == "gated" and (gate := os.environ.get("GATE_FILE")):
+            with open(f"{gate}.started", "a") as f:
+                f.write(f"{os.getpid()} {os.getppid()}\n")
+            while os.path.exists(gate):
+                time.sleep(0.05)
         if BEHAVIOUR == "hoarder":
             np.ones(int(os.environ.get("HOARD_MIB", "256")) << 20, np.uint8).sum()
         self.mean, self.label_sum, self.batches = np.zeros(3, np.float32), -1.0, 0
