@@ -119,6 +119,8 @@ def test_the_page_loads_sorts_filters_and_screenshots_in_chromium(browser, tmp_p
     browser.send("Page.navigate", url=(out.parent / "index.html").as_uri())
     browser.wait_for("Page.loadEventFired")
     assert browser.errors() == []
+    text = browser.js("document.body.innerText")  # the notes' markdown is rendered, not shown
+    assert "**" not in text and "`" not in text and "not comparable to published results" in text
 
     every = browser.js("document.querySelectorAll('tbody tr').length")
     assert (

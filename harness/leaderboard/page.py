@@ -1,9 +1,10 @@
 """The leaderboard as one self-contained HTML page (index.html): the same tables as the markdown, with sortable
 columns and filters by suite, task, data kind and method; no external script, style or font. Every text is
-escaped with html.escape."""
+escaped with html.escape; the notes' inline markdown (**bold**, `code`) becomes <strong> / <code>."""
 
 from __future__ import annotations
 
+import re
 from html import escape
 from urllib.parse import quote
 
@@ -12,6 +13,13 @@ from harness.leaderboard.frame import Cell, TaskTable
 from harness.leaderboard.markdown import KIND_TITLE, MARK_NOTES, MISSING_NOTE, SECTIONS, STALE_NOTE, absent_note
 from harness.leaderboard.stats import METHOD_NOTE
 from harness.leaderboard.summary import Summary
+
+
+def _inline(text: str) -> str:
+    """A note written for the markdown page, escaped, its **bold** and `code` as HTML."""
+    html = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escape(text))
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", html)
+
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:96em;padding:0 1em;color:#222}
@@ -66,16 +74,16 @@ def _summary(s: Summary) -> str:
         fixed = _tds(r[k] for k in ("#", "method", "mean rank", "Borda"))
         rows.append(f"<tr{_attrs(data=s.data, suites=s.suite, method=name)}>{fixed}{tasks}</tr>")
     headers = ["#", "method", "mean rank", "Borda", *(s.headers[t] for t in s.tasks)]
-    absent = f'<p class="note">{escape(absent_note(s))}</p>' if s.absent else ""
+    absent = f'<p class="note">{_inline(absent_note(s))}</p>' if s.absent else ""
     return (
         f'<section class="rows"{_attrs(data=s.data, suites=s.suite)}><h3>{escape(s.suite)} — '
         f"{escape(KIND_TITLE[s.data])}</h3><p>{escape(s.description)}</p>{_table(headers, rows)}{absent}"
-        f"{_notes(s.marks)}<p class=note>{escape(MISSING_NOTE)}</p></section>"
+        f"{_notes(s.marks)}<p class=note>{_inline(MISSING_NOTE)}</p></section>"
     )
 
 
 def _notes(marks: set[str]) -> str:
-    return "".join(f'<p class="note">{escape(note)}</p>' for mark, note in MARK_NOTES.items() if mark in marks)
+    return "".join(f'<p class="note">{_inline(note)}</p>' for mark, note in MARK_NOTES.items() if mark in marks)
 
 
 def _files(c: Cell) -> str:
@@ -91,10 +99,10 @@ def _task(t: TaskTable, suites: str, plot: str | None) -> str:
         for r, c in zip(t.rows(), t.cells)
     ]
     headers = [*t.rows()[0], "files"]
-    compared = "".join(f"<li>{escape(cmp.text().replace('**', ''))}</li>" for cmp in t.comparisons)
+    compared = "".join(f"<li>{_inline(cmp.text())}</li>" for cmp in t.comparisons)
     compared = f"<p>Paired comparisons on {escape(t.metrics[0])}:</p><ul>{compared}</ul>" if compared else ""
     marks = {m for c in t.cells for m in MARK_NOTES if m in c.method}
-    notes = _notes(marks) + (f'<p class="note">{escape(STALE_NOTE)}</p>' if t.with_spec else "")
+    notes = _notes(marks) + (f'<p class="note">{_inline(STALE_NOTE)}</p>' if t.with_spec else "")
     image = f'<img alt="{escape(t.task)} bars" src="plots/{escape(quote(plot))}">' if plot else ""
     return (
         f'<section class="rows"{_attrs(data=t.data, task=t.task, suites=suites)}>'
@@ -132,7 +140,7 @@ def render(board: Board, plots: list[str]) -> str:
         "Click a column header to sort by it; the filters hide the rows they do not match."
     )
     body = [
-        f"<h1>Leaderboard</h1><p>{escape(intro)}</p>",
+        f"<h1>Leaderboard</h1><p>{_inline(intro)}</p>",
         '<div id="filters">',
         _select("suite", "suite", sorted({s for names in board.suites.values() for s in names})),
         _select("task", "task", sorted({t.task for t in board.tables})),
@@ -146,7 +154,7 @@ def render(board: Board, plots: list[str]) -> str:
     for kind, title in SECTIONS.items():
         head, _, rest = title.partition("\n\n")
         body.append(
-            f"<h2>{escape(head.lstrip('# '))}</h2>" + (f"<p>{escape(' '.join(rest.split()))}</p>" if rest else "")
+            f"<h2>{escape(head.lstrip('# '))}</h2>" + (f"<p>{_inline(' '.join(rest.split()))}</p>" if rest else "")
         )
         tables = [t for t in board.tables if t.data == kind]
         for t in tables:
@@ -157,7 +165,7 @@ def render(board: Board, plots: list[str]) -> str:
     body.append(_failures(board, suites))
     extra = [p for p in plots if p.endswith(("-memory.png", "-ranks.png"))]
     body.append("<h2>Plots</h2>" + "".join(f'<img alt="{escape(p)}" src="plots/{escape(quote(p))}">' for p in extra))
-    body.append(f"<h2>How to read this page</h2><p>{escape(METHOD_NOTE.replace('**', ''))}</p>")
+    body.append(f"<h2>How to read this page</h2><p>{_inline(METHOD_NOTE)}</p>")
     body.append(f'<p class="note">result files: {len(board.records)}</p>')
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>vrbench leaderboard</title>'
