@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import signal
@@ -91,6 +92,11 @@ def _add_run_options(
     if runner:
         _add_weights_root(p)
         p.add_argument("--timeout", type=_seconds, default=None, help="seconds per cell (default: the task's)")
+        p.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="send every request to the method: no reply is read from or written to the feature cache",
+        )
     p.add_argument("--workers", type=_workers, default=2, help="data loading processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -193,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None)
     _add_data_parser(sub)
     _add_weights_parser(sub)
+    _add_cache_parser(sub)
     _add_image_parsers(sub)
     _add_ci_parsers(sub)
     return parser
@@ -234,6 +241,40 @@ def _add_weights_parser(sub) -> None:
     p.add_argument("methods", nargs="+", metavar="METHOD[@VARIANT]")
     _add_weights_root(p)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _duration(text: str) -> float:
+    """`90s`, `30m`, `12h`, `7d` (or plain seconds) -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"a duration like 90s, 30m, 12h or 7d, got {text!r}")
+    return seconds
+
+
+def _add_cache_parser(sub) -> None:
+    """`bench cache ls|du|prune`."""
+    p = sub.add_parser("cache", help="the feature cache of method replies: list, size, prune")
+    cache = p.add_subparsers(dest="cache_command", required=True)
+    for name, help_ in (
+        ("ls", "per method: entries, size, last used"),
+        ("du", "the cache's total size and its limit"),
+        ("prune", "remove entries by age or method (least recently used first when over the size limit)"),
+    ):
+        p = cache.add_parser(name, help=help_)
+        _add_results(p)
+        p.add_argument(
+            "--cache", type=Path, default=None, help="env BENCH_CACHE, default feature-cache/ beside --results"
+        )
+        if name != "du":
+            p.add_argument("--method", default=None, help="only this method's entries (METHOD[@VARIANT])")
+        if name == "prune":
+            p.add_argument("--older-than", type=_duration, default=None, metavar="D", help="last used before: 7d, 12h")
+            p.add_argument("--all", action="store_true", help="every entry (of --method, if given)")
 
 
 def _add_data_parser(sub) -> None:
@@ -293,6 +334,7 @@ def _options(args):
         timeout_s=args.timeout,
         progress=not args.no_progress,
         num_workers=args.workers,
+        cache=not getattr(args, "no_cache", False),
     )
 
 
@@ -610,6 +652,35 @@ def cmd_weights(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from harness.cache import FeatureCache, cache_root
+
+    cache = FeatureCache(args.cache or cache_root(ResultStore(args.results).root))
+    if args.cache_command == "prune":
+        if args.older_than is None and not args.all:
+            raise UserError("bench cache prune: say what to remove: --older-than D, --all (with --method: its entries)")
+        n, size = cache.prune(args.older_than, args.method)
+        print(f"removed {n} entries ({_size(size)}) from {cache.root}")
+        return 0
+    entries = cache.entries(getattr(args, "method", None))
+    if args.cache_command == "du":
+        print(
+            f"{_size(sum(e.bytes for e in entries))} in {len(entries)} entries, limit {_size(cache.limit)}: {cache.root}"
+        )
+        return 0
+    rows = []
+    for method in sorted({e.method for e in entries}):
+        mine = [e for e in entries if e.method == method]
+        used = dt.datetime.fromtimestamp(max(e.used for e in mine)).isoformat(" ", "seconds")
+        rows.append((method, len(mine), _size(sum(e.bytes for e in mine)), used))
+    print(tabulate(rows, headers=["method", "entries", "size", "last used"]) if rows else f"{cache.root}: empty")
+    return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _add_image_parsers(sub) -> None:
     """`bench build METHOD`, `bench validate IMAGE` and `bench submit IMAGE --name NAME`: method images."""
     p = sub.add_parser("build", help="build a method's docker image (on BENCH_BASE_IMAGE) and print its image ID")
@@ -760,6 +831,7 @@ COMMANDS = {
     "schema": cmd_schema,
     "data": cmd_data,
     "weights": cmd_weights,
+    "cache": cmd_cache,
     "build": cmd_build,
     "validate": cmd_validate,
     "submit": cmd_submit,

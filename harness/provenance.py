@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import platform
 import socket
 import subprocess
@@ -128,3 +129,16 @@ def machine() -> dict:
         "gpu": gpu_name(),
         "libraries": versions,
     }
+
+
+@lru_cache(maxsize=1)
+def host_environment() -> str:
+    """sha256 of what a method run by the local backend computes with besides its own folder: this Python, every
+    installed package's version and benchsdk's code."""
+    dists = sorted({(d.metadata["Name"] or "", d.version) for d in metadata.distributions()})
+    return hashlib.sha256(repr((sys.version, dists, hash_path(REPO_ROOT / "benchsdk"))).encode()).hexdigest()
+
+
+def compute_device() -> str:
+    """What computes a method's floats, which may differ between machines: the GPU, else the CPU model and count."""
+    return gpu_name() or f"{_cpu()} x{os.cpu_count()}"

@@ -113,8 +113,12 @@ class Timings(_Model):
     data_s: float = Field(description="waiting on decoding and preprocessing")
     evaluator_s: float
     harness_s: float = Field(description="everything else: start-up, dataset checks, bookkeeping")
-    images_sent: int = 0
+    images_sent: int = Field(default=0, description="images the method received (feature-cache hits apart)")
     bytes_sent: int = 0
+    cached_requests: int = Field(
+        default=0, description="requests answered from the feature cache, unseen by the method"
+    )
+    cache_s: float = Field(default=0.0, description="the feature cache's own work (hashing, reading, writing entries)")
     method_peak_bytes: int | None = Field(
         default=None,
         description="the method's peak resident memory as its backend measured it (local: its process's VmHWM, read "

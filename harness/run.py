@@ -8,18 +8,21 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 from harness import specs
+from harness.cache import FeatureCache, ReplyKeys, cache_root
 from harness.data import DATASETS, fingerprint, is_procedural, open_dataset
 from harness.data.base import DatasetReader
 from harness.errors import MethodFailure, MethodTimeout, UserError
 from harness.protocols.base import Protocol, RunContext
-from harness.provenance import gpu_name, machine, now
+from harness.provenance import compute_device, gpu_name, machine, now
 from harness.results import CellBusy, DatasetInfo, NewerResult, Provenance, ResultKey, ResultStore, RunResult, Timings
 from harness.runners import get_runner
 from harness.runners.base import Runner, RunningMethod
+from harness.runners.cached import cached_start
 from harness.weights import RANDOM_INIT, expected_path, fetch_command, resolve
 
 WEIGHTS_ABSENT = "declared weights absent: a random init of the architecture"
@@ -35,6 +38,7 @@ class RunOptions:
     timeout_s: float | None = None  # None: the task's own
     progress: bool = True
     num_workers: int = 2
+    cache: bool = True  # the feature cache (harness.cache); --no-cache: every request goes to the method
 
 
 def _log(msg: str) -> None:
@@ -70,18 +74,38 @@ def run_cell(
     runner = runner or get_runner(opts.backend)
     key = cell_key(task, method.name, runner.result_ref(method), data_kind(task.dataset, opts), seed)
     task_info = {"name": task.name, "version": task.version, "output": task.output, "seed": seed}
+
+    def start() -> ContextManager[RunningMethod]:
+        live = partial(runner.start, method, seed, task_info, timeout_s(task, opts))
+        return cached_start(*cache, live) if (cache := reply_cache(method, runner, seed, opts, store)) else live()
+
     return score_cell(
         task,
         key,
         opts,
         store,
         runner.name,
-        (lambda: _failed(failure)) if failure else lambda: runner.start(method, seed, task_info, timeout_s(task, opts)),
+        (lambda: _failed(failure)) if failure else start,
         sandboxed=runner.sandboxed,
         fit=method.fit,
         weights=RANDOM_INIT if method.random_init else f"sha256:{d}" if (d := method.weights_digest) else None,
         wait=wait,
     )
+
+
+def reply_cache(
+    method: specs.MethodSpec, runner: Runner, seed: int, opts: RunOptions, store: ResultStore
+) -> tuple[FeatureCache, ReplyKeys] | None:
+    """The feature cache beside `store` and this cell's reply keys; None where replies are not cached: --no-cache,
+    a backend whose ref does not name all the code (in-process), a method declared or found nondeterministic."""
+    if not opts.cache or not method.deterministic or (ref := runner.cache_ref(method)) is None:
+        return None
+    cache = FeatureCache(cache_root(store.root))
+    if why := cache.nondeterministic(runner.prepare(method)):
+        _log(f"{method.name}: not cached: bench validate found it nondeterministic ({why})")
+        return None
+    seed_part = None if method.seed_independent and not method.random_init else seed
+    return cache, ReplyKeys.of(method.name, ref, compute_device(), seed_part)
 
 
 def timeout_s(task: specs.TaskSpec, opts: RunOptions) -> float:
@@ -234,13 +258,16 @@ def score_cell(
                 harness_s=max(0.0, total - method_s - fit_s - data_s - evaluator_s),
                 images_sent=session.images_sent if session else 0,
                 bytes_sent=session.bytes_sent if session else 0,
+                cached_requests=getattr(session, "cached_requests", 0),
+                cache_s=getattr(session, "cache_seconds", 0.0),
                 method_peak_bytes=running.peak_memory_bytes if running else None,
             ),
             log_tail=log_tail,
         )
         path = store.put(result)
         summary = ", ".join(f"{k}={v:.2f}" for k, v in result.metrics.items()) or error
-        _log(f"{key.method} x {task.name} seed {key.seed}: {status} in {total:.1f}s ({summary}) -> {path}")
+        hits = f", {n} request(s) from the feature cache" if (n := result.timings.cached_requests) else ""
+        _log(f"{key.method} x {task.name} seed {key.seed}: {status} in {total:.1f}s ({summary}{hits}) -> {path}")
         return result
 
 

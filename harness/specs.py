@@ -294,6 +294,10 @@ class MethodSpec(_Spec):
     # a host path (file or folder, relative to this file's folder or absolute), or {file, url, sha256}
     weights: str | WeightsSource | None = None
     fit: bool = False  # has a fit stage on the task's training split
+    # the feature cache (harness.cache): replies of a method that is not deterministic are never stored; those of a
+    # seed-independent one (fixed pretrained weights) are shared between seeds, where its real weights are loaded
+    deterministic: bool = True
+    seed_independent: bool = False
     baseline: bool = False  # part of the default method set of suites
     paper: str | None = None
     code: str | None = None

@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.cache import FeatureCache, cache_root
 from harness.contract import OUTPUTS, MethodInfo
 from harness.errors import MethodFailure, UserError
 from harness.lifetime import owned_prefix
@@ -59,9 +60,13 @@ def _fixed_batch_output(session, info: MethodInfo, kind: str):
     return reply
 
 
-def _determinism(spec: MethodSpec, info: MethodInfo, timeout_s: float) -> Check:
-    """Each declared output twice, in two sessions with seed 0 (a fit stage first, where the method has one)."""
+def _determinism(spec: MethodSpec, info: MethodInfo, timeout_s: float, refs: set[str]) -> Check:
+    """Each declared output twice, in two sessions with seed 0 (a fit stage first, where the method has one). What it
+    finds is recorded in the feature cache under the image's `refs`: a nondeterministic image's replies are never
+    stored."""
     import numpy as np
+
+    from harness.results import ResultStore
 
     name, diffs = "determinism (seed 0, twice)", {}
     for kind in info.outputs:
@@ -70,7 +75,11 @@ def _determinism(spec: MethodSpec, info: MethodInfo, timeout_s: float) -> Check:
             return Check(name, False, error)
         if not np.array_equal(runs[0][0], runs[1][0]):
             diffs[kind] = float(np.max(np.abs(runs[0][0] - runs[1][0]), initial=0))
-    return Check(name, not diffs, f"outputs differ: max |diff| {diffs}" if diffs else "equal outputs")
+    check = Check(name, not diffs, f"outputs differ: max |diff| {diffs}" if diffs else "equal outputs")
+    cache = FeatureCache(cache_root(ResultStore().root))
+    for ref in refs:
+        cache.record_determinism(ref, check.detail if diffs else None)
+    return check
 
 
 def candidate_yaml(name: str, image: str, info: MethodInfo, **meta) -> str:
@@ -148,7 +157,7 @@ def validate(
                 else f"{r.status}: {r.error}"
             )
             checks.append(Check(f"task {task.name} (procedural)", r.status == "ok", detail))
-    checks.append(_determinism(spec, info, timeout_s))
+    checks.append(_determinism(spec, info, timeout_s, {resolved.id, resolved.ref}))
     sandboxed = all(c.ok is not False for c in checks)
     checks.append(
         Check(

@@ -44,6 +44,13 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(autouse=True)
+def own_feature_cache(tmp_path_factory, monkeypatch):
+    """Each test's runs (in this process and in its `bench` subprocesses) store and find method replies in a feature
+    cache of the test's own, never the checkout's or another test's."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
+
+
+@pytest.fixture(autouse=True)
 def own_catalog_cache(tmp_path_factory, monkeypatch):
     """In this process, the leaderboard's cache of the specs' facts lives in a folder of each test's own: a test
     that patches a protocol's version would otherwise write what it saw into the checkout's .cache/leaderboard/

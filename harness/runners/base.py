@@ -160,6 +160,11 @@ class Runner(ABC):
         digest = method.weights_digest
         return self.prepare(method) + (f"+weights-sha256:{digest}" if digest else "")
 
+    def cache_ref(self, method: MethodSpec) -> str | None:
+        """What the feature cache keys this backend's replies by (harness.cache): result_ref, where that names all
+        the code that computes them; None where nothing stable does (replies are then never cached)."""
+        return self.result_ref(method)
+
     @contextmanager
     def start(self, method: MethodSpec, seed: int, task: dict, timeout_s: float) -> Iterator["RunningMethod"]:
         """Start, handshake, yield the running method; stop it on every path (errors, timeouts, Ctrl-C)."""

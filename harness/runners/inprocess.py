@@ -137,6 +137,10 @@ class InProcessRunner(Runner):
             return instance_ref(self.instance)
         return "code-sha256:" + method.code_hash
 
+    def cache_ref(self, method: MethodSpec) -> None:
+        """Never cached: an instance's state (its weights, what a notebook changed) is not part of its ref."""
+        return None
+
     def launch(self, method, log, contract_socket):
         raise NotImplementedError("the in-process backend starts no process")
 

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from harness.lifetime import die_with_parent
+from harness.provenance import host_environment
 from harness.runners.base import EXIT_WAIT_S, Runner, method_env
 from harness.specs import REPO_ROOT, MethodSpec
 
@@ -70,6 +71,10 @@ class LocalRunner(Runner):
 
     def prepare(self, method: MethodSpec) -> str:
         return "code-sha256:" + method.code_hash
+
+    def cache_ref(self, method: MethodSpec) -> str:
+        """The code hash covers the method's folders; the host's Python, packages and benchsdk compute too."""
+        return f"{self.result_ref(method)}+host:{host_environment()}"
 
     def launch(self, method: MethodSpec, log: Path, contract_socket: Path | None) -> LocalProcess:
         env = dict(
