@@ -90,6 +90,16 @@ def test_fast2means_initialises_at_the_lexicographic_extremes():
     np.testing.assert_array_equal(P.fast2means(tokens, n_iter=1)[0], d.argmin(1))
 
 
+def test_lexicographic_extremes_are_np_unique_first_and_last():
+    rng = np.random.default_rng(1)
+    for levels in (2, 3, 256):  # few levels: many ties in the leading columns
+        rows = (rng.integers(0, levels, (5000, 3)) / (levels - 1)).astype(np.float32)
+        u = np.unique(rows, axis=0)
+        np.testing.assert_array_equal(P.lexicographic_extremes(rows), u[[0, -1]])
+    one = np.full((10, 3), 0.5, np.float32)
+    np.testing.assert_array_equal(P.lexicographic_extremes(one), one[:2])
+
+
 def test_kml_mask_of_a_two_colour_image():
     x0 = np.zeros((3, 256, 256), np.float32)
     x0[:, :, :100] = [[[0.2]], [[0.5]], [[0.1]]]  # lexicographically smaller colour: cluster 0, mask 1
@@ -99,6 +109,7 @@ def test_kml_mask_of_a_two_colour_image():
     np.testing.assert_array_equal(m[:, :98], 1)
     np.testing.assert_array_equal(m[:, 102:], 0)
     np.testing.assert_allclose(m[0, 97:103], [1, 8 / 9, 2 / 3, 1 / 3, 1 / 9, 0], atol=1e-6)  # two 3x3 box blurs
+    np.testing.assert_array_equal(P.kml_mask(np.full((3, 64, 64), 0.3, np.float32)), 1)  # one colour: cluster 0
 
 
 def test_kml_blends_two_textures_drawn_by_default_rng_of_the_index():
