@@ -81,6 +81,26 @@ class Method:
         """Optional training stage: iterate FitBatch (images, labels, patches) batches of the training split, in
         the protocol's order. Returning before the end stops the stream: the harness sends no more."""
 
+    # --- training (`bench train`, images/CONTRACT.md "Training"): a method with recipes overrides all four -----
+
+    def train_start(self, recipe: str, params: dict, seed: int, checkpoint: str | None) -> int:
+        """Build the training state of `recipe` (its method.yaml hyper-parameters `params`), seeded; restored from
+        `checkpoint` (a file save_checkpoint wrote) when given. Returns the number of steps already done."""
+        raise NotImplementedError("this method has no training recipes")
+
+    def train_step(self, images: np.ndarray | None) -> float:
+        """One optimisation step, on `images` (uint8 (N, H, W, 3)) where the recipe streams a dataset, else on data
+        the method makes itself; returns the step's loss."""
+        raise NotImplementedError("this method has no training recipes")
+
+    def save_checkpoint(self, path: str) -> None:
+        """Write everything a resumed run needs (model, optimiser, schedules' step, RNG states) to `path`."""
+        raise NotImplementedError("this method has no training recipes")
+
+    def export_weights(self, path: str) -> None:
+        """Write the trained weights to `path` in the format the method's evaluation loads (its $BENCH_WEIGHTS)."""
+        raise NotImplementedError("this method has no training recipes")
+
 
 class _Server:
     def __init__(self, method: Method, rfile, wfile, contract_socket: str | None = None):
@@ -165,6 +185,16 @@ class _Server:
             return {}, None
         if op in ("embed", "embed_dense"):
             return {}, {"features": np.asarray(getattr(m, op)(arrays["images"]))}
+        if op == "train_start":  # file names are in the output folder, $BENCH_OUTPUT
+            checkpoint = header.get("checkpoint")
+            checkpoint = _output_path(checkpoint) if checkpoint else None
+            recipe, params = str(header["recipe"]), dict(header.get("params") or {})
+            return {"step": int(m.train_start(recipe, params, int(header["seed"]), checkpoint))}, None
+        if op == "train_step":
+            return {"loss": float(m.train_step(arrays.get("images")))}, None
+        if op in ("save_checkpoint", "export_weights"):
+            getattr(m, op)(_output_path(header["path"]))
+            return {}, None
         if op == "segment":
             out = m.segment(arrays["images"])
             masks, recon = out if isinstance(out, tuple) else (out, None)
@@ -214,6 +244,14 @@ class _Server:
             if not (state["pending"] or state["ended"]):
                 read_frame(self.read_exact)  # the frame this error answers
             self.send_error(exc)
+
+
+def _output_path(name: str) -> str:
+    """A file the harness names in the method's output folder ($BENCH_OUTPUT, given only to a training run)."""
+    folder = os.environ.get("BENCH_OUTPUT")
+    if not folder or os.sep in str(name):
+        raise WireError(f"a training file {name!r} outside the output folder ($BENCH_OUTPUT={folder!r})")
+    return os.path.join(folder, str(name))
 
 
 def serve(method: Method) -> None:

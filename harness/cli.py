@@ -15,7 +15,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from tabulate import tabulate
 
 from harness import specs
-from harness.errors import UserError
+from harness.errors import MethodFailure, UserError
 from harness.lifetime import Interrupted, interruptible
 from harness.results import ResultStore, json_schema
 from harness.specs import REPO_ROOT
@@ -139,7 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument(
+        "--weights", default=None, metavar="SHA256_PREFIX|RECIPE", help="evaluate weights `bench train` made"
+    )
     _add_run_options(p)
+
+    p = sub.add_parser("train", help="run a method's training recipe into a weights artifact (resumable)")
+    p.add_argument("--method", required=True)
+    p.add_argument("--recipe", required=True, help="one of the method.yaml's `recipes:`")
+    p.add_argument("--backend", default="local", help="local (default) or docker (sandboxed, writes only its output)")
+    p.add_argument("--steps", type=_checked(Annotated[int, Field(ge=1)]), default=None, help="default: the recipe's")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint (a rerun does anyway)")
+    p.add_argument("--restart", action="store_true", help="discard the run's checkpoints and start again")
+    p.add_argument(
+        "--data", choices=["synthetic"], default="synthetic", help="the recipes here generate their own images"
+    )
+    _add_weights_root(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     p = sub.add_parser("matrix", help="run every method x task x seed of a suite")
     p.add_argument("--suite", required=True)
@@ -397,8 +414,45 @@ def cmd_run(args) -> int:
 
     opts = _options(args)
     task = specs.get("task", args.task).with_overrides(_overrides(args.overrides))
-    result = run_cell(specs.get("method", args.method), task, args.seed, opts, ResultStore(args.results))
+    method = specs.get("method", args.method)
+    if args.weights:
+        from harness.training import trained_weights
+
+        method = trained_weights(method, args.weights, args.weights_root)
+        opts.weights_root = None  # the spec points at the artifact's own folder
+    result = run_cell(method, task, args.seed, opts, ResultStore(args.results))
     return 0 if result.status == "ok" else 1
+
+
+def cmd_train(args) -> int:
+    from harness.training import TrainOptions, train
+
+    opts = TrainOptions(
+        backend=args.backend,
+        weights_root=args.weights_root,
+        steps=args.steps,
+        seed=args.seed,
+        resume=args.resume,
+        restart=args.restart,
+        progress=not args.no_progress,
+    )
+    try:
+        record, path = train(specs.get("method", args.method), args.recipe, opts)
+    except MethodFailure as e:
+        tail = [ln for ln in e.log_tail.splitlines() if ln.strip()][-1:]
+        print(
+            f"bench: {args.method} {args.recipe}: {e}" + (f" (log: {tail[0][:300]})" if tail else ""), file=sys.stderr
+        )
+        return 1
+    loss = f"loss {record.losses[0][1]:.4f} -> {record.losses[-1][1]:.4f}" if record.losses else "no steps"
+    print(
+        f"bench: {record.method} {record.recipe}: {record.steps} steps ({loss}) in {record.wall_s:.1f}s -> {path}\n"
+        f"bench: evaluate them with: bench run --method {record.method} --task TASK --weights {record.recipe} "
+        f"(or --weights {record.weights_sha256[:12]})",
+        file=sys.stderr,
+    )
+    print(record.weights_sha256)
+    return 0
 
 
 def cmd_matrix(args) -> int:
@@ -822,6 +876,7 @@ def cmd_ci(args) -> int:
 COMMANDS = {
     "list": cmd_list,
     "run": cmd_run,
+    "train": cmd_train,
     "matrix": cmd_matrix,
     "status": cmd_status,
     "cancel": cmd_cancel,

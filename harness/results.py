@@ -94,6 +94,10 @@ class Provenance(_Model):
         description="`sha256:<hex>` of the weights that ran (as in the key); `random-init`: the method declares "
         "weights but ran without them (procedural data only); None: it declares none",
     )
+    training: dict[str, Any] | None = Field(
+        default=None,
+        description="weights made by `bench train`: {recipe, steps, record: the path of its training.json}",
+    )
     host: str
     platform: str
     python: str

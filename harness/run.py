@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -89,8 +90,17 @@ def run_cell(
         sandboxed=runner.sandboxed,
         fit=method.fit,
         weights=RANDOM_INIT if method.random_init else f"sha256:{d}" if (d := method.weights_digest) else None,
+        training=_training_link(method.training),
         wait=wait,
     )
+
+
+def _training_link(record: str | None) -> dict | None:
+    """What a result says of weights `bench train` made: their recipe and steps, and the training record's path."""
+    if record is None:
+        return None
+    body = json.loads(Path(record).read_text())
+    return {"recipe": body["recipe"], "steps": body["steps"], "record": str(Path(record).resolve())}
 
 
 def reply_cache(
@@ -197,6 +207,7 @@ def score_cell(
     sandboxed: bool = False,
     fit: bool = False,
     weights: str | None = None,
+    training: dict | None = None,
     wait: bool = True,
 ) -> RunResult:
     """Score one cell with the session that `start()` provides and store the result, or return the stored ok
@@ -244,6 +255,7 @@ def score_cell(
                 backend=backend,
                 sandboxed=sandboxed,
                 weights=weights,
+                training=training,
                 dataset=run.dataset_info,
                 method_info=session.info.model_dump(mode="json") if session and session.info else {},
                 started_at=started,

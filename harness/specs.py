@@ -233,6 +233,25 @@ class Resources(BaseModel):
     gpus: int = Field(default=0, ge=0)  # Slurm: --gres=gpu:N
 
 
+class Recipe(BaseModel):
+    """`recipes: {name: ...}` in method.yaml: a training run of the method (`bench train --recipe NAME`). The method
+    makes its own training data (procedural images); `params` are its hyper-parameters, passed to train_start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    description: str
+    variant: str | None = None  # the variant of the method it trains (procedural_dino's tiny: vitt16)
+    steps: int = Field(ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)  # steps between checkpoints (and after the last)
+    timeout_s: Seconds = 7 * 86400
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        """sha256 of what the recipe computes (its description apart)."""
+        body = self.model_dump(mode="json", exclude={"description", "timeout_s"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 class WeightsSource(BaseModel):
     """`weights: {file, url, sha256}`: an official checkpoint, downloaded by `bench weights fetch` to
     `<weights root>/<method>/<file>` and verified against `sha256` (null: none is published, and the first fetch
@@ -240,7 +259,7 @@ class WeightsSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     file: str = Field(pattern=r"^[A-Za-z0-9_][\w.-]*$")  # a file name: no folders
-    url: str = Field(pattern=r"^https?://")
+    url: str | None = Field(pattern=r"^https?://")  # null: none is published (`bench train` makes them)
     sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$")  # required: the published checksum, or null for none
 
 
@@ -307,7 +326,10 @@ class MethodSpec(_Spec):
     # directory: they join the code hash, the image (their *.py into /method/) and the adapter's import path
     include: list[str] = Field(default_factory=list)
     variants: dict[str, MethodVariant] = Field(default_factory=dict)
+    recipes: dict[str, Recipe] = Field(default_factory=dict)  # training runs (`bench train`)
     weights_root: Path | None = Field(default=None, exclude=True)  # None: $BENCH_WEIGHTS_ROOT or ./weights
+    output_dir: Path | None = Field(default=None, exclude=True)  # bench train: the one folder the method may write
+    training: str | None = Field(default=None, exclude=True)  # the training.json of `bench run --weights` weights
     random_init: bool = Field(default=False, exclude=True)  # declared weights absent, procedural data: none given
 
     @field_validator("weights", mode="before")

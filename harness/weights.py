@@ -84,8 +84,13 @@ def expected(method: MethodSpec) -> tuple[str | None, str]:
 
 
 def fetch_command(method: MethodSpec) -> str:
+    """The command that gets the method's weights: `bench weights fetch`, or `bench train` where none are published."""
     root = root_of(method)
-    return f"`bench weights fetch {method.name}{f' --weights-root {root}' if root != default_root() else ''}`"
+    flag = f" --weights-root {root}" if root != default_root() else ""
+    if declared(method) and method.weights.url is None:
+        recipes = "|".join(method.recipes) or "RECIPE"
+        return f"`bench train --method {method.name} --recipe {recipes}{flag}`, then `bench run ... --weights RECIPE`"
+    return f"`bench weights fetch {method.name}{flag}`"
 
 
 def _host_path(method: MethodSpec) -> Path:
@@ -176,6 +181,10 @@ def fetch(method: MethodSpec, progress: bool = True, retries: int = 3, log: Call
     if not declared(method):
         what = f"its weights are a host path ({method.weights})" if method.weights else "it declares no weights"
         raise UserError(f"{method.name}: nothing to fetch: {what}", where=method.path)
+    if method.weights.url is None:
+        raise UserError(
+            f"{method.name}: nothing to fetch: no weights are published; make them with {fetch_command(method)}"
+        )
     source, path = method.weights, expected_path(method)
     want, where = expected(method)
     if path.is_file():

@@ -49,6 +49,7 @@ class Launched(Protocol):
 PIDS_LIMIT = 512
 CONTRACT_DIR = "/run/vrbench"  # where a container sees the folder holding the contract socket
 WEIGHTS_DIR = "/weights"
+OUTPUT_DIR = "/output"  # bench train: the one writable folder (checkpoints, exported weights)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,9 @@ def sandbox_for(method: MethodSpec, contract_socket: Path | None = None) -> Sand
     if weights := method.weights_path:  # a file keeps its name under /weights
         target = WEIGHTS_DIR if weights.is_dir() else f"{WEIGHTS_DIR}/{weights.name}"
         mounts.append(Mount(weights, target))
-    env.update(method_env(method, target))
+    env.update(method_env(method, target, OUTPUT_DIR if method.output_dir else None))
+    if method.output_dir:
+        mounts.append(Mount(method.output_dir, OUTPUT_DIR, read_only=False))
     if contract_socket:
         mounts.append(Mount(contract_socket.parent, CONTRACT_DIR))
         env["BENCH_CONTRACT_SOCKET"] = f"{CONTRACT_DIR}/{contract_socket.name}"
@@ -130,11 +133,15 @@ def check_outputs(method: MethodSpec, info: MethodInfo) -> None:
             )
 
 
-def method_env(method: MethodSpec, weights: str | None) -> dict[str, str]:
-    """What every backend tells a method in its environment: the variant that runs ("" for the base form) and, when
-    it has weights, where they are. A method without weights gets no BENCH_WEIGHTS at all (the caller removes one
-    inherited from the harness's own environment)."""
-    return {"BENCH_VARIANT": method.variant_name, **({"BENCH_WEIGHTS": weights} if weights else {})}
+def method_env(method: MethodSpec, weights: str | None, output: str | None = None) -> dict[str, str]:
+    """What every backend tells a method in its environment: the variant that runs ("" for the base form), when
+    it has weights, where they are, and when it trains, its output folder. A method without weights gets no
+    BENCH_WEIGHTS at all (the caller removes one inherited from the harness's own environment)."""
+    return {
+        "BENCH_VARIANT": method.variant_name,
+        **({"BENCH_WEIGHTS": weights} if weights else {}),
+        **({"BENCH_OUTPUT": output} if output else {}),
+    }
 
 
 class Runner(ABC):

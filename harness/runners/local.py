@@ -85,9 +85,10 @@ class LocalRunner(Runner):
             ),
             PYTHONUNBUFFERED="1",
         )
-        env.pop("BENCH_WEIGHTS", None)  # the harness's own, if set, is not the method's
+        for name in ("BENCH_WEIGHTS", "BENCH_OUTPUT"):  # the harness's own, if set, are not the method's
+            env.pop(name, None)
         weights = method.weights_path
-        env.update(method_env(method, str(weights) if weights else None))
+        env.update(method_env(method, str(weights) if weights else None, str(method.output_dir or "") or None))
         if contract_socket:
             env["BENCH_CONTRACT_SOCKET"] = str(contract_socket)
         with open(log, "ab") as log_file:  # appending: the harness may add the method's stray stdout
