@@ -31,8 +31,8 @@ Deliberate differences:
   after updating the centre).
 - timm's attention is `scaled_dot_product_attention` unless `fused_attn` is False (then explicit q·kᵀ, softmax, as
   DINO's); timm initialises like DINO (trunc-normal 0.02 linears, zero biases) but for the CLS token, which we
-  re-draw trunc-normal 0.02 as DINO does. The weight norm is written out (v · g / ‖v‖ per row), not
-  torch.nn.utils.weight_norm (deprecated).
+  re-draw trunc-normal 0.02 as DINO does. The weight-normed layer is our module around torch._weight_norm, not
+  torch.nn.utils.weight_norm (deprecated); same keys, same arithmetic.
 scripts/compare_dino_train.py runs the reference's `train_one_epoch` against this on identical weights and crops.
 """
 
@@ -102,7 +102,8 @@ def cancel_gradients_last_layer(epoch: int, model: nn.Module, freeze_last_layer:
 
 class WeightNormLinear(nn.Module):
     """nn.utils.weight_norm(nn.Linear(in_dim, out_dim, bias=False)) with weight_g filled with 1: weight = g·v/‖v‖
-    row by row; v keeps nn.Linear's default initialisation."""
+    row by row, through torch._weight_norm, the op both of torch's weight-norm wrappers call (written out as
+    v * (g / v.norm(dim=1)) it differs from it by 9e-8 in the output); v keeps nn.Linear's default initialisation."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
@@ -112,7 +113,7 @@ class WeightNormLinear(nn.Module):
         self.weight_v = nn.Parameter(v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight_v * (self.weight_g / self.weight_v.norm(dim=1, keepdim=True)))
+        return F.linear(x, torch._weight_norm(self.weight_v, self.weight_g, 0))
 
 
 class DINOHead(nn.Module):
@@ -352,7 +353,8 @@ class Trainer:
         head = dict(hidden_dim=r.hidden_dim, bottleneck_dim=r.bottleneck_dim)
         self.student = MultiCropWrapper(student, DINOHead(dim, r.out_dim, r.norm_last_layer, **head))
         self.teacher = MultiCropWrapper(teacher, DINOHead(dim, r.out_dim, **head))
-        self.student.to(self.device), self.teacher.to(self.device)
+        self.student.to(self.device)
+        self.teacher.to(self.device)
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad = False
