@@ -2,23 +2,23 @@
 unchanged by adriarm/separating_knowledge b126018 `dino/main_dino.py`), our own code.
 
 What it reproduces, and where the reference has it:
-- `DINOHead` (vision_transformer.py L257-293): Linear(D, 2048)-GELU-Linear(2048, 2048)-GELU-Linear(2048, 256), L2
+- `DINOHead` (vision_transformer.py L257-291): Linear(D, 2048)-GELU-Linear(2048, 2048)-GELU-Linear(2048, 256), L2
   normalisation, then a weight-normed Linear(256, out_dim) without bias whose `weight_g` is filled with 1 and frozen
   when `norm_last_layer`. Same keys as the reference (`mlp.{0,2,4}.*`, `last_layer.weight_{g,v}`), so the teacher's
   state dict is the official checkpoint's `teacher` entry.
-- `MultiCropWrapper` (utils.py L594-629): one backbone pass per run of consecutive crops of equal width, the CLS
+- `MultiCropWrapper` (utils.py L594-630): one backbone pass per run of consecutive crops of equal width, the CLS
   tokens concatenated, one head pass.
 - The backbone is a timm ViT (`vit_<size>_patch<p>_224`, the model images/_vit builds, whose keys are DINO's) run
   the way DINO's `VisionTransformer.forward` runs (L196-214): CLS + patch tokens + the position embedding
   interpolated as `interpolate_pos_encoding` (images/_vit/vit_backbone.py's `interpolate_pos_embed`: bicubic by
   scale factor with the +0.1 offset, no antialias), blocks, final norm, CLS.
-- `DINOLoss` (main_dino.py L367-414): teacher softmax of (t - centre) / teacher_temp[epoch], cross-entropy with the
+- `DINOLoss` (main_dino.py L363-416): teacher softmax of (t - centre) / teacher_temp[epoch], cross-entropy with the
   student's log-softmax(s / 0.1) over every (teacher global crop iq, student crop v != iq) pair, averaged; the centre
   is an EMA (0.9) of the batch mean of the teacher outputs.
 - `cosine_scheduler`, `get_params_groups` (biases and 1-D parameters not decayed), `clip_gradients` (per parameter),
-  `cancel_gradients_last_layer` (utils.py L132-199, L632-643); AdamW; the teacher EMA with the cosine momentum
-  (main_dino.py L300-364, the order of `train_one_epoch`).
-- `MultiCropAugmentation` = `DataAugmentationDINO` (main_dino.py L417-461) on PIL with torchvision's functional ops.
+  `cancel_gradients_last_layer` (utils.py L132-198, L632-643); AdamW; the teacher EMA with the cosine momentum
+  (main_dino.py `train_one_epoch` L301-360, in its order).
+- `MultiCropAugmentation` = `DataAugmentationDINO` (main_dino.py L419-464) on PIL with torchvision's functional ops.
 
 Deliberate differences:
 - One process: no `dist.all_reduce` of the centre (world size 1 gives the same numbers) and no DDP. `batch_size` is
@@ -31,8 +31,8 @@ Deliberate differences:
   after updating the centre).
 - timm's attention is `scaled_dot_product_attention` unless `fused_attn` is False (then explicit q·kᵀ, softmax, as
   DINO's); timm initialises like DINO (trunc-normal 0.02 linears, zero biases) but for the CLS token, which we
-  re-draw trunc-normal 0.02 as DINO does. The weight norm is written out (v · g / ‖v‖ per row), not
-  torch.nn.utils.weight_norm (deprecated).
+  re-draw trunc-normal 0.02 as DINO does. The weight-normed layer is our module around torch._weight_norm, not
+  torch.nn.utils.weight_norm (deprecated); same keys, same arithmetic.
 scripts/compare_dino_train.py runs the reference's `train_one_epoch` against this on identical weights and crops.
 """
 
@@ -102,7 +102,8 @@ def cancel_gradients_last_layer(epoch: int, model: nn.Module, freeze_last_layer:
 
 class WeightNormLinear(nn.Module):
     """nn.utils.weight_norm(nn.Linear(in_dim, out_dim, bias=False)) with weight_g filled with 1: weight = g·v/‖v‖
-    row by row; v keeps nn.Linear's default initialisation."""
+    row by row, through torch._weight_norm, the op both of torch's weight-norm wrappers call (written out as
+    v * (g / v.norm(dim=1)) it differs from it by 9e-8 in the output); v keeps nn.Linear's default initialisation."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
@@ -112,7 +113,7 @@ class WeightNormLinear(nn.Module):
         self.weight_v = nn.Parameter(v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight_v * (self.weight_g / self.weight_v.norm(dim=1, keepdim=True)))
+        return F.linear(x, torch._weight_norm(self.weight_v, self.weight_g, 0))
 
 
 class DINOHead(nn.Module):
@@ -352,7 +353,8 @@ class Trainer:
         head = dict(hidden_dim=r.hidden_dim, bottleneck_dim=r.bottleneck_dim)
         self.student = MultiCropWrapper(student, DINOHead(dim, r.out_dim, r.norm_last_layer, **head))
         self.teacher = MultiCropWrapper(teacher, DINOHead(dim, r.out_dim, **head))
-        self.student.to(self.device), self.teacher.to(self.device)
+        self.student.to(self.device)
+        self.teacher.to(self.device)
         self.teacher.load_state_dict(self.student.state_dict())
         for p in self.teacher.parameters():
             p.requires_grad = False
