@@ -126,3 +126,13 @@ def test_procedural_dino_trains_and_its_export_loads_in_the_evaluation(tmp_path,
     (path,) = (tmp_path / "r").rglob("seed0.json")
     r = RunResult.model_validate_json(path.read_text())
     assert r.provenance.method_info["weights"] == "procedural_dino_vitt16.pth" and r.status == "ok"
+
+
+def test_train_in_docker_writes_only_its_output_folder(tmp_path, docker_ready):
+    """The sandbox of evaluation (read-only root, no network, not root) with one writable mount: the output folder."""
+    proc = train(tmp_path, "--backend", "docker")
+    assert proc.returncode == 0, proc.stderr
+    record = record_of(tmp_path)
+    assert record["backend"] == "docker" and "sha256:" in record["method_ref"]  # an image, not a code hash
+    assert (tmp_path / "trained" / record["weights_sha256"] / "sgd" / "sgd_w.npy").is_file()
+    assert record["losses"][-1][1] < record["losses"][0][1] / 10
