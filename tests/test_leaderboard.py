@@ -156,6 +156,13 @@ def test_each_variant_is_its_own_row_with_its_weights_short_hash_and_a_random_in
     assert "| weights " not in render([result("m", 0, 1.0)])  # no column where no result has weights
 
 
+def test_weights_bench_train_made_show_their_recipe():
+    trained = result("net@vitt16", 0, 50.0, ref="code-sha256:" + "1" * 64 + f"+weights-sha256:{'ef' * 32}")
+    trained.provenance.training = {"recipe": "tiny", "steps": 300, "record": "/w/trained/ef/training.json"}
+    (line,) = [line for line in render([trained]).splitlines() if line.startswith("| net")]
+    assert line.split("|")[3].strip() == f"{'ef' * 6} (recipe tiny, 300 steps)"
+
+
 # --- issue 13: summary, statistics, provenance, pages, merge ------------------------------------------------------
 
 

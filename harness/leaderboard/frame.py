@@ -46,6 +46,8 @@ def records(results: list[RunResult], files: list[str]) -> list[dict]:
         k, p, t = r.key, r.provenance, r.timings
         weights = weights_column(k.method_ref)
         name = k.method + (RANDOM_INIT_MARK if weights == "random-init" else "")
+        if p.training:  # weights `bench train` made: say by which recipe
+            weights += f" (recipe {p.training['recipe']}, {p.training['steps']} steps)"
         unsandboxed = not r.external and not p.sandboxed
         commit = (p.git_commit or "unknown")[:12] + (" (dirty)" if p.git_dirty else "")
         rows.append(
@@ -69,7 +71,8 @@ def records(results: list[RunResult], files: list[str]) -> list[dict]:
                 "file": file,
                 "finished": p.finished_at,
                 "p:code": k.method_ref.split("+", 1)[0],
-                "p:weights": p.weights or "none declared",
+                "p:weights": (p.weights or "none declared")
+                + (f"; trained by bench train: {p.training['record']}" if p.training else ""),
                 "p:dataset": f"{p.dataset.name} ({p.dataset.kind}) {p.dataset.fingerprint}" if p.dataset else "none",
                 "p:harness": f"{p.harness_version} @ {commit}",
                 "p:backend": f"{p.backend}" + ("" if r.external else f", sandboxed: {p.sandboxed}"),
