@@ -139,7 +139,9 @@ def validate(
     runner = DockerRunner()
     with tempfile.TemporaryDirectory(prefix=owned_prefix(f"{RUN_FOLDER}validate-")) as tmp:  # see Runner.start
         store = ResultStore(Path(tmp) / "results")
-        opts = RunOptions(backend="docker", synthetic=True, data_root=data_root, timeout_s=timeout_s, progress=False)
+        opts = RunOptions(  # every request to the image itself: it is what is checked
+            backend="docker", synthetic=True, data_root=data_root, timeout_s=timeout_s, progress=False, cache=False
+        )
         for task in (specs.get("task", t) for t in tasks or specs.get("suite", "smoke").tasks):
             if reason := incompatibility(spec, task):
                 checks.append(Check(f"task {task.name}", None, f"skipped: {reason}"))
