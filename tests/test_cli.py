@@ -233,7 +233,8 @@ def test_smoke_suite_end_to_end_then_nothing_reruns(tmp_path, smoke_run):
     assert sorted(r.key.task for r in found) == sorted(tasks)
     for r in found:
         assert r.status == "ok" and r.metrics and all(math.isfinite(v) for v in r.metrics.values()), r.key
-        assert r.timings.method_s > 0 and r.timings.images_sent > 0
+        # outputs from the method, or from the feature cache where another task sent the same images before
+        assert (r.timings.method_s > 0 and r.timings.images_sent > 0) or r.timings.cached_requests > 0, r.key
     again = bench(*args)
     assert again.returncode == 0 and again.stderr.count("cached, skipped") == len(tasks)
 
