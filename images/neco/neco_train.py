@@ -30,6 +30,8 @@ Deliberate differences:
   generators set to the trainer's own state, carried across steps and in checkpoints.
 - The init is timm's (the same scheme as vit_v2.py's: trunc-normal 0.02 linears, zero biases, cls N(0, 1e-6); other
   draws); `init` weights replace the backbones, as the reference's runs always load DINOv2 weights.
+- Stochastic depth is DINOv2's: per-sample masks (timm's DropPath draws them as DINOv2's does), but on sample subsets
+  in a block whose rate exceeds 0.1 (`subset_depth_forward`: the student's last block).
 - A non-finite loss raises FloatingPointError before anything (queue, teacher, student) is updated.
 - timm's attention is `scaled_dot_product_attention` unless `fused_attn` is False (then explicit, as vit_v2.py's
   Attention without xFormers).
@@ -39,6 +41,7 @@ scripts/compare_neco_train.py checks DiffSort against diffsort and the loss and 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Sequence
@@ -252,7 +255,30 @@ def build_vit(arch: str, patch_size: int, drop_path_rate: float, fused_attn: boo
     )
     for block in vit.blocks:
         block.attn.fused_attn = fused_attn
+        if getattr(block.drop_path1, "drop_prob", 0.0) > 0.1:
+            block.forward = functools.partial(subset_depth_forward, block)
     return vit
+
+
+def residual_on_subset(x: torch.Tensor, residual: Callable, ratio: float) -> torch.Tensor:
+    """DINOv2's drop_add_residual_stochastic_depth (src/layers/block.py): the residual of a random subset of
+    max(int(B (1 - ratio)), 1) samples (torch.randperm), added scaled by B / subset; the others pass unchanged."""
+    b = len(x)
+    keep = max(int(b * (1 - ratio)), 1)
+    rows = torch.randperm(b, device=x.device)[:keep]
+    out = residual(x[rows]).flatten(1)
+    return torch.index_add(x.flatten(1), 0, rows, out.to(dtype=x.dtype), alpha=b / keep).view_as(x)
+
+
+def subset_depth_forward(block: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """vit_v2.py's Block.forward for a block whose drop-path rate is above 0.1, which in training applies stochastic
+    depth to sample subsets instead of per-sample masks: NeCo's student (drop_path_rate 0.1) has one such block, the
+    last, as its rate, torch.linspace(0, 0.1, depth)[-1] = 0.10000000149 in float32, exceeds 0.1."""
+    if not block.training:
+        return type(block).forward(block, x, *args, **kwargs)
+    ratio = block.drop_path1.drop_prob
+    x = residual_on_subset(x, lambda y: block.ls1(block.attn(block.norm1(y))), ratio)
+    return residual_on_subset(x, lambda y: block.ls2(block.mlp(block.norm2(y))), ratio)
 
 
 def patch_tokens(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
