@@ -9,17 +9,20 @@ What it reproduces, and where the reference has it:
   The returned P (B, n, n) is diffsort's: P[b, i, j] = the weight of element i at sorted (ascending) position j, so
   x @ P is the relaxed sort of x. Written with index gathers, one per layer, where diffsort multiplies by 0/1
   matrices (the same products and sums).
-- `NeCoCrops` = NeCoTransforms (neco_transforms.py L83-163: 2 global + N local crops with overlap resampling, colour jitter, grayscale, blur,
-  no flip) and its `calculate_bboxes` (`pair_boxes`).
-- `NeCoNet` = vit_v2.py's DinoVisionTransformer.forward / forward_head / forward_backbone (L363-407, L304-309) on a timm
-  `vit_<size>_patch14_dinov2` (images/neco's backbone): per run of same-size crops the patch tokens after the final
-  norm, then the projection head D-2048-2048-256 (GELU) per patch, L2-normalised.
+- `NeCoCrops` = NeCoTransforms (neco_transforms.py L83-163: 2 global + N local crops with overlap resampling,
+  colour jitter, grayscale, blur, no flip) and its `calculate_bboxes` (`pair_boxes`).
+- `NeCoNet` = vit_v2.py's DinoVisionTransformer forward / forward_head / forward_backbone (L363-407, L304-309) on a
+  timm `vit_<size>_patch14_dinov2` (images/neco's backbone): per run of same-size crops the patch tokens after the
+  final norm, then the projection head D-2048-2048-256 (GELU) per patch, L2-normalised. Stochastic depth is
+  DINOv2's Block's (layers/block.py): per-sample masks (timm's DropPath draws them as DINOv2's does), but on sample
+  subsets in a block whose rate exceeds 0.1 (`subset_depth_forward`: the student's last block).
 - `knn_loss` = NeCo.knn_loss with compute_knn_perm_mat / compute_knn_subloss (L370-484; loss_mask 'all', sim_dist
-  'cosine'); the queue = update_queue (L487-508) and the queue draw in knn_loss; `Trainer` = shared_step,
-  training_step (teacher EMA, L510-529), configure_optimizers (AdamW, 4 groups, CosineAnnealingLR per step to
-  final_lr, L205-267) and optimizer_step (weight decay cosine on groups 0 and 2, L285-313), in Lightning's order:
-  weight decay set, forward, queue update, loss, teacher EMA (with the student *before* this step's update), backward,
-  AdamW, lr scheduler.
+  'cosine'; log p without an epsilon, as theirs); the queue = update_queue (L487-508) and the queue draw in
+  knn_loss; `Trainer` = shared_step, training_step (teacher EMA, L510-529), configure_optimizers (AdamW, 4 groups,
+  CosineAnnealingLR per step to final_lr, L205-267) and optimizer_step (weight decay cosine on groups 0 and 2,
+  L285-313), in Lightning's order: weight decay set, forward, queue update, loss, teacher EMA (with the student
+  *before* this step's update), backward, AdamW, lr scheduler. `backbone_state()` exports the student as a NeCo
+  backbone state dict, the file images/neco's adapter loads.
 
 Deliberate differences:
 - One process, no Lightning: `batch_size` is the whole batch and `steps_per_epoch` is given (theirs: dataset size //
@@ -30,12 +33,13 @@ Deliberate differences:
   generators set to the trainer's own state, carried across steps and in checkpoints.
 - The init is timm's (the same scheme as vit_v2.py's: trunc-normal 0.02 linears, zero biases, cls N(0, 1e-6); other
   draws); `init` weights replace the backbones, as the reference's runs always load DINOv2 weights.
-- Stochastic depth is DINOv2's: per-sample masks (timm's DropPath draws them as DINOv2's does), but on sample subsets
-  in a block whose rate exceeds 0.1 (`subset_depth_forward`: the student's last block).
 - A non-finite loss raises FloatingPointError before anything (queue, teacher, student) is updated.
 - timm's attention is `scaled_dot_product_attention` unless `fused_attn` is False (then explicit, as vit_v2.py's
   Attention without xFormers).
-scripts/compare_neco_train.py checks DiffSort against diffsort and the loss and one step against the reference.
+scripts/compare_neco_train.py runs diffsort and NeCo's own module against these on identical weights and crops:
+DiffSort's P is bit-exact, its gradients 1e-8 apart (another summation order); the loss is bit-exact over 4 steps,
+the parameters after them 2e-6 apart (AdamW magnifying that rounding where gradients are near its eps), and 0.0
+apart with diffsort's network in our trainer.
 """
 
 from __future__ import annotations
