@@ -44,7 +44,6 @@ apart with diffsort's network in our trainer.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -55,6 +54,7 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from own_rng import OwnRng
 from PIL import Image, ImageFilter
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
@@ -466,7 +466,7 @@ class Recipe:
         return self.epochs * self.steps_per_epoch
 
 
-class Trainer:
+class Trainer(OwnRng):
     """Student, teacher, queue, optimiser and schedules of one NeCo run; `step(images)` trains on one batch.
 
     init: a DINOv2 backbone state dict (or its path) both backbones start from, as train_with_neco.py loads the
@@ -536,20 +536,6 @@ class Trainer:
         self.mask_token = state["mask_token"].detach().clone().float()
         for net in (self.student, self.teacher):
             net.backbone.load_state_dict(checkpoint_filter_fn(dict(state), net.backbone), strict=True)
-
-    @contextlib.contextmanager
-    def _own_rng(self):
-        """torch's generators set to this run's state for the block and saved after it; the caller's are restored
-        (timm's drop path and the reference draws use the global generators)."""
-        cuda = self.device.type == "cuda"
-        with torch.random.fork_rng(devices=[self.device] if cuda else []):
-            torch.set_rng_state(self.rng["torch"])
-            if cuda:
-                torch.cuda.set_rng_state(self.rng["cuda"], self.device)
-            yield
-            self.rng = {"torch": torch.get_rng_state()}
-            if cuda:
-                self.rng["cuda"] = torch.cuda.get_rng_state(self.device)
 
     @property
     def epoch(self) -> int:

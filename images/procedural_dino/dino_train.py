@@ -38,7 +38,6 @@ scripts/compare_dino_train.py runs the reference's `train_one_epoch` against thi
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
@@ -48,6 +47,7 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from own_rng import OwnRng
 from PIL import Image, ImageFilter, ImageOps
 from torch import nn
 from torchvision.transforms import InterpolationMode
@@ -330,7 +330,7 @@ class Recipe:
         return self.epochs * self.steps_per_epoch
 
 
-class Trainer:
+class Trainer(OwnRng):
     """Student, teacher, loss, optimiser and schedules of one DINO run; `step(images)` trains on one batch."""
 
     def __init__(self, recipe: dict | Recipe, device: str | None = None):
@@ -375,20 +375,6 @@ class Trainer:
         self.augment = MultiCropAugmentation(
             r.global_size, r.local_size, r.local_crops_number, r.global_crops_scale, r.local_crops_scale
         )
-
-    @contextlib.contextmanager
-    def _own_rng(self):
-        """torch's generators set to this run's state for the block and saved after it; the caller's are restored
-        (timm's drop-path draws from the global generators)."""
-        cuda = self.device.type == "cuda"
-        with torch.random.fork_rng(devices=[self.device] if cuda else []):
-            torch.set_rng_state(self.rng["torch"])
-            if cuda:
-                torch.cuda.set_rng_state(self.rng["cuda"], self.device)
-            yield
-            self.rng = {"torch": torch.get_rng_state()}
-            if cuda:
-                self.rng["cuda"] = torch.cuda.get_rng_state(self.device)
 
     @property
     def epoch(self) -> int:
