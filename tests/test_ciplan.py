@@ -19,6 +19,8 @@ VIT_USERS = {
     "fungi",
     "neco",
     "neco@vitb14",
+    "procedural_dino",
+    "procedural_dino@vitt16",
 }
 
 
