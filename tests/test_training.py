@@ -136,3 +136,27 @@ def test_train_in_docker_writes_only_its_output_folder(tmp_path, docker_ready):
     assert record["backend"] == "docker" and "sha256:" in record["method_ref"]  # an image, not a code hash
     assert (tmp_path / "trained" / record["weights_sha256"] / "sgd" / "sgd_w.npy").is_file()
     assert record["losses"][-1][1] < record["losses"][0][1] / 10
+
+
+def test_procedural_dino_reads_a_folder_of_images_step_by_step(tmp_path, monkeypatch):
+    """The paper recipe's data: the S. KML Mixup images made beforehand, read per step (never all in memory)."""
+    import sys
+
+    from PIL import Image
+
+    for folder in ("images/procedural_dino", "images/_vit"):
+        monkeypatch.syspath_prepend(str(REPO / folder))
+    monkeypatch.delitem(sys.modules, "adapter", raising=False)
+    from adapter import ProceduralDino
+
+    (tmp_path / "train" / "all").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "train" / "all" / f"{i}.png")
+    method = ProceduralDino("vitt16")
+    params = {"data": f"folder:{tmp_path / 'train'}", "batch_size": 2, "global_size": 32, "local_size": 16,
+              "local_crops_number": 2, "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "epochs": 1,
+              "steps_per_epoch": 2, "warmup_epochs": 0, "vit_overrides": {"depth": 2}}  # fmt: skip
+    assert method.train_start("t", params, 0, None) == 0
+    assert not isinstance(method.images, np.ndarray) and len(method.images) == 3
+    assert all(np.isfinite(method.train_step(None)) for _ in range(2))

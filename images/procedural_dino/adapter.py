@@ -12,9 +12,10 @@ method makes itself (procedural.py), chosen by the recipe's `data`:
 - `shader_like`: the CPU substitute for shaders21k (shader-like, **not shaders21k**);
 - `kml`: Shaders KML (fast2leaves.py) of those; `kml_mixup`: S. KML Mixup (mixup_dataset.py, N=2) of the KML images;
 - `folder:<path>` as the source instead of shader_like: real shaders21k images the user mounts.
-`pool` images are generated once at train_start (index i of the dataset = procedural image i), then step s trains on
-images (s·B ... s·B + B−1) mod pool, so the data needs no state to resume; the trainer's own RNG state is in every
-checkpoint. The other params are dino_train.Recipe's (crop sizes, batch, lr, temperatures, out_dim, epochs, ...).
+Generated data: `pool` images are made once at train_start (index i = procedural image i). A folder is read as it
+is, image by image (the paper's run reads the S. KML Mixup set made beforehand, as the reference's
+data_generation/ scripts make it). Step s trains on images (s·B ... s·B + B−1) mod the dataset's size, so the data
+needs no state to resume; the trainer's own RNG state is in every checkpoint. The other params are dino_train.Recipe's (crop sizes, batch, lr, temperatures, out_dim, epochs, ...).
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class ProceduralDino(DinoFamily):
         data = {k: params[k] for k in DATA_KEYS if k in params}
         size, pool = int(data.get("image_size", 256)), int(data.get("pool", 1024))
         images = source(str(data.get("data", "kml_mixup")), size, pool)
-        self.pool = np.stack([to_uint8(images[i % len(images)]) for i in range(pool)])  # (P, H, W, 3) uint8
+        if isinstance(images, ImageFolderSource):  # read per step: a real dataset does not fit in memory
+            self.images = images
+        else:  # generated: made once, (P, H, W, 3) uint8
+            self.images = np.stack([to_uint8(images[i % len(images)]) for i in range(pool)])
         hyper = {k: v for k, v in params.items() if k not in DATA_KEYS}
         self.trainer = Trainer(dict(hyper, arch=TRAINER_ARCH[self.variant], patch_size=self.patch_size, seed=seed))
         if checkpoint:
@@ -72,7 +76,10 @@ class ProceduralDino(DinoFamily):
 
     def train_step(self, images):
         b, s = self.trainer.recipe.batch_size, self.trainer.step_index
-        return self.trainer.step(self.pool[np.arange(s * b, s * b + b) % len(self.pool)])
+        picked = np.arange(s * b, s * b + b) % len(self.images)
+        if isinstance(self.images, np.ndarray):
+            return self.trainer.step(self.images[picked])
+        return self.trainer.step([to_uint8(self.images[int(i)]) for i in picked])
 
     def save_checkpoint(self, path):
         torch.save(self.trainer.state_dict(), path)
