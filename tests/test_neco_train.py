@@ -133,7 +133,8 @@ def test_network_outputs_and_parameter_groups():
     assert isinstance(t.student.backbone.blocks[0].drop_path1, torch.nn.Identity)  # linspace(0, 0.1, depth)
     assert t.student.backbone.blocks[1].drop_path1.drop_prob == pytest.approx(0.1)
     assert isinstance(t.teacher.backbone.blocks[1].drop_path1, torch.nn.Identity)
-    # the last block's rate is float32 0.1 > 0.1: DINOv2's stochastic depth on a subset of int(0.9 B) samples
+    # the last block's rate is float32 0.1 > 0.1: DINOv2's stochastic depth on a subset of int(B (1 - p)) samples,
+    # int(10 x 0.89999999851) = 8 here, drawn per branch (attention, MLP): 8 to 10 samples change
     block, x = t.student.backbone.blocks[1], torch.randn(10, 5, 32)
     assert "forward" in vars(block) and "forward" not in vars(t.student.backbone.blocks[0])
     with torch.no_grad():
@@ -142,7 +143,7 @@ def test_network_outputs_and_parameter_groups():
         torch.testing.assert_close(block.eval()(x), full)
         out = block.train()(x)
     changed = (out - x).flatten(1).abs().amax(1) > 0
-    assert 9 <= changed.sum() <= 10
+    assert 8 <= changed.sum() <= 10
     head = t.student.projection_head
     assert [type(m).__name__ for m in head] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
     assert [tuple(head[i].weight.shape) for i in (0, 2, 4)] == [(64, 32), (64, 64), (32, 64)]
