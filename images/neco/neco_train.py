@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -54,12 +54,12 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from own_rng import OwnRng
 from PIL import Image, ImageFilter
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode
+from train_common import OwnRng, cosine_scheduler, random_resized_crop_box, recipe_from_dict
 from vit_backbone import MEAN, STD, check_keys, interpolate_pos_embed, read_state_dict
 
 # --- the differentiable sorting network (diffsort 0.2.0) -----------------------------------------------------------
@@ -132,33 +132,7 @@ class DiffSort(nn.Module):
 # --- schedules -----------------------------------------------------------------------------------------------------
 
 
-def cosine_scheduler(base: float, final: float, epochs: int, niter_per_ep: int) -> np.ndarray:
-    """One value per iteration, a cosine from `base` to `final` (experiments/utils.py cosine_scheduler: no
-    warm-up; the last value is one step short of `final`)."""
-    iters = np.arange(epochs * niter_per_ep)
-    return final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))
-
-
 # --- augmentation (NeCoTransforms) ---------------------------------------------------------------------------------
-
-
-def random_resized_crop_box(height, width, scale, rng, ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """(top, left, h, w) as torchvision's RandomResizedCrop.get_params, drawn from `rng`: 10 tries at an area
-    fraction in `scale` and a log-uniform aspect ratio, else the centre crop clamped to `ratio`."""
-    area, log_ratio = height * width, (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    if width / height < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif width / height > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
 
 
 class NeCoCrops:
@@ -440,14 +414,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, recipe: dict) -> Recipe:
-        unknown = set(recipe) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown NeCo recipe keys: {', '.join(sorted(unknown))}")
-        r = cls(**recipe)
-        r.global_crops_scale, r.local_crops_scale = tuple(r.global_crops_scale), tuple(r.local_crops_scale)
-        for size in (r.global_size, r.local_size):
-            if size % r.patch_size:
-                raise ValueError(f"crop size {size} is not a multiple of the patch size {r.patch_size}")
+        r = recipe_from_dict(cls, recipe, "NeCo")
         tokens = r.batch_size * (r.global_size // r.patch_size) ** 2
         if r.queue_length and tokens < min(10 * r.batch_size, r.queue_length):
             raise ValueError(

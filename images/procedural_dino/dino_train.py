@@ -39,7 +39,7 @@ scripts/compare_dino_train.py runs the reference's `train_one_epoch` against thi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -47,23 +47,13 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from own_rng import OwnRng
 from PIL import Image, ImageFilter, ImageOps
 from torch import nn
 from torchvision.transforms import InterpolationMode
+from train_common import OwnRng, cosine_scheduler, random_resized_crop_box, recipe_from_dict
 from vit_backbone import MEAN, STD, interpolate_pos_embed
 
 # --- schedules, parameter groups, gradient handling (utils.py) -----------------------------------------------------
-
-
-def cosine_scheduler(base, final, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0.0) -> np.ndarray:
-    """One value per iteration: a linear warm-up from `start_warmup_value` to `base` over `warmup_epochs`, then a
-    cosine from `base` to `final` (utils.cosine_scheduler)."""
-    warmup_iters = warmup_epochs * niter_per_ep
-    warmup = np.linspace(start_warmup_value, base, warmup_iters) if warmup_epochs > 0 else np.array([])
-    iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    schedule = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))
-    return np.concatenate((warmup, schedule))
 
 
 def get_params_groups(model: nn.Module) -> list[dict]:
@@ -211,26 +201,6 @@ class DINOLoss(nn.Module):
 # --- augmentation --------------------------------------------------------------------------------------------------
 
 
-def random_resized_crop_box(height, width, scale, rng, ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """(top, left, h, w) as torchvision's RandomResizedCrop.get_params: 10 tries at an area fraction in `scale` and
-    a log-uniform aspect ratio, else the centre crop clamped to `ratio`."""
-    area, log_ratio = height * width, (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 class MultiCropAugmentation:
     """DataAugmentationDINO: 2 global crops (scale `global_scale`, blur p=1.0; the second: blur p=0.1, solarise
     p=0.2) and `n_local` local crops (scale `local_scale`, blur p=0.5), each: bicubic RandomResizedCrop, flip p=0.5,
@@ -315,15 +285,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, recipe: dict) -> Recipe:
-        unknown = set(recipe) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown DINO recipe keys: {', '.join(sorted(unknown))}")
-        r = cls(**recipe)
-        r.global_crops_scale, r.local_crops_scale = tuple(r.global_crops_scale), tuple(r.local_crops_scale)
-        for size in (r.global_size, r.local_size):
-            if size % r.patch_size:
-                raise ValueError(f"crop size {size} is not a multiple of the patch size {r.patch_size}")
-        return r
+        return recipe_from_dict(cls, recipe, "DINO")
 
     @property
     def total_steps(self) -> int:
