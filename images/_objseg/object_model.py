@@ -1,0 +1,39 @@
+"""The interface every ClevrTex model implements (images/_objseg: the house of the object-centric methods).
+
+A model is a torch module built from its recipe's params (`build(params)` in the model's own module). Its forward
+takes images (B, 3, H, W) float in [0, 1] (no mean/std normalisation, as every ClevrTex model), a torch.Generator
+for every random draw it makes (slot initialisation noise, posterior samples: the method's outputs are then
+reproducible from the seed), and the training step (None at evaluation: a model with annealed priors, GECO or
+curricula reads its schedules from it). It returns an ObjectOutput.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class ObjectOutput(NamedTuple):
+    """`loss`: the training objective, a scalar (the reference's, e.g. per-image summed MSE averaged over the batch);
+    `masks`: (B, K, H, W) soft masks; `canvas`: (B, 3, H, W) the reconstruction; `terms`: floats worth logging."""
+
+    loss: torch.Tensor
+    masks: torch.Tensor
+    canvas: torch.Tensor
+    terms: dict[str, float]
+
+
+class ObjectModel(nn.Module):
+    """Base of the ClevrTex models. `masks_have_background`: False where the masks cover only the objects (GNM,
+    SPACE, SPAIR: the evaluator prepends 1 - sum as the background)."""
+
+    masks_have_background: bool = True
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator, step: int | None = None) -> ObjectOutput:
+        raise NotImplementedError
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The optimiser's parameter groups at base learning rate `lr` (one group unless the reference has more)."""
+        return [{"params": list(self.parameters()), "lr": lr}]
