@@ -49,6 +49,12 @@ throughout (in the reference it only freezes beta and C_ema at their initial val
 GECO initialises its EMA at the first training step >= warm-up (the reference only at step == warm-up).
 Default image size 128: the README's ClevrTex run (experiments/effmorl.py defaults to 96 crops, but the GECO target
 -108000 is below the perfect-reconstruction NLL at 96x96, -27648 * log(10) = -63661; at 128x128 it is -113177).
+
+scripts/compare_emorl.py runs the reference on the same weights and noise (128x128, 11 slots, z 64, train at steps 0 /
+1000 / 150000 and eval): at the reference's initialisation masks, canvas and loss are bit-identical in float32; with
+perturbed weights masks <= 1.2e-6, canvas <= 6e-7, loss terms <= 2e-7 relative, gradients <= 1.3e-6 of the largest;
+in float64 everything <= 4e-15. CPU (2 threads), batch 8, 3 refinement passes: ~100 s per training step at 96x96,
+~200 s at 128x128.
 """
 
 from __future__ import annotations
@@ -274,7 +280,7 @@ class EfficientMORL(ObjectModel):
             d_mu, d_sp = (F.layer_norm(g, (z,)) for g in grad.detach().chunk(2, 1))
             hidden = self.refine_gru(self.refine_mlp(torch.cat([lam, d_mu, d_sp], 1)), hidden)
             delta = torch.cat([self.refine_mu(hidden), self.refine_sp(hidden)], 1)
-            deltas.append(delta.detach().norm(dim=1).mean().item())
+            deltas.append(delta.detach().norm(dim=1).mean())
             lam = lam + delta
             if not train:
                 lam, hidden = lam.detach().requires_grad_(), hidden.detach()
@@ -287,15 +293,10 @@ class EfficientMORL(ObjectModel):
 
         if train and self.use_geco and step is not None:
             self._update_geco(nll.mean(), step)
-        terms = {
-            "loss": total.item(),
-            "nll": nll.mean().item(),
-            "kl": kl.mean().item(),
-            "geco_beta": self.geco_beta.item(),
-            "geco_c_ema": self.geco_c_ema.item(),
-            "refinement_iters": float(iters),
-        }
-        terms |= {f"delta_{i + 1}": d for i, d in enumerate(deltas)}
+        names = ["loss", "nll", "kl", "geco_beta", "geco_c_ema"] + [f"delta_{i + 1}" for i in range(len(deltas))]
+        values = [total, nll.mean(), kl.mean(), self.geco_beta, self.geco_c_ema, *deltas]  # GECO after its update
+        terms = dict(zip(names, torch.stack([v.detach().to(total.dtype) for v in values]).tolist()))
+        terms["refinement_iters"] = float(iters)
         return ObjectOutput(total, log_m.exp()[:, :, 0], canvas, terms)
 
 
