@@ -176,8 +176,11 @@ class MONet(ObjectModel):
         # the K component VAEs as one batch, slot-major: row k * B + i is slot k of image i
         x_rep = images.repeat(k, 1, 1, 1)
         mu_z, sigma_z = self.encoder(x_rep, log_m.transpose(0, 1).reshape(k * b, 1, h, w))
-        eps = torch.cat([torch.randn((b, self.z_dim), generator=generator, device=generator.device) for _ in range(k)])
-        z = mu_z + sigma_z * eps.to(device=mu_z.device, dtype=mu_z.dtype)
+        g_dev, dtype = generator.device, images.dtype
+        eps = torch.cat(
+            [torch.randn((b, self.z_dim), generator=generator, device=g_dev, dtype=dtype) for _ in range(k)]
+        )
+        z = mu_z + sigma_z * eps.to(mu_z.device)
         mean, mask_logits = self.decoder(z)
         mean = mean.view(k, b, 3, h, w).transpose(0, 1)  # (B, K, 3, H, W)
         log_m_dec = torch.log_softmax(mask_logits.view(k, b, 1, h, w).transpose(0, 1), 1)
