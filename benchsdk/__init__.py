@@ -50,6 +50,8 @@ class Method:
     embed_dim: int | None = None
     global_dim: int | None = None  # the width of global outputs where it differs from embed_dim (the dense one)
     fit_stage: bool = False  # the harness runs `fit` on the task's training split before any work
+    # set before `setup`: the recipe the fit stage trains, {name, steps, params, hash} (method.yaml `fit_recipe`), or None
+    fit_recipe: dict | None = None
 
     def info(self) -> dict:
         return {
@@ -181,6 +183,7 @@ class _Server:
             info = dict(m.info(), protocol=PROTOCOL_VERSION, sdk=__version__)
             return {"info": dict(info, transport=self.connect())}, None
         if op == "setup":
+            m.fit_recipe = header.get("fit_recipe")
             m.setup(int(header["seed"]), dict(header.get("task", {})))
             return {}, None
         if op in ("embed", "embed_dense"):

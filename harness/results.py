@@ -98,6 +98,11 @@ class Provenance(_Model):
         default=None,
         description="weights made by `bench train`: {recipe, steps, record: the path of its training.json}",
     )
+    fit_recipe: dict[str, Any] | None = Field(
+        default=None,
+        description="the recipe the method's fit stage trained from scratch (method.yaml fit_recipe): "
+        "{name, steps, hash}; None: it trained none or was given weights",
+    )
     host: str
     platform: str
     python: str

@@ -91,8 +91,13 @@ def run_cell(
         fit=method.fit,
         weights=RANDOM_INIT if method.random_init else f"sha256:{d}" if (d := method.weights_digest) else None,
         training=_training_link(method.training),
+        fit_recipe=method.fit_recipe_payload,
         wait=wait,
     )
+
+
+def _fit_recipe_note(recipe: dict) -> str:
+    return f"trained from scratch in its fit stage: recipe {recipe['name']!r}, {recipe['steps']} steps"
 
 
 def _training_link(record: str | None) -> dict | None:
@@ -208,6 +213,7 @@ def score_cell(
     fit: bool = False,
     weights: str | None = None,
     training: dict | None = None,
+    fit_recipe: dict | None = None,
     wait: bool = True,
 ) -> RunResult:
     """Score one cell with the session that `start()` provides and store the result, or return the stored ok
@@ -246,7 +252,8 @@ def score_cell(
             details=outcome.details if outcome else {},
             notes=(outcome.notes if outcome else [])
             + (["procedural stand-in data: not comparable to published numbers"] if key.data == "procedural" else [])
-            + ([f"{WEIGHTS_ABSENT}: not the method's numbers"] if weights == RANDOM_INIT else []),
+            + ([f"{WEIGHTS_ABSENT}: not the method's numbers"] if weights == RANDOM_INIT else [])
+            + ([_fit_recipe_note(fit_recipe)] if fit_recipe else []),
             provenance=Provenance(
                 **machine(),
                 task_spec_hash=task.spec_hash,
@@ -256,6 +263,7 @@ def score_cell(
                 sandboxed=sandboxed,
                 weights=weights,
                 training=training,
+                fit_recipe={k: fit_recipe[k] for k in ("name", "steps", "hash")} if fit_recipe else None,
                 dataset=run.dataset_info,
                 method_info=session.info.model_dump(mode="json") if session and session.info else {},
                 started_at=started,

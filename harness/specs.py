@@ -285,6 +285,7 @@ class MethodVariant(BaseModel):
     patch_size: int | None = Field(default=None, ge=1)
     embed_dim: int | None = Field(default=None, ge=1)
     weights: str | WeightsSource | None = None  # given (null included): replaces the method's
+    fit_recipe: str | None = None  # the recipe its fit stage trains (replaces the method's)
     resources: dict[str, Any] | None = None  # merged into the method's
 
     @field_validator("weights", mode="before")
@@ -313,6 +314,8 @@ class MethodSpec(_Spec):
     # a host path (file or folder, relative to this file's folder or absolute), or {file, url, sha256}
     weights: str | WeightsSource | None = None
     fit: bool = False  # has a fit stage on the task's training split
+    # the recipe (of `recipes`) its fit stage trains when no weights are given: sent with setup (fit_recipe_payload)
+    fit_recipe: str | None = None
     # the feature cache (harness.cache): replies of a method that is not deterministic are never stored; those of a
     # seed-independent one (fixed pretrained weights) are shared between seeds, where its real weights are loaded
     deterministic: bool = True
@@ -386,6 +389,15 @@ class MethodSpec(_Spec):
         )
 
     @property
+    def fit_recipe_payload(self) -> dict | None:
+        """What setup's `fit_recipe` carries (images/CONTRACT.md, "Fit stages"): {name, steps, params, hash}; None
+        without one, or when weights are given (they are loaded instead of trained)."""
+        if self.fit_recipe is None or (self.weights is not None and not self.random_init):
+            return None
+        recipe = self.recipes[self.fit_recipe]
+        return {"name": self.fit_recipe, "steps": recipe.steps, "params": recipe.params, "hash": recipe.hash}
+
+    @property
     def weights_path(self) -> Path | None:
         """The weights file or folder, which must exist: mounted read-only for the method, never copied. For
         `{file, url, sha256}` weights, `<weights root>/<method>/<file>`, checked against its checksum (a missing or
@@ -455,6 +467,18 @@ def _check_method(spec: MethodSpec, path: Path, root: yaml.Node) -> None:
             spec.variant(name)
         except ValidationError as e:
             raise SpecError(validation_error_line(path, e, root, prefix=("variants", name))) from None
+    for where, recipe in (((), spec.fit_recipe), *((("variants", n), v.fit_recipe) for n, v in spec.variants.items())):
+        if recipe is None:
+            continue
+        why = (
+            f"no recipe {recipe!r} (recipes: {', '.join(spec.recipes) or 'none'})"
+            if recipe not in spec.recipes
+            else "the method has no fit stage (fit: false)"
+            if not spec.fit
+            else None
+        )
+        if why:
+            raise SpecError(f"fit_recipe: {recipe!r}: {why}", where=f"{path}:{line_of(root, (*where, 'fit_recipe'))}")
 
 
 def _check_task(spec: TaskSpec, path: Path, root: yaml.Node) -> None:

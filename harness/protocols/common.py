@@ -42,21 +42,21 @@ def embed_split(
     return np.concatenate(chunks)
 
 
-def _load_nth(split: ClassificationSplit, load: Callable, order: np.ndarray, i: int) -> tuple:
+def _load_nth(split: Split, load: Callable, order: np.ndarray, i: int) -> tuple:
     return load(split, int(order[i]))
 
 
 def fit_split_batches(
-    split: ClassificationSplit, load: Callable[[ClassificationSplit, int], tuple], ctx: RunContext, desc: str
+    split: Split, load: Callable[[Split, int], tuple], ctx: RunContext, desc: str
 ) -> Iterator[FitBatch]:
-    """A classification split for a method's fit stage: its images loaded by `load(split, i)` in an order shuffled
-    by the run's seed (a method that takes only the first few gets a random sample), with their labels, which the
-    session passes on only where the task's fit_labels allows."""
+    """A split for a method's fit stage: its images (the first item of `load(split, i)`) in an order shuffled by the
+    run's seed (a method that takes only the first few gets a random sample), with a classification split's labels,
+    which the session passes on only where the task's fit_labels allows (other splits send images only)."""
     order = np.random.default_rng([ctx.seed, 0xF17]).permutation(len(split))
-    labels = np.asarray(split.labels, dtype=np.int64)
+    labels = np.asarray(split.labels, dtype=np.int64) if isinstance(split, ClassificationSplit) else None
     start = 0
-    for (images,) in ctx.batches(len(split), partial(_load_nth, split, load, order), desc):
-        yield FitBatch(images, labels[order[start : start + len(images)]])
+    for images, *_ in ctx.batches(len(split), partial(_load_nth, split, load, order), desc):
+        yield FitBatch(images, None if labels is None else labels[order[start : start + len(images)]])
         start += len(images)
 
 

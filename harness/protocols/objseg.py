@@ -39,19 +39,23 @@ segment (the reference raises ZeroDivisionError there).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, PositiveInt
 
+from harness.contract import FitBatch
 from harness.data.base import DatasetReader
 from harness.data.clevrtex import ObjectSplit
 from harness.data.transforms import center_crop_resize
 from harness.errors import DataError, MethodFailure, UserError
 from harness.protocols.base import Outcome, Protocol, ProtocolParams, RunContext
+from harness.protocols.common import fit_split_batches
 from harness.protocols.metrics import adjusted_rand_index, contingency_tables, iou_matrix, matched_ious
 
+FIT_SPLIT = "train"  # what a method's fit stage trains on, as the reference trains every model on it
 PERCENT_METRICS = (
     "miou_fg",
     "miou_fg_corrected",
@@ -78,6 +82,10 @@ def load_objseg_sample(
     split: ObjectSplit, fraction: float, size: int, resample: str, i: int
 ) -> tuple[np.ndarray, np.ndarray]:
     return center_crop_resize(split.image(i), split.mask(i), fraction, size, resample)
+
+
+def _load_objseg_nth(fraction: float, size: int, resample: str, split: ObjectSplit, i: int) -> tuple[np.ndarray]:
+    return (load_objseg_sample(split, fraction, size, resample, i)[0],)
 
 
 def hard_assign(masks: np.ndarray, have_background: bool) -> tuple[np.ndarray, int]:
@@ -171,13 +179,32 @@ class ObjsegProtocol(Protocol):
     lower_is_better = frozenset({"mse"})
     params: ObjsegParams
 
-    def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
-        p = self.params
-        split = data.split(p.eval_split)
+    def _split(self, data: DatasetReader, name: str) -> ObjectSplit:
+        split = data.split(name)
         if not isinstance(split, ObjectSplit):
             raise UserError(f"objseg needs a dataset with object masks; {data.name} has none")
         if len(split) == 0:
-            raise DataError(f"split {p.eval_split!r} of {data.name} is empty")
+            raise DataError(f"split {name!r} of {data.name} is empty")
+        return split
+
+    def fit_batches(self, data: DatasetReader, ctx: RunContext) -> Iterator[FitBatch]:
+        """The training split's images (never its masks: these models are unsupervised), each preprocessed as the
+        evaluation images (the 0.8 centre crop, 128x128), in an order shuffled by the seed (common.fit_split_batches).
+        As the reference trains each model on its dataset's training split; a dataset with no training split (ClevrTex
+        OOD) cannot fit a model: evaluate one trained elsewhere with `bench run --weights`."""
+        p = self.params
+        try:
+            split = self._split(data, FIT_SPLIT)
+        except DataError as e:
+            raise DataError(
+                f"{e}: no images to fit on (evaluate weights trained elsewhere: bench run --weights)"
+            ) from None
+        load = partial(_load_objseg_nth, p.crop_fraction, p.input_size, p.resample)
+        return fit_split_batches(split, load, ctx, "objseg fit")
+
+    def run(self, data: DatasetReader, ctx: RunContext) -> Outcome:
+        p = self.params
+        split = self._split(data, p.eval_split)
         have_background = ctx.session.info.masks_have_background
         load = partial(load_objseg_sample, split, p.crop_fraction, p.input_size, p.resample)
         chunks, mses, slot_counts = [], [], set()

@@ -185,7 +185,7 @@ class Runner(ABC):
             handle = self.launch(method, running.log, contract.path)
             try:
                 running.session = MethodSession(Channel(handle.read_fd, handle.write_fd, time.monotonic() + timeout_s))
-                info = running.session.handshake(seed, task, contract)
+                info = running.session.handshake(seed, task, contract, method.fit_recipe_payload)
                 if contract.conn is not None:  # moved to the socket: stdout is only log now
                     _copy_to_log(handle.read_fd, running.log)
                 check_outputs(method, info)

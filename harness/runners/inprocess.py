@@ -154,7 +154,7 @@ class InProcessRunner(Runner):
         try:  # the adapter is loaded with its environment in place: it may pick its variant when it is imported
             instance = self.instance if self.instance is not None else load_adapter(method)
             session = InProcessSession(instance)
-            check_outputs(method, session.handshake(seed, task, None))
+            check_outputs(method, session.handshake(seed, task, None, method.fit_recipe_payload))
             yield RunningMethod(log=None, session=session)
         finally:
             for name, value in saved.items():

@@ -191,8 +191,11 @@ class MethodSession:
             raise MethodFailure(f"method failed in {op!r}: {str(header.get('error', 'no error message'))[:2000]}")
         return header, out
 
-    def handshake(self, seed: int, task: dict, contract_socket: ContractSocket | None) -> MethodInfo:
-        """info (over stdio), then the move to the contract socket if the method asks for it, then setup."""
+    def handshake(
+        self, seed: int, task: dict, contract_socket: ContractSocket | None, fit_recipe: dict | None = None
+    ) -> MethodInfo:
+        """info (over stdio), then the move to the contract socket if the method asks for it, then setup (with the
+        recipe its fit stage trains, MethodSpec.fit_recipe_payload, where the method names one)."""
         header, _ = self.request("info", {"protocol": PROTOCOL_VERSION})
         raw = header.get("info")
         if not isinstance(raw, dict) or raw.get("protocol") != PROTOCOL_VERSION:
@@ -211,7 +214,7 @@ class MethodSession:
                     "offers 'stdio' and, where $BENCH_CONTRACT_SOCKET is set, 'socket'"
                 )
             self.channel = contract_socket.accept(self.channel)
-        self.request("setup", {"seed": seed, "task": task})
+        self.request("setup", {"seed": seed, "task": task, **({"fit_recipe": fit_recipe} if fit_recipe else {})})
         return info
 
     def _images_request(self, kind: str, images: np.ndarray) -> dict:

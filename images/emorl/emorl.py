@@ -63,7 +63,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from object_model import ObjectModel, ObjectOutput
+from object_model import ObjectModel, ObjectOutput, build_model
 from torch import nn
 
 DEFAULTS = {
@@ -302,7 +302,4 @@ class EfficientMORL(ObjectModel):
 
 def build(params: dict) -> EfficientMORL:
     """EfficientMORL from a recipe's architecture/loss params; missing keys take the ClevrTex defaults (DEFAULTS)."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown EfficientMORL params: {', '.join(unknown)} (known: {', '.join(sorted(DEFAULTS))})")
-    return EfficientMORL(**{**DEFAULTS, **params})
+    return build_model(EfficientMORL, DEFAULTS, params)

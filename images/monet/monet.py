@@ -29,7 +29,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from object_model import ObjectModel, ObjectOutput
+from object_model import ObjectModel, ObjectOutput, build_model
 from torch import nn
 
 DEFAULTS = {
@@ -206,7 +206,4 @@ class MONet(ObjectModel):
 
 def build(params: dict) -> MONet:
     """MONet from a recipe's architecture/loss params; missing keys take the ClevrTex defaults (DEFAULTS)."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown MONet params: {', '.join(unknown)} (known: {', '.join(sorted(DEFAULTS))})")
-    return MONet(**{**DEFAULTS, **params})
+    return build_model(MONet, DEFAULTS, params)
