@@ -29,7 +29,13 @@ the slot MLP's hidden width is `slot_mlp` as given (the reference takes max(widt
 width, slots, iterations, slot MLP, broadcast size and image size are parameters (the reference fixes width 64,
 MLP 128 and the 8x8 broadcast); the position grids are non-persistent buffers (rebuilt from the sizes, not saved).
 
-scripts/compare_slot_attention.py runs the reference on the same weights, images and noise: see its figures there.
+scripts/compare_slot_attention.py runs the reference on the same weights, images and noise: at 128x128 / 11 slots and
+97x97 / 5 slots, reference init and perturbed weights, float32 and float64, masks, canvas, loss and all gradients are
+bit-identical. CPU (2 threads, shared machine), forward + backward + Adam at batch 8: ~38 s per step at the defaults
+(128x128); ~4.4 s at image_size 64, decoder_size 4, width 32, slot_mlp 64 (487,172 parameters), ~9 s at 64 with
+width 64. Training recipe of the reference (experiments/slota.py + framework/base_experiment.py): Adam, lr 4e-4,
+LambdaLR per step: step / 10000 during the first 10000 steps, times 0.5^(step / 100000) throughout; batch 64;
+500000 steps; no gradient clipping; seed 0 by default.
 """
 
 from __future__ import annotations
