@@ -42,8 +42,12 @@ reference's nn.LSTM); the convs' ELUs work in place (the reference's `nn.ELU(Tru
 the same function; half the saved activations); the forward never changes torch's global grad mode (the reference
 calls torch.set_grad_enabled(True) in its forward).
 
-scripts/compare_iodine.py runs the reference on the same weights and noise (train, eval under no_grad, and this
-model without the tiling quirk against the reference image by image).
+scripts/compare_iodine.py runs the reference on the same weights and noise (128x128, 11 slots, z 128, 5 iterations,
+batch 2; train, eval under no_grad, and this model without the tiling quirk against the reference image by image):
+at the reference's initialisation masks, canvas and loss terms are bit-identical in float32, gradients <= 3e-11 of
+the largest; with perturbed weights masks and canvas <= 3.6e-7, loss terms <= 1.1e-7 relative, gradients <= 7.3e-5
+of the largest; in float64 everything <= 1.2e-14. 1,637,060 parameters, as the reference. CPU (2 threads, a loaded
+machine), batch 8, 128x128: ~126 s per training step (forward 72 s, backward + clip + Adam 54 s), 10.6 GiB peak.
 """
 
 from __future__ import annotations
