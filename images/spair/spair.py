@@ -46,6 +46,18 @@ REINFORCE log-probability and its baseline's forward, the 'render2' and 'simple'
 anchors per cell, whose context path is broken in the reference); the REINFORCE baseline's Linear(450, 1) is kept
 unused so that the parameters and the optimiser groups match the reference's (model at lr, baseline at 10 lr).
 The reference's `rein` default (False) and its loss without REINFORCE are what its ClevrTex run used.
+
+Training recipe (experiments/spair.py + experiments/framework/base_experiment.py, README's ClevrTex command; read, not
+run): Adam at 1e-4 (the baseline's group at 1e-3, `param_groups`), ReduceLROnPlateau on the validation MSE ('min',
+factor 0.1, patience 3, min_lr 5e-5), batch 128, 250k steps, gradient_clip_val 1.0 (Lightning: norm clipping), data
+'clevrtex:full-crop-(128,128)'; its schedules are set before every training step from global_step
+(on_train_batch_start), as `step` here.
+
+scripts/compare_spair.py runs the reference on the same weights and noise (128x128 with 16 cells and 96x96 with 9;
+train at steps 0, 30000, 60000 and eval; init and perturbed weights): masks, canvas, presence counts and the loss are
+bit-identical in float32 and float64; the KL terms differ by <= 1e-7 relative in float32 (summation order),
+gradients by <= 2.3e-8 of the largest (float64 <= 2.6e-17). CPU (2 threads, nice'd, on a loaded 2-core machine):
+batch 8 at 128x128 with the defaults, ~0.4 s per Adam step (forward ~0.15 s), ~0.13 s per eval forward.
 """
 
 from __future__ import annotations
