@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""Run the ClevrTex reference SPAIR and images/spair/spair.py on identical weights, images and noise.
+
+    python scripts/compare_spair.py [--reference PATH] [--seed 0] [--threads 2] [--quick]
+
+PATH: a checkout or a bare git directory of karazijal/clevrtex; not given, it is cloned at fe982ab into a temporary
+folder (needs git and the network). Its `ool/picture/models/spair.py`, `ool_base.py` and the three components they
+import (`stn.py`, `mlp.py`, `broadcast_vae.py`) are copied into a temporary `ool` package with their own paths and
+imported unedited. Shims, in this process only: `numpy.object` and `numpy.product` (removed from numpy) are `object`
+and `numpy.prod`.
+
+For each case the reference `SPAIR(...)` is built under a fixed seed with experiments/spair.py's ClevrTex arguments
+(large backbone, patch 24, anchor 48, what 64, bg 4, passf 100, pres_kl 'original', rein False) and the values its
+trainer schedules set as it would at that step (pres_dist_name 'relaxedbernoulli-bern_kl', temperature 1, betas 2.7,
+z_pres_prior_p and output_hparam from the two itr_lin schedules). Its state dict is loaded into ours through a name
+map (its constant buffers have no counterpart). Noise: the reference's `Normal.rsample` draws through
+`torch.distributions.normal._standard_normal` and `RelaxedBernoulli.rsample` through `torch.rand`; both are replaced by
+draws from a generator seeded as the one passed to ours, which draws in the same order. Compared: out['steps']['mask']
+(what the ClevrTex evaluator reads) vs masks, canvas, and in training the loss, its terms and every parameter's
+gradient; as max |reference - ours| (loss terms relative, gradients relative to the largest). Negative control:
+ours with another seed must move the masks past the tolerance. "perturbed": every
+weight moved by 0.3 of its tensor's std (the initial presence probabilities are all near 0.5). float64: the
+reference built and run under float64 default dtype. Exit status 1 when one exceeds the tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "spair")]
+import spair  # noqa: E402
+
+URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
+FILES = (
+    "ool/picture/models/spair.py",
+    "ool/picture/models/ool_base.py",
+    "ool/picture/components/stn.py",
+    "ool/picture/components/mlp.py",
+    "ool/picture/components/broadcast_vae.py",
+)
+TOL = {  # float32; float64 is held to 1e-9 everywhere
+    "masks": 1e-4,
+    "canvas": 1e-4,
+    "grad (rel to max |grad|)": 1e-3,
+}
+TOL_REL = 1e-5
+TOL64 = 1e-9
+# (name, image size, batch, mode, step, weights, dtype); step None = evaluation with the schedules' final values
+CASES = (
+    ("train@0 init", 128, 2, "train", 0, "init", torch.float32),
+    ("train@30000", 128, 2, "train", 30000, "perturbed", torch.float32),
+    ("train@30000", 128, 2, "train", 30000, "perturbed", torch.float64),
+    ("eval", 128, 2, "eval", None, "perturbed", torch.float32),
+    ("eval", 128, 2, "eval", None, "perturbed", torch.float64),
+    ("train@60000 96", 96, 3, "train", 60000, "perturbed", torch.float32),
+)
+QUICK = (
+    ("train@30000 64", 64, 2, "train", 30000, "perturbed", torch.float32),
+    ("train@30000 64", 64, 2, "train", 30000, "perturbed", torch.float64),
+    ("eval 64", 64, 2, "eval", None, "perturbed", torch.float32),
+)
+
+
+def reference_files(ref: str | None, root_dest: Path) -> None:
+    """Write FILES from `ref` (checkout or git dir; cloned when None) under `root_dest`, keeping their paths."""
+    if ref is None:
+        clone = root_dest.parent / "clevrtex"
+        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
+        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
+        ref = str(clone)
+    root = Path(ref)
+    for f in FILES:
+        dest = root_dest / f
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if (root / f).is_file():
+            shutil.copy(root / f, dest)
+        else:  # a bare git directory (e.g. a mirror)
+            text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{f}"], check=True,
+                                  capture_output=True, text=True).stdout  # fmt: skip
+            dest.write_text(text)
+    for pkg in ("ool", "ool/picture", "ool/picture/models", "ool/picture/components"):
+        (root_dest / pkg / "__init__.py").write_text("")
+
+
+def name_map(sd: dict) -> dict[str, str]:
+    """reference parameter name -> ours (constant buffers left out)."""
+    prefix = {"box_enc.": "where_net.", "dep_enc.": "depth_net.", "pre_enc.": "pres_net.", "obj_enc.": "what_enc.",
+              "_obj_dec.": "what_dec.", "bg_enc.": "bg_enc.", "bg_dec.": "bg_dec.", "backbone.": "backbone.",
+              "baseline.layers.0.": "baseline."}  # fmt: skip
+    out = {"empty_element": "empty"}
+    for k in sd:
+        for a, b in prefix.items():
+            if k.startswith(a):
+                out[k] = b + k[len(a) :]
+                break
+    return out
+
+
+def discs(n: int, size: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        out[i] = rng.uniform(0, 1, 3)[:, None, None]
+        for _ in range(rng.integers(1, 4)):
+            cy, cx = rng.uniform(0.2, 0.8, 2) * size
+            r = rng.uniform(0.1, 0.2) * size
+            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
+    return torch.from_numpy(out)
+
+
+def compare(
+    ref_mod, name: str, size: int, batch: int, mode: str, step, weights: str, dtype: torch.dtype, seed: int
+) -> dict[str, float]:
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        torch.manual_seed(seed)
+        ref = ref_mod.SPAIR(patch_size=(3, 24, 24), anchor=48, pres_kl="original", passf=100, what_dim=64, bg_dim=4,
+                            rein=False, factor_loss=False, context_grid_size=1, large=True, std=0.5)  # fmt: skip
+        ours = spair.build({"image_size": size})
+        if weights == "perturbed":
+            g = torch.Generator().manual_seed(seed + 7)
+            with torch.no_grad():
+                for p in ref.parameters():
+                    sd_ = p.std().item() if p.numel() > 1 and p.std().item() > 0 else 0.05
+                    p.add_(0.3 * sd_ * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        sd = ref.state_dict()
+        names = name_map(sd)
+        extra = {k for k in sd if k not in names and k not in ("max_zw", "min_zw") and not k.startswith("_z_")}
+        assert not extra, f"unmapped reference tensors: {sorted(extra)}"
+        ours.load_state_dict({names[k]: v for k, v in sd.items() if k in names}, strict=True)
+        ours = ours.to(dtype)
+        n_ref = sum(p.numel() for p in ref.parameters())
+        assert n_ref == sum(p.numel() for p in ours.parameters())
+        # what the reference trainer sets before a training step (eval: a checkpoint trained past the schedules)
+        ref.pres_dist_name = "relaxedbernoulli-bern_kl"
+        ref.z_pres_temperature = 1.0
+        for k in ("beta_pres", "beta_where", "beta_depth", "beta_what"):
+            setattr(ref, k, 2.7)
+        ref.z_pres_prior_p = spair.schedule(spair.DEFAULTS["prior"], step)
+        ref.output_hparam = spair.schedule(spair.DEFAULTS["std"], step)
+        ref.train(mode == "train")
+        ours.train(mode == "train")
+
+        x = discs(batch, size, seed).to(dtype)
+        normal_mod = importlib.import_module("torch.distributions.normal")
+        g_ref = torch.Generator().manual_seed(seed + 1)
+        orig_normal, orig_rand = normal_mod._standard_normal, torch.rand
+        normal_mod._standard_normal = lambda shape, dtype, device: torch.randn(shape, generator=g_ref, dtype=dtype)
+        torch.rand = lambda shape, dtype=None, device=None: orig_rand(shape, generator=g_ref, dtype=dtype)
+        try:
+            with torch.set_grad_enabled(mode == "train"):
+                r = ref(x)
+        finally:
+            normal_mod._standard_normal, torch.rand = orig_normal, orig_rand
+        with torch.set_grad_enabled(mode == "train"):
+            o = ours(x, torch.Generator().manual_seed(seed + 1), step=step)
+        with torch.no_grad():  # negative control: another seed must move the masks
+            other = ours(x, torch.Generator().manual_seed(seed + 2), step=step).masks
+    finally:
+        torch.set_default_dtype(default)
+
+    def rel(a: float, b: float) -> float:
+        return abs(a - b) / max(abs(a), 1e-12)
+
+    k = r["steps"]["mask"].shape[1]
+    out = {
+        "masks": (r["steps"]["mask"][:, :, 0] - o.masks).abs().max().item(),
+        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
+        "count": abs(r["counts"].mean().item() - o.terms["count"]),
+    }
+    control = (r["steps"]["mask"][:, :, 0] - other).abs().max().item()
+    if mode == "train":
+        r["loss"].backward()
+        o.loss.backward()
+        ours_params = dict(ours.named_parameters())
+        diffs, scale = [], 0.0
+        for n, p in ref.named_parameters():
+            q = ours_params[names[n]]
+            if p.grad is None or q.grad is None:
+                assert p.grad is None and q.grad is None, n  # only the unused REINFORCE baseline
+                continue
+            diffs.append((p.grad - q.grad).abs().max().item())
+            scale = max(scale, p.grad.abs().max().item())
+        out |= {
+            "loss (rel)": rel(r["loss"].item(), o.terms["loss"]),
+            "rec (rel)": rel(r["rec_loss"].item(), o.terms["rec"]),
+            "kl (rel)": rel(r["kl"].item() * k, o.terms["kl"]),  # the reference's is a mean over cells too
+            "kl_bg (rel)": rel(r["steps"].kl_bg.mean().item(), o.terms["kl_bg"]),
+        }
+        out |= {f"{t} (rel)": rel(r[t].item(), o.terms[t]) for t in ("kl_where", "kl_what", "kl_depth", "kl_pres")}
+        out["grad (rel to max |grad|)"] = max(diffs) / scale
+    loss = f"loss {o.loss.item():.2f}" if mode == "train" else "no reference loss at eval"
+    print(f"{name} {str(dtype)[6:]}: {batch}x3x{size}x{size}, {k} cells, {weights} weights, {n_ref:,} params, "
+          f"p {spair.schedule(spair.DEFAULTS['prior'], step):.4g}, std {spair.schedule(spair.DEFAULTS['std'], step):.4g}, "
+          f"present {o.terms['count']:.2f}, {loss}")  # fmt: skip
+    for key, v in out.items():
+        print(f"  {key:26s} {v:.3g}")
+    print(f"  {'(control: another seed)':26s} masks {control:.3g}")
+    if not control > TOL["masks"]:
+        out["control: another seed moves the masks"] = float("inf")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reference", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="64x64 (2x2 cells) only")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        reference_files(args.reference, Path(tmp) / "src")
+        if not hasattr(np, "object"):
+            np.object = object
+        if not hasattr(np, "product"):
+            np.product = np.prod
+        sys.path.insert(0, str(Path(tmp) / "src"))
+        ref_mod = importlib.import_module("ool.picture.models.spair")
+        bad = []
+        for case in QUICK if args.quick else CASES:
+            res = compare(ref_mod, *case, seed=args.seed)
+            for k, v in res.items():
+                tol = TOL64 if case[-1] == torch.float64 else TOL.get(k, TOL_REL if "(rel)" in k else 0.0)
+                if k == "count":
+                    tol = 0.0
+                if not v <= tol:
+                    bad.append(f"{case[0]} {str(case[-1])[6:]}: {k} {v:.3g}")
+    print("FAIL: " + "; ".join(bad) if bad else "OK: every figure within its tolerance")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

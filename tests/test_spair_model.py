@@ -1,0 +1,171 @@
+"""images/spair/spair.py: SPAIR (Crawford & Pineau 2019) as the ClevrTex re-implementation (karazijal/clevrtex fe982ab).
+
+Small shapes on CPU (64x64: 2x2 cells, 8x8 patches, small latents). scripts/compare_spair.py checks it against the
+reference on identical weights and noise; these tests check it alone.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+
+sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "spair")]
+import spair  # noqa: E402
+
+SMALL = {"image_size": 64, "what_dim": 8, "bg_dim": 2, "patch_size": 8, "passthrough": 8}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def discs(n: int, size: int, seed: int) -> torch.Tensor:
+    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        out[i] = rng.uniform(0, 1, 3)[:, None, None]
+        for _ in range(rng.integers(1, 4)):
+            cy, cx = rng.uniform(0.2, 0.8, 2) * size
+            r = rng.uniform(0.1, 0.2) * size
+            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
+    return torch.from_numpy(out)
+
+
+def model(seed: int = 0, **over) -> spair.SPAIR:
+    torch.manual_seed(seed)
+    return spair.build({**SMALL, **over})
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_shapes_masks_and_gradients():
+    m = model()
+    x = discs(3, 64, 0)
+    out = m(x, gen(0), step=0)
+    assert m.masks_have_background is False
+    assert out.masks.shape == (3, 4, 64, 64) and out.canvas.shape == (3, 3, 64, 64)
+    assert out.loss.shape == () and torch.isfinite(out.loss)
+    assert (out.masks >= 0).all() and (out.masks <= 1).all()
+    assert out.canvas.min() >= 0 and out.canvas.max() <= 1  # a weighted mean of sigmoid patches and background
+    assert set(out.terms) == {"loss", "rec", "kl", "kl_bg", "kl_where", "kl_what", "kl_depth", "kl_pres", "count"}
+    t = out.terms
+    assert t["loss"] == pytest.approx(out.loss.item())
+    assert t["loss"] == pytest.approx(-t["rec"] + t["kl"] + t["kl_bg"], rel=1e-5)
+    assert t["kl"] == pytest.approx(t["kl_where"] + t["kl_what"] + t["kl_depth"] + t["kl_pres"], rel=1e-5)
+    out.loss.backward()
+    for name, p in m.named_parameters():
+        if name.startswith("baseline."):  # the reference's REINFORCE baseline, unused without REINFORCE
+            assert p.grad is None
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_masks_cover_objects_only_and_eval_presence_is_hard():
+    m = model(seed=3).eval()
+    x = discs(4, 64, 1)
+    with torch.no_grad():
+        out = m(x, gen(2))
+    # objects only: the evaluator's background 1 - sum is not part of them; masks are not renormalised
+    assert out.masks.shape[1] == 4 and (out.masks >= 0).all() and (out.masks <= 1).all()
+    # eval: z_pres is rounded, so a cell's mask is either exactly 0 or its placed alpha; count = cells with a mask
+    present = out.masks.flatten(2).amax(2) > 0
+    assert out.terms["count"] == pytest.approx(present.sum(1).float().mean().item())
+    # training: relaxed z_pres in (0, 1), every cell contributes
+    m.train()
+    with torch.no_grad():
+        tr = m(x, gen(2), step=0)
+    assert (tr.masks.flatten(2).amax(2) > 0).all()
+
+
+def test_generator_decides_every_draw():
+    m = model()
+    x = discs(2, 64, 2)
+    for mode in (True, False):  # training and evaluation both sample
+        m.train(mode)
+        with torch.no_grad():
+            a, b, c = m(x, gen(5), step=10), m(x, gen(5), step=10), m(x, gen(6), step=10)
+            torch.manual_seed(123)  # the global RNG plays no part
+            d = m(x, gen(5), step=10)
+        for o in (b, d):
+            assert torch.equal(a.canvas, o.canvas) and torch.equal(a.masks, o.masks) and torch.equal(a.loss, o.loss)
+        assert not torch.allclose(a.canvas, c.canvas) and not torch.allclose(a.masks, c.masks)
+
+
+def test_loss_falls_when_training():
+    m = model(seed=1)
+    x = discs(4, 64, 3)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    g = gen(0)
+    losses = []
+    for i in range(30):
+        out = m(x, g, step=None)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        losses.append(out.loss.item())
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < 0.8 * first, losses  # ~12200 -> ~5400 here (std 0.15, the final value)
+
+
+def test_schedules():
+    s = spair.DEFAULTS["prior"]
+    assert s == (50000, 1e-4, 0.99) and spair.DEFAULTS["std"] == (50000, 0.5, 0.15)
+    assert spair.schedule(s, 0) == 1e-4 and spair.schedule(s, 49999) == 0.99 and spair.schedule(s, 10**6) == 0.99
+    assert spair.schedule(s, None) == 0.99 and spair.schedule(spair.DEFAULTS["std"], None) == 0.15
+    assert spair.schedule(s, 12345) == np.linspace(1e-4, 0.99, 50000)[12345]  # the reference's itr_lin
+    assert spair.schedule(s, 12345) == pytest.approx(1e-4 + (0.99 - 1e-4) * 12345 / 49999)
+    assert spair.schedule(0.3, 7) == 0.3 and spair.schedule((0, 0.4, 0.1), 7) == 0.4
+    # the likelihood's sigma follows `std` at `step`: rec = sum log N(x; canvas, std(step))
+    m = model(std=(10, 0.5, 0.15))
+    x = discs(2, 64, 4)
+    with torch.no_grad():
+        for step, sd in ((0, 0.5), (5, 0.5 + (0.15 - 0.5) * 5 / 9), (None, 0.15)):
+            out = m(x, gen(1), step=step)
+            sq = ((x - out.canvas) ** 2).sum((1, 2, 3)).mean().item()
+            rec = -sq / (2 * sd**2) - x[0].numel() * math.log(sd * math.sqrt(2 * math.pi))
+            assert out.terms["rec"] == pytest.approx(rec, rel=1e-5), step
+        # the count prior's p only moves kl_pres (same draw, same canvas)
+        lo = model(prior=1e-4)(x, gen(1), step=0)
+        hi = model(prior=0.99)(x, gen(1), step=0)
+    assert torch.equal(lo.canvas, hi.canvas) and lo.terms["kl_pres"] != hi.terms["kl_pres"]
+    assert lo.terms["kl_where"] == hi.terms["kl_where"]
+
+
+def test_count_prior():
+    # p(count = n) prop. to (1 - p) p^n on 0..4; with no cells seen the first is present w.p. E[count] / 4
+    like = torch.zeros(1)
+    pr = spair.CountPrior(2, 4, 0.5, like)
+    w = 0.5 ** np.arange(5)
+    w /= w.sum()
+    assert pr.probs(0)[0, 0].item() == pytest.approx(float((w * np.arange(5)).sum() / 4))
+    pr.update(torch.tensor([[0.9], [0.2]]), 0)  # rounded: present, absent
+    assert pr.counts[:, 0].tolist() == [1.0, 0.0]
+    p1 = pr.probs(1)[:, 0]
+    assert p1[0] != p1[1] and ((p1 > 0) & (p1 < 1)).all()
+
+
+def test_build_defaults_param_groups_and_unknown_params():
+    m = spair.build({})
+    assert m.image_size == 128 and m.grid == 4 and m.what_dim == 64 and m.bg_dim == 4 and m.patch_size == 24
+    assert m.params == {}
+    # the reference SPAIR(large, patch 24, what 64, bg 4, passf 100) has 1,310,727 parameters (compare_spair.py)
+    assert sum(p.numel() for p in m.parameters()) == 1_310_727
+    groups = m.param_groups(1e-4)
+    assert [g["lr"] for g in groups] == [1e-4, 1e-3]
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+    with pytest.raises(ValueError, match="lr.*sigma"):
+        spair.build({"lr": 1e-4, "sigma": 0.1})
+    with pytest.raises(ValueError, match="64"):
+        model()(discs(1, 32, 0), gen(0))
