@@ -108,6 +108,6 @@ def train(trainer: Trainer, steps: int, what: str) -> None:
         out = trainer.step()
         if trainer.step_index % LOG_EVERY == 0 or trainer.step_index == steps:
             rate = (time.perf_counter() - t0) / trainer.step_index
-            terms = " ".join(f"{k} {v:.4g}" for k, v in out.terms.items())
+            terms = " ".join(f"{k} {v:.4g}" for k, v in out.terms.items() if k != "loss")
             print(f"step {trainer.step_index}/{steps} loss {float(out.loss.detach()):.5g} {terms} ({rate:.2f} s/step)",
                   file=sys.stderr, flush=True)  # fmt: skip

@@ -62,7 +62,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from object_model import ObjectModel, ObjectOutput
+from object_model import ObjectModel, ObjectOutput, build_model
 from torch import nn
 
 DEFAULTS = {
@@ -263,7 +263,4 @@ class GenesisV2(ObjectModel):
 
 def build(params: dict) -> GenesisV2:
     """GENESIS-V2 from a recipe's architecture/loss params; missing keys take the ClevrTex defaults (DEFAULTS)."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown GenesisV2 params: {', '.join(unknown)} (known: {', '.join(sorted(DEFAULTS))})")
-    return GenesisV2(**{**DEFAULTS, **params})
+    return build_model(GenesisV2, DEFAULTS, params)

@@ -56,7 +56,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from object_model import ObjectModel, ObjectOutput
+from object_model import ObjectModel, ObjectOutput, build_model
 from torch import nn
 
 DEFAULTS = {
@@ -212,7 +212,4 @@ class IODINE(ObjectModel):
 
 def build(params: dict) -> IODINE:
     """IODINE from a recipe's architecture/loss params; missing keys take the ClevrTex defaults (DEFAULTS)."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown IODINE params: {', '.join(unknown)} (known: {', '.join(sorted(DEFAULTS))})")
-    return IODINE(**{**DEFAULTS, **params})
+    return build_model(IODINE, DEFAULTS, params)

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from object_model import ObjectModel, ObjectOutput
+from object_model import ObjectModel, ObjectOutput, build_model
 from torch import nn
 
 DEFAULTS = {
@@ -158,7 +158,4 @@ class SlotAttentionAE(ObjectModel):
 
 def build(params: dict) -> SlotAttentionAE:
     """Slot Attention from a recipe's architecture params; missing keys take the ClevrTex defaults (DEFAULTS)."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown Slot Attention params: {', '.join(unknown)} (known: {', '.join(sorted(DEFAULTS))})")
-    return SlotAttentionAE(**{**DEFAULTS, **params})
+    return build_model(SlotAttentionAE, DEFAULTS, params)

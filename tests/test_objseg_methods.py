@@ -1,0 +1,63 @@
+"""Every ClevrTex model folder (images/<model>/ on images/_objseg): its method.yaml (a fit stage training the paper
+recipe, a `tiny` variant training the tiny one, recipes the trainer accepts, the model's defaults unchanged by the
+paper recipe), its info (the background flag of the official notebook), and a fit of its tiny recipe cut to two steps
+followed by segment: masks (N, K, 128, 128) and reconstructions in [0, 1] (masks partitioning the image where the
+model has a background slot, objects only otherwise)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import benchsdk
+from harness import specs
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "images" / "_objseg"))
+import trainer  # noqa: E402
+
+BACKGROUND = {"slot_attention": True, "monet": True, "genesisv2": True, "iodine": True, "emorl": True, "spair": False}
+
+
+def adapter_class(name: str) -> type[benchsdk.Method]:
+    sys.path.insert(0, str(REPO / "images" / name))
+    spec = importlib.util.spec_from_file_location(f"{name}_adapter", REPO / "images" / name / "adapter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return next(v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__)
+
+
+def test_every_objseg_method_folder_is_listed_here():
+    folders = {p.parent.name for p in (REPO / "images").glob("*/method.yaml") if "_objseg" in p.read_text()}
+    assert folders == set(BACKGROUND)
+
+
+@pytest.mark.parametrize("name", sorted(BACKGROUND))
+def test_method_yaml_fits_the_paper_recipe_and_tiny_the_tiny_one(name):
+    method, tiny = specs.get("method", name), specs.get("method", f"{name}@tiny")
+    assert method.fit and method.outputs == ["masks"] and method.fit_recipe == "paper" and tiny.fit_recipe == "tiny"
+    paper = trainer.Recipe.of(method.recipes["paper"].params)
+    assert paper.model == {} and method.recipes["paper"].steps >= 100_000  # the reference's architecture and run
+    trainer.Recipe.of(method.recipes["tiny"].params)
+    cls = adapter_class(name)
+    assert cls.name == name and cls().info()["masks_have_background"] is BACKGROUND[name]
+
+
+@pytest.mark.parametrize("name", sorted(BACKGROUND))
+def test_a_two_step_tiny_fit_segments_128px_crops(name):
+    method = adapter_class(name)()
+    recipe = specs.get("method", f"{name}@tiny").fit_recipe_payload
+    method.fit_recipe = {**recipe, "steps": 2}
+    method.setup(0, {})
+    images = np.random.default_rng(1).integers(0, 256, (6, 128, 128, 3), dtype=np.uint8)
+    method.fit(iter([benchsdk.FitBatch(images[:3]), benchsdk.FitBatch(images[3:])]))
+    masks, canvas = method.segment(images[:2])
+    assert masks.shape[0] == 2 and masks.shape[2:] == (128, 128) and canvas.shape == (2, 3, 128, 128)
+    assert np.isfinite(masks).all() and canvas.min() >= 0 and canvas.max() <= 1
+    assert masks.min() >= -1e-6 and masks.max() <= 1 + 1e-6
+    if BACKGROUND[name]:
+        np.testing.assert_allclose(masks.sum(1), 1, atol=1e-4)
