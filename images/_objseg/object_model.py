@@ -27,9 +27,13 @@ class ObjectOutput(NamedTuple):
 
 class ObjectModel(nn.Module):
     """Base of the ClevrTex models. `masks_have_background`: False where the masks cover only the objects (GNM,
-    SPACE, SPAIR: the evaluator prepends 1 - sum as the background)."""
+    SPACE, SPAIR: the evaluator prepends 1 - sum as the background). `image_size`: the side of the square images the
+    model takes (the trainer and the adapter resize the harness's 128x128 crops to it); `params`: what it was built
+    from (build_model), saved with its weights."""
 
     masks_have_background: bool = True
+    image_size: int
+    params: dict
 
     def forward(self, images: torch.Tensor, generator: torch.Generator, step: int | None = None) -> ObjectOutput:
         raise NotImplementedError
@@ -37,3 +41,13 @@ class ObjectModel(nn.Module):
     def param_groups(self, lr: float) -> list[dict]:
         """The optimiser's parameter groups at base learning rate `lr` (one group unless the reference has more)."""
         return [{"params": list(self.parameters()), "lr": lr}]
+
+
+def build_model(cls: type[ObjectModel], defaults: dict, params: dict) -> ObjectModel:
+    """`cls` from a recipe's architecture/loss params, missing keys taking `defaults` (the reference's); unknown keys
+    raise ValueError naming them. The model keeps `params` (as given) to save with its weights."""
+    if unknown := sorted(set(params) - set(defaults)):
+        raise ValueError(f"unknown {cls.__name__} params: {', '.join(unknown)} (known: {', '.join(sorted(defaults))})")
+    model = cls(**{**defaults, **params})
+    model.params = dict(params)
+    return model
