@@ -15,11 +15,11 @@ frozen for the first 40 epochs, empty-sprite penalty 1e-4, reassignment of unuse
   and a third channel (1 inside the sprite, 0 for the empty one) is warped along to carry the mask noise.
 - Per layer l and sprite k: an MLP (2048 -> 128 -> 128 -> 9, last layer zero) of the image features gives a
   homography H = I + beta warped as kornia 0.5.5's homography_warp (the reference's pin): the output grid is
-  linspace(-1, 1) per axis (made in float32, kornia's default, then cast), points (x, y, 1) H^T divided by z + 1e-8 (where |z| > 1e-8), grid_sample with
-  align_corners=False and zero padding (so even beta = 0 resamples slightly). Then per layer an MLP gives a colour
-  transform (c' = (1 + a_c) c + b_c, soft-clamped) and a position one (affine theta = [[1 + e^s, 0, tx], [0, 1 + e^s,
-  ty]] at init 2I, i.e. the 40x40 sprite spread over the central half of the image, zero padding). Background: its
-  own colour transform of a (1, 3, H, W) image (soft-clamped, border padding is moot).
+  linspace(-1, 1) per axis (made in float32, kornia's default, then cast), points (x, y, 1) H^T divided by z + 1e-8
+  (where |z| > 1e-8), grid_sample with align_corners=False and zero padding (so even beta = 0 resamples slightly).
+  Then per layer an MLP gives a colour transform (c' = (1 + a_c) c + b_c, soft-clamped) and a position one (affine
+  theta = [[1 + e^s, 0, tx], [0, 1 + e^s, ty]], at init 2I, i.e. the 40x40 sprite spread over the central half of the
+  image, zero padding). Background: its own colour transform of a (1, 3, H, W) image (soft-clamped).
 - Training masks: m + n (2 * 0.4 u - 0.4), u ~ U(0, 1) of shape (K, 1, H, W) shared by the layers and the batch, n
   the warped noise channel; then the soft clamp.
 - Occlusion: an MLP (2048 -> 128 -> 128 -> 45, last layer zero) through a sigmoid fills the strictly lower triangle
@@ -70,11 +70,12 @@ with weight decay 1e-6), batch 32, 450 epochs, no gradient clipping; LambdaLR pe
 1000 steps, then the transformation group x 0.1 at epoch 250 and x 0.01 at 400 (gammas [1, 0.1]: the sprite group
 does not decay). `lr_factors(step)` gives both factors.
 
-Deliberate differences: the reference's transformation group lists the shared encoder's 60 tensors 12 times (via each
-of the 10 sprite transformers, the layer and the background transformers: 1,732 entries, 1,072 distinct), and torch's
-Adam steps a parameter listed n times n times per step (moments and step count too; checked with torch 2.14, which
-only warns), so the reference's encoder moves 12 Adam steps per batch; param_groups lists each parameter once. Reassignment copies Adam's moments
-(clones; the reference aliases the regressors' tensors) and draws no zero-scaled noise for the regressor biases.
+Deliberate differences: the reference's transformation group lists the shared encoder's 60 tensors 12 times (via
+each of the 10 sprite transformers, the layer and the background transformers: 1,732 entries, 1,072 distinct), and
+torch's Adam steps a parameter listed n times n times per step (moments and step count too; checked with torch 2.14,
+which only warns), so the reference's encoder moves 12 Adam steps per batch; param_groups lists each parameter once.
+Reassignment copies Adam's moments (clones; the reference aliases the regressors' tensors) and draws no zero-scaled
+noise for the regressor biases.
 The reference warms the encoder's BatchNorm running statistics with two forwards of a zero image at construction
 (running_var 0.81); so does this model. Any image and sprite size (square), any numbers of sprites and layers (>= 2);
 one background only (the reference's selection path stacks the backgrounds as layers under an (L+1)-layer
