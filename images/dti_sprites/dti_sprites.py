@@ -86,7 +86,9 @@ sprites, 10 layers, batch 2, in four phases (training at epoch 0; at epoch 200 o
 restarts; evaluation as the notebook): at the reference's initialisation masks, canvas and loss are bit-identical in
 float32 and gradients <= 3.7e-7 of the largest; with perturbed weights masks <= 4.9e-6, canvas <= 2.8e-6, loss <= 8.5e-8
 relative, gradients <= 5.5e-6, restarted parameters identical; in float64 everything <= 1.8e-14. Same parameter count
-(48,235,051).
+(48,235,051). CPU (2 threads, nice'd, on a loaded machine: load ~3.4 on 2 cores; measured once), batch 8, 128x128,
+defaults, Adam: 16.8 s per training step at epoch 0 (frozen, no projective warp; the very first step 29.5 s) and
+36.1 s at epoch 200 (projective warps on, sprites learning).
 """
 
 from __future__ import annotations
