@@ -202,6 +202,38 @@ def test_reassignment_and_buffers_resume():
     assert out.terms["reassigned"] == 0 and torch.equal(before, f.prototype_params.detach())
 
 
+def test_restart_copies_adam_moments():
+    x = discs(2, 32, 7)
+    m = visible(small(), x)
+    m.train()
+    opt = torch.optim.Adam(m.param_groups(1e-3))
+    m.set_optimizer(opt)
+    m(x, gen(), LATE + 1).loss.backward()
+    opt.step()
+    st = opt.state[m.mask_params]
+    with torch.no_grad():
+        st["exp_avg"][1].fill_(0.5)
+    m.restart_sprite(2, 1, gen(3))
+    assert torch.equal(st["exp_avg"][2], st["exp_avg"][1]) and torch.equal(st["exp_avg_sq"][2], st["exp_avg_sq"][1])
+    for row in m.projective:
+        for pi, pj in zip(row[2].parameters(), row[1].parameters()):
+            if pj in opt.state and pi in opt.state:
+                assert torch.equal(opt.state[pi]["exp_avg"], opt.state[pj]["exp_avg"])
+                assert opt.state[pi]["exp_avg"] is not opt.state[pj]["exp_avg"]  # copies, not aliases
+
+
+def test_evaluation_empty_sprite_switch():
+    """Evaluation (step None) excludes the empty sprite as the reference's notebook run; eval_empty_sprite allows it."""
+    x = discs(1, 32, 8)
+    for allow, expect_empty in ((False, False), (True, True)):
+        m = small(eval_empty_sprite=allow)
+        m.init_backgrounds(x)  # the background alone is the image: the empty sprite is the best choice
+        m.eval()
+        out = m(x, gen(), None)
+        fg = out.masks[:, 1:].abs().amax().item()
+        assert (fg == 0) == expect_empty, (allow, fg)
+
+
 def test_background_from_data():
     x = discs(4, 32, 5)
     m = small()

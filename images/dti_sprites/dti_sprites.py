@@ -326,7 +326,7 @@ class DTISprites(ObjectModel):
             raise ValueError(f"expected (B, 3, {self.image_size}, {self.image_size}) images, got {tuple(images.shape)}")
         train_step = self.training and step is not None
         if train_step and not bool(self.bkg_from_data):
-            self.init_backgrounds(images.detach()[: b - b % self.n_backgrounds])
+            self.init_backgrounds(images.detach())
         epoch = self.epoch(step)
         frozen = epoch < self.freeze_epochs or (step is None and not self.eval_empty_sprite)
         noisy = self.training and self.inject_noise > 0
