@@ -250,16 +250,9 @@ class DTISprites(ObjectModel):
         self.n_sprites, self.n_layers, self.n_backgrounds = n_sprites, n_layers, n_backgrounds
         self.sprite_size, self.image_size = sprite_size, image_size
         self.inject_noise, self.greedy_iters, self.lambda_empty = inject_noise, greedy_iters, lambda_empty
-        self.freeze_epochs, self.projective_epoch, self.steps_per_epoch = (
-            freeze_epochs,
-            projective_epoch,
-            steps_per_epoch,
-        )
-        self.reassign_every, self.threshold, self.restart_noise = (
-            reassign_every,
-            empty_threshold / n_sprites,
-            restart_noise,
-        )
+        self.freeze_epochs, self.projective_epoch = freeze_epochs, projective_epoch
+        self.steps_per_epoch, self.reassign_every = steps_per_epoch, reassign_every
+        self.threshold, self.restart_noise = empty_threshold / n_sprites, restart_noise  # 0.2 / 10 as the reference
         self.warmup_steps, self.milestones = warmup_steps, tuple(milestones)
         self.eval_empty_sprite = eval_empty_sprite
         k, s = n_sprites + 1, sprite_size
