@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "images" / "_objseg"))
 import trainer  # noqa: E402
 
-BACKGROUND = {"slot_attention": True, "monet": True, "genesisv2": True, "iodine": True, "emorl": True, "spair": False}
+BACKGROUND = {"slot_attention": True, "monet": True, "genesisv2": True, "iodine": True, "emorl": True, "spair": False,
+              "dti_sprites": True}  # fmt: skip
 
 
 def adapter_class(name: str) -> type[benchsdk.Method]:
@@ -59,5 +60,26 @@ def test_a_two_step_tiny_fit_segments_128px_crops(name):
     assert masks.shape[0] == 2 and masks.shape[2:] == (128, 128) and canvas.shape == (2, 3, 128, 128)
     assert np.isfinite(masks).all() and canvas.min() >= 0 and canvas.max() <= 1
     assert masks.min() >= -1e-6 and masks.max() <= 1 + 1e-6
-    if BACKGROUND[name]:
+    if BACKGROUND[name] and name != "dti_sprites":  # its occlusion-composed masks sum to <= 1 (as the reference's)
         np.testing.assert_allclose(masks.sum(1), 1, atol=1e-4)
+    assert masks.sum(1).max() <= 1 + 1e-4 or not BACKGROUND[name]
+
+
+def test_a_model_with_its_own_schedule_and_data_init_gets_both_from_the_trainer():
+    """DTI-Sprites (schedule: model): per-group factors from lr_factors, backgrounds = the mean training image."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "images" / "dti_sprites"))
+    import dti_sprites
+
+    params = specs.get("method", "dti_sprites@tiny").recipes["tiny"].params
+    images = np.random.default_rng(4).integers(0, 256, (5, 128, 128, 3), dtype=np.uint8)
+    t = trainer.Trainer(dti_sprites.build, trainer.Recipe.of(params), images, 0, torch.device("cpu"))
+    expected = trainer.to_float(images, 64, torch.device("cpu")).mean(0)
+    torch.testing.assert_close(t.model.bkg_params.data[0], expected)
+    assert bool(t.model.bkg_from_data)
+    for _ in range(3):
+        t.step()
+    factors = t.model.lr_factors(3)
+    assert [g["lr"] for g in t.optimizer.param_groups] == pytest.approx([1e-3 * f for f in factors])
+    assert factors[0] == pytest.approx(0.1)  # 3 of the 30 warm-up steps

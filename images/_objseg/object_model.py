@@ -42,6 +42,16 @@ class ObjectModel(nn.Module):
         """The optimiser's parameter groups at base learning rate `lr` (one group unless the reference has more)."""
         return [{"params": list(self.parameters()), "lr": lr}]
 
+    def lr_factors(self, step: int) -> tuple[float, ...]:
+        """The learning-rate factor of each param group at `step`, for a model whose reference schedules its groups
+        apart (DTI-Sprites: recipe `schedule: model`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no schedule of its own")
+
+    def start_training(self, images: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Called by the trainer before every run (fresh or resumed, before a checkpoint is loaded) with up to 100
+        training images (N, 3, S, S) in [0, 1] and the optimiser: data-dependent initialisation (DTI-Sprites'
+        backgrounds) and optimiser hooks. Nothing by default."""
+
 
 def build_model(cls: type[ObjectModel], defaults: dict, params: dict) -> ObjectModel:
     """`cls` from a recipe's architecture/loss params, missing keys taking `defaults` (the reference's); unknown keys

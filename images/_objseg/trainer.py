@@ -7,7 +7,8 @@ Recipe params (method.yaml `recipes: {name: {params: ...}}`):
 - `model`: the model's build params (its module's DEFAULTS fill the rest; `image_size` is the training resolution);
 - `optimizer`: adam | rmsprop (the reference's torch defaults otherwise); `lr`: the base learning rate;
 - `schedule`: const | `decay(W,D,R)` (linear warm-up over W steps, times R^(step/D): the reference's
-  `decay(10000,100000,0.5)`) | `warm(W)` (warm-up only); `grad_clip`: max gradient 2-norm, or null;
+  `decay(10000,100000,0.5)`) | `warm(W)` (warm-up only) | `model` (the model's own per-group factors, lr_factors:
+  DTI-Sprites); `grad_clip`: max gradient 2-norm, or null;
 - `batch_size`; `max_images`: the most training images kept (null: all the fit stage sends).
 
 Deliberate differences: the data is the fit stage's images held in memory (uint8) rather than a DataLoader over files;
@@ -47,7 +48,8 @@ class Recipe:
         recipe = cls(**{"model": {}, **params})
         if recipe.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer {recipe.optimizer!r}: one of {', '.join(OPTIMIZERS)}")
-        lr_lambda(recipe.schedule)  # raises on a bad schedule
+        if recipe.schedule != "model":
+            lr_lambda(recipe.schedule)  # raises on a bad schedule
         return recipe
 
 
@@ -93,9 +95,16 @@ class Trainer:
         self.model = build(dict(recipe.model)).to(device)
         self.images = images[: recipe.max_images] if recipe.max_images else images
         self.optimizer = OPTIMIZERS[recipe.optimizer](self.model.param_groups(recipe.lr))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(recipe.schedule))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factors())
+        self.model.start_training(to_float(self.images[:100], self.model.image_size, device), self.optimizer)
         self.generator = torch.Generator(device).manual_seed(seed)
         self.step_index = 0
+
+    def _factors(self) -> Callable[[int], float] | list[Callable[[int], float]]:
+        if self.recipe.schedule != "model":
+            return lr_lambda(self.recipe.schedule)
+        groups = len(self.optimizer.param_groups)
+        return [lambda step, i=i: self.model.lr_factors(step)[i] for i in range(groups)]
 
     @property
     def image_size(self) -> int:

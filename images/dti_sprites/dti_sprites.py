@@ -299,6 +299,15 @@ class DTISprites(ObjectModel):
         """The optimiser whose Adam moments a sprite restart copies (not saved with the model)."""
         self._optimizer = optimizer
 
+    def start_training(self, images: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """The trainer's hook: restarts copy this optimiser's moments, and the backgrounds start as the mean of the
+        first 100 training images (as many as divide into n_backgrounds groups); a resumed run's checkpoint then
+        replaces them."""
+        self.set_optimizer(optimizer)
+        n = min(len(images), 100) // self.n_backgrounds * self.n_backgrounds
+        if n:
+            self.init_backgrounds(images[:n])
+
     @torch.no_grad()
     def init_backgrounds(self, images: torch.Tensor) -> None:
         """Backgrounds = means of `images` (N, 3, S, S) split into n_backgrounds equal groups (the reference: 100
