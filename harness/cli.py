@@ -749,7 +749,15 @@ def _add_image_parsers(sub) -> None:
         ("submit", "validate an image pushed to a registry and write images/NAME/method.yaml"),
     ):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("image", help="REPO@sha256:..., REPO:TAG or a local image ID")
+        p.add_argument(
+            "image",
+            help="REPO@sha256:..., REPO:TAG or a local image ID"
+            + (
+                ", or METHOD[@VARIANT]: that method's image, with its method.yaml's fit recipe"
+                if name == "validate"
+                else ""
+            ),
+        )
         p.add_argument(
             "--data-root",
             type=Path,
@@ -765,10 +773,10 @@ def _add_image_parsers(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing method.yaml")
 
 
-def _validated(args):
+def _validated(args, method: specs.MethodSpec | None = None):
     from harness.validate import validate
 
-    resolved, info, checks = validate(args.image, args.data_root, args.timeout, args.tasks)
+    resolved, info, checks = validate(args.image, args.data_root, args.timeout, args.tasks, method)
     rows = [(c.name, {True: "pass", False: "FAIL", None: "-"}[c.ok], c.detail) for c in checks]
     print(
         tabulate(
@@ -797,7 +805,12 @@ def cmd_build(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    return 0 if _validated(args)[2] else 1
+    return 0 if _validated(args, _method_named(args.image))[2] else 1
+
+
+def _method_named(name: str) -> specs.MethodSpec | None:
+    """The method (or method@variant) `name` names, or None where it names none (an image reference)."""
+    return specs.get("method", name) if name.partition("@")[0] in specs.names("method") else None
 
 
 def cmd_submit(args) -> int:

@@ -604,6 +604,11 @@ def _catalog(kind: str) -> dict[str, Path]:
     return found
 
 
+def names(kind: str) -> list[str]:
+    """The names of every task, suite or method spec found (their base forms)."""
+    return list(_catalog(kind))
+
+
 _CLASSES = {"task": TaskSpec, "suite": SuiteSpec, "method": MethodSpec}
 
 

@@ -11,7 +11,7 @@ from harness.contract import OUTPUTS, MethodInfo
 from harness.errors import MethodFailure, UserError
 from harness.lifetime import owned_prefix
 from harness.runners.base import RUN_FOLDER
-from harness.runners.images import ResolvedImage, resolve
+from harness.runners.images import ResolvedImage, resolve, resolve_method
 from harness.specs import MethodSpec
 
 CANDIDATE = "candidate"  # the name a validated image runs under
@@ -101,19 +101,23 @@ def candidate_yaml(name: str, image: str, info: MethodInfo, **meta) -> str:
 
 
 def validate(
-    name: str, data_root: Path, timeout_s: float, tasks: list[str] | None = None
+    name: str, data_root: Path, timeout_s: float, tasks: list[str] | None = None, method: MethodSpec | None = None
 ) -> tuple[ResolvedImage, MethodInfo | None, list[Check]]:
     """Run an image through the conformance checks, every one in the full sandbox (no network); `tasks` default to
-    the smoke suite's."""
+    the smoke suite's. `method`: the image is this method's (built or pulled as `bench run` would), and its sessions
+    get what its method.yaml gives them besides the info: the recipe its fit stage trains (fit_recipe)."""
 
     from harness import specs
     from harness.results import ResultStore
     from harness.run import RunOptions, incompatibility, run_cell
     from harness.runners.docker import DockerRunner
 
-    resolved = resolve(name)
-    checks = [Check("image", True, resolved.ref)]
-    probe = MethodSpec.model_construct(name=CANDIDATE, version="0", description="", outputs=[], image=resolved.id)
+    resolved = resolve_method(method) if method else resolve(name)
+    checks = [Check("image", True, resolved.ref + (f" ({method.name}'s)" if method else ""))]
+    from_yaml = {"recipes": method.recipes, "fit_recipe": method.fit_recipe} if method else {}
+    probe = MethodSpec.model_construct(
+        name=CANDIDATE, version="0", description="", outputs=[], image=resolved.id, weights=None, **from_yaml
+    )
     info, error = _run_sessions(probe, timeout_s, lambda s: s.info)
     checks.append(
         Check(
@@ -135,6 +139,7 @@ def validate(
         embed_dim=info.embed_dim,
         fit=info.fit,
         image=resolved.id,
+        **from_yaml,
     )
     runner = DockerRunner()
     with tempfile.TemporaryDirectory(prefix=owned_prefix(f"{RUN_FOLDER}validate-")) as tmp:  # see Runner.start

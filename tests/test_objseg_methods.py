@@ -83,3 +83,27 @@ def test_a_model_with_its_own_schedule_and_data_init_gets_both_from_the_trainer(
     factors = t.model.lr_factors(3)
     assert [g["lr"] for g in t.optimizer.param_groups] == pytest.approx([1e-3 * f for f in factors])
     assert factors[0] == pytest.approx(0.1)  # 3 of the 30 warm-up steps
+
+
+def test_validate_takes_a_method_name_or_an_image_reference():
+    from harness.cli import _method_named
+
+    assert _method_named("monet@tiny").fit_recipe == "tiny" and _method_named("monet").fit_recipe == "paper"
+    assert _method_named("127.0.0.1:5000/vrbench/monet:v1") is None and _method_named("sha256:" + "0" * 64) is None
+
+
+@pytest.mark.slow
+def test_a_clevrtex_model_passes_validate_in_the_docker_sandbox(docker_ready, data_root):
+    """`bench validate monet@tiny` (its tiny recipe cut to 3 steps): built on the torch runtime, fitted in the
+    sandbox on both object-segmentation tasks, deterministic across two sessions of seed 0."""
+    from harness.validate import validate
+
+    method = specs.get("method", "monet@tiny")
+    method = method.model_copy(
+        update={"recipes": dict(method.recipes, tiny=method.recipes["tiny"].model_copy(update={"steps": 3}))}
+    )
+    _, info, checks = validate("monet@tiny", data_root, 600, ["clevrtex_objseg", "clevr_objseg"], method)
+    by_name = {c.name: c for c in checks}
+    assert all(c.ok is not False for c in checks), [(c.name, c.detail) for c in checks if c.ok is False]
+    assert by_name["task clevrtex_objseg (procedural)"].ok and by_name["task clevr_objseg (procedural)"].ok
+    assert by_name["determinism (seed 0, twice)"].detail == "equal outputs" and info.fit
