@@ -17,7 +17,8 @@ DEFAULTS are that configuration.
   from the global code and the posterior q(z | x) from the image features: presence logits 8.8 tanh(.), where
   N(4: scale, ratio, shift x, shift y), depth N(1), what N(64), scales softplus. The where head starts with weights
   U(-0.01, 0.01) and bias (-1, 0, ...).
-- Samples from q: z_pres ~ RelaxedBernoulli(tau, logits); where: size s = sigmoid, ratio r = exp, (s / sqrt(r),
+- Samples from q: z_pres ~ RelaxedBernoulli(tau, logits) (as torch draws it: logistic noise plus the logit of the
+  clamped probability, / tau, a clipped sigmoid); where: size s = sigmoid, ratio r = exp, (s / sqrt(r),
   s sqrt(r)); centre = 2 / 4 (cell + 0.5 + tanh(shift)) - 1 in [-1, 1]. z_what -> a sub-pixel decoder (six conv3x3 +
   pixel-shuffle x2: 64x64 glimpse) -> sigmoid RGB o and alpha a.
 - Background: q(z_bg | x) = an MLP (512, 256, 20) of the image features flattened (channel, row, column); p(z_bg |
@@ -345,7 +346,8 @@ class GNM(ObjectModel):
         # samples from q(z | x)
         finfo = torch.finfo(dtype)
         u = rand(b, 1, nc, nc).clamp(finfo.eps, 1 - finfo.eps)
-        logit = (u.log() - (-u).log1p() + q_z["pres_logits"]) / sched["tau_pres"]
+        qp = torch.sigmoid(q_z["pres_logits"]).clamp(finfo.eps, 1 - finfo.eps)  # torch's RelaxedBernoulli: via probs
+        logit = (u.log() - (-u).log1p() + qp.log() - (-qp).log1p()) / sched["tau_pres"]
         z_pres = torch.sigmoid(logit).clamp(finfo.tiny, 1 - finfo.eps)
         mu, sd = q_z["where"]
         w = mu + randn(b, 4, nc, nc) * sd

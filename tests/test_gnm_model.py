@@ -1,0 +1,179 @@
+"""images/gnm/gnm.py: GNM (Jiang & Ahn 2020) as the ClevrTex benchmark's copy of the authors' code (fe982ab).
+
+Small shapes on CPU (32x32: 2x2 cells, 8x8 glimpses, small latents and MLPs). scripts/compare_gnm.py checks the
+default model against the reference on identical weights and noise; these tests check it alone.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+
+sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "gnm")]
+import gnm  # noqa: E402
+
+SMALL = {
+    "image_size": 32, "num_cell": 2, "z_what_dim": 8, "z_bg_dim": 2, "z_global_dim": 4, "draw_steps": 2,
+    "enc_filters": (8, 16, 16, 16), "enc_kernels": (4, 4, 4, 4), "enc_strides": (2, 2, 2, 2),
+    "what_dec_filters": (16, 8, 4), "what_dec_upscales": (2, 2, 2),
+    "bg_dec_filters": (16, 8, 3), "bg_dec_kernels": (1, 1, 3), "bg_dec_upscales": (4, 8, 1),
+    "global_dec_filters": (32, 64), "global_enc_filters": (32,), "bg_gen_filters": (16,), "bg_enc_filters": (32,),
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def discs(n: int, size: int, seed: int) -> torch.Tensor:
+    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        out[i] = rng.uniform(0, 1, 3)[:, None, None]
+        for _ in range(rng.integers(1, 4)):
+            cy, cx = rng.uniform(0.2, 0.8, 2) * size
+            r = rng.uniform(0.1, 0.2) * size
+            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
+    return torch.from_numpy(out)
+
+
+def model(seed: int = 0, **over) -> gnm.GNM:
+    torch.manual_seed(seed)
+    return gnm.build({**SMALL, **over})
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+KL_PARTS = (
+    "pres",
+    "where",
+    "depth",
+    "what",
+    "bg",
+    "global",
+    "aux_pres",
+    "aux_where",
+    "aux_depth",
+    "aux_what",
+    "aux_bg",
+)
+
+
+def test_shapes_masks_terms_and_gradients():
+    m = model()
+    x = discs(3, 32, 0)
+    out = m(x, gen(0), step=None)
+    assert m.masks_have_background is False
+    assert out.masks.shape == (3, 4, 32, 32) and out.canvas.shape == (3, 3, 32, 32)
+    assert out.loss.shape == () and torch.isfinite(out.loss)
+    assert (out.masks >= 0).all() and (out.masks <= 1).all() and out.masks.amax() > 0
+    assert torch.isfinite(out.canvas).all()
+    t = out.terms
+    assert set(t) == {"loss", "rec", "kl", "count", *(f"kl_{k}" for k in KL_PARTS)}
+    assert t["loss"] == pytest.approx(out.loss.item())
+    assert t["loss"] == pytest.approx(-t["rec"] + t["kl"], rel=1e-5)
+    assert t["kl"] == pytest.approx(sum(t[f"kl_{k}"] for k in KL_PARTS), rel=1e-5)
+    assert 0 <= t["count"] <= 4
+    out.loss.backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_generator_decides_every_draw():
+    m = model()
+    x = discs(2, 32, 2)
+    for mode, step in ((True, 10), (False, None)):  # training and evaluation both sample
+        m.train(mode)
+        with torch.no_grad():
+            a, b, c = m(x, gen(5), step=step), m(x, gen(5), step=step), m(x, gen(6), step=step)
+            torch.manual_seed(123)  # the global RNG plays no part
+            d = m(x, gen(5), step=step)
+        for o in (b, d):
+            assert torch.equal(a.canvas, o.canvas) and torch.equal(a.masks, o.masks) and torch.equal(a.loss, o.loss)
+        assert not torch.allclose(a.canvas, c.canvas) and not torch.allclose(a.masks, c.masks)
+
+
+def test_loss_falls_when_training():
+    # sigma 0.2 (experiments/gnm.py's default; the ClevrTex 0.5 leaves a small image's likelihood weak) and Adam 3e-3
+    m = model(seed=1, std=0.2)
+    x = discs(4, 32, 3)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    g = gen(0)
+    losses, mses = [], []
+    for _ in range(30):
+        out = m(x, g, step=None)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        losses.append(out.loss.item())
+        mses.append(((out.canvas - x) ** 2).mean().item())
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses  # ~2000 -> ~620 here
+    assert np.mean(mses[-3:]) < 0.8 * np.mean(mses[:3]), mses  # ~0.10 -> ~0.072
+
+
+def test_schedules_as_the_reference():
+    d = gnm.DEFAULTS
+    s = gnm.schedule
+    # the reference's linear_schedule: start value up to start step, linear strictly between, end value from end on
+    assert s(d["beta_global"], 0) == 0.0 and s(d["beta_global"], 50000) == pytest.approx(0.5)
+    assert s(d["beta_global"], 100000) == 1.0 and s(d["beta_global"], None) == 1.0
+    assert s(d["beta_aux_where"], 0) == 10.0 and s(d["beta_aux_where"], 250) == pytest.approx(5.5)
+    assert s(d["beta_aux_where"], 500) == 1.0 and s(d["beta_aux_bg"], 25000) == pytest.approx(25.5)
+    assert s(d["tau_pres"], 1000) == 1.0 and s(d["tau_pres"], 10500) == pytest.approx(0.75)
+    assert s(d["tau_pres"], None) == 0.5 and s(d["p_pres"], 2000) == pytest.approx(0.0505)
+    assert s(d["p_pres"], None) == 0.001
+    assert s((5, 0, 2.0, 7.0), 100) == 2.0  # an end step of 0: the start value, always
+    assert s(0.3, 7) == 0.3
+    ca = gnm.curriculum_alpha
+    assert ca(d["bg_alpha_curriculum"], 0) is None and ca(d["bg_alpha_curriculum"], 1) == 0.9
+    assert ca(d["bg_alpha_curriculum"], 499) == 0.9 and ca(d["bg_alpha_curriculum"], 500) is None
+    assert ca(d["bg_alpha_curriculum"], None) is None and ca(None, 10) is None
+
+
+def test_step_moves_the_loss_terms_and_the_curriculum():
+    m = model(seed=2)
+    x = discs(2, 32, 4)
+    with torch.no_grad():
+        early, late = m(x, gen(1), step=0), m(x, gen(1), step=None)
+        cur = m(x, gen(1), step=250)
+    # beta_global 0 at step 0, 1 at the end; aux where and bg betas 10 and 50 at step 0
+    assert early.terms["kl_global"] == 0.0 and late.terms["kl_global"] > 0
+    # the likelihood: sum log N(x; canvas, 0.5) (the README's ClevrTex sigma)
+    sq = ((x - late.canvas) ** 2).sum((1, 2, 3)).mean().item()
+    rec = -sq / (2 * 0.25) - x[0].numel() * math.log(0.5 * math.sqrt(2 * math.pi))
+    assert late.terms["rec"] == pytest.approx(rec, rel=1e-5)
+    # the curriculum (0 < step < 500): presence capped at 0.99 in the masks, alpha = 0.9 everywhere
+    assert cur.masks.amax() <= 0.99 + 1e-6
+    m.bg_alpha_curriculum = None
+    with torch.no_grad():
+        free = m(x, gen(1), step=250)
+    assert not torch.allclose(free.canvas, cur.canvas)
+
+
+def test_build_defaults_and_unknown_params():
+    m = gnm.build({})
+    assert m.image_size == 128 and m.num_cell == 4 and m.z_what_dim == 64 and m.z_bg_dim == 10 and m.glimpse == 64
+    assert m.std == 0.5 and gnm.DEFAULTS["std"] == 0.5  # the README's ClevrTex run (--std 0.5)
+    assert m.params == {}
+    # the reference GNM(arrow_args, z_what 64, z_bg 10) has 8,636,446 parameters (compare_gnm.py)
+    assert sum(p.numel() for p in m.parameters()) == 8_636_446
+    with pytest.raises(ValueError, match="lr.*sigma"):
+        gnm.build({"lr": 1e-4, "sigma": 0.1})
+    with pytest.raises(ValueError, match="32"):
+        model()(discs(1, 64, 0), gen(0))
+    with pytest.raises(ValueError, match="bg_dec_upscales"):
+        model(image_size=64)
+    with pytest.raises(ValueError, match="grid"):
+        model(num_cell=4)(discs(1, 32, 0), gen(0))
