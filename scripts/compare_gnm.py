@@ -1,0 +1,265 @@
+#!/usr/bin/env python
+"""Run the ClevrTex reference GNM and images/gnm/gnm.py on identical weights, images and noise.
+
+    python scripts/compare_gnm.py [--reference PATH] [--seed 0] [--threads 2] [--quick]
+
+PATH: a checkout or a bare git directory of karazijal/clevrtex; not given, it is cloned at fe982ab into a temporary
+folder (needs git and the network). Its `ool/picture/models/thirdparty/gnm/model.py` (GPLv3) is copied into a
+temporary `ool` package at run time and imported unedited (nothing of it is kept or committed). Shim, in this process
+only: the `prodict` package it imports (not installed) is a small dict with attribute access written here.
+
+For each case the reference `GNM(args)` is built under a fixed seed from its module's `arrow_args` as
+experiments/gnm.py sets them (z_what 64, z_bg 10) with the README's ClevrTex `--std 0.5`; it anneals its own schedules
+from the global step passed to forward (evaluation: step 300000, a checkpoint at the end of the paper's run; ours gets
+step None). Its state dict is loaded into ours through a name map (its constant buffers have no counterpart). Noise:
+its `Normal.rsample` draws through `torch.distributions.normal._standard_normal` and `RelaxedBernoulli.rsample`
+through `torch.rand`; both are replaced by draws from a generator seeded as the one passed to ours, which draws in
+the same order (the reference's later logging-only draws come after every draw that matters). Compared:
+out['steps']['mask'] (what the ClevrTex evaluator reads) vs masks, canvas, the presence count and, in training, the
+loss, each of its terms and every parameter's gradient; as max |reference - ours| (loss terms relative, gradients
+relative to the largest). Negative control: ours with another seed must move the masks past the tolerance.
+"perturbed": every weight moved by 0.3 of its tensor's std. float64: the reference built and run under float64
+default dtype. Exit status 1 when one exceeds its tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib
+import io
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "gnm")]
+import gnm  # noqa: E402
+
+URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
+FILES = ("ool/picture/models/thirdparty/gnm/model.py",)
+PRODICT = '''class Prodict(dict):
+    """A dict with attribute access (stands in for the prodict package in this comparison only)."""
+
+    def __getattr__(self, k):
+        try:
+            return self[k]
+        except KeyError as e:
+            raise AttributeError(k) from e
+
+    def __setattr__(self, k, v):
+        self[k] = v
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls({k: cls.from_dict(v) if isinstance(v, dict) else v for k, v in d.items()})
+'''
+TOL = {"masks": 1e-4, "canvas": 1e-4, "grad (rel to max |grad|)": 1e-3}
+TOL_REL = 1e-5
+TOL64 = 1e-9
+EVAL_STEP = 300000  # the paper run's last step: every schedule at its end value
+# (name, batch, mode, step, weights, dtype); step None = evaluation
+CASES = (
+    ("train@0 init", 2, "train", 0, "init", torch.float32),
+    ("train@250 (curriculum)", 2, "train", 250, "perturbed", torch.float32),
+    ("train@2000", 2, "train", 2000, "perturbed", torch.float32),
+    ("train@30000", 2, "train", 30000, "perturbed", torch.float32),
+    ("train@30000", 2, "train", 30000, "perturbed", torch.float64),
+    ("eval", 2, "eval", None, "perturbed", torch.float32),
+    ("eval", 2, "eval", None, "perturbed", torch.float64),
+)
+QUICK = (
+    ("train@250 (curriculum)", 1, "train", 250, "perturbed", torch.float32),
+    ("eval", 1, "eval", None, "perturbed", torch.float64),
+)
+PREFIX = {
+    "img_encoder.conv.": "encoder.",
+    "global_struct_draw.p_global_decoder_net.mlp.": "draw.global_dec.",
+    "global_struct_draw.rnn_enc.": "draw.rnn_enc.",
+    "global_struct_draw.rnn_dec.": "draw.rnn_dec.",
+    "global_struct_draw.p_global_net.mlp.": "draw.p_global.",
+    "global_struct_draw.q_global_net.mlp.": "draw.q_global.",
+    "global_struct_draw.hid_to_dec_net.conv.": "draw.hid_to_dec.",
+    "p_z_given_x_or_g_net.pwdw_net.conv.": "local.net.",
+    "p_z_given_x_or_g_net.q_depth_net.": "local.depth.",
+    "p_z_given_x_or_g_net.q_where_net.": "local.where.",
+    "p_z_given_x_or_g_net.q_what_net.": "local.what.",
+    "p_z_given_x_or_g_net.q_pres_net.": "local.pres.",
+    "local_latent_sampler.z_what_decoder_net.conv.": "what_dec.",
+    "p_bg_decoder.p_bg_decoder.conv.": "bg_dec.",
+    "p_bg_given_g_net.p_bg_generator.mlp.": "bg_prior.",
+    "q_bg_given_x_net.p_bg_encoder.mlp.": "bg_enc.",
+}
+BUFFERS = {"global_struct_draw.dec_step_0", "local_latent_sampler.offset", "background"}
+TERMS = {  # ours -> the reference's key
+    "loss": "loss", "rec": "rec_loss", "kl": "kl", "kl_pres": "kl_pres", "kl_where": "kl_where",
+    "kl_depth": "kl_depth", "kl_what": "kl_what", "kl_bg": "kl_bg", "kl_global": "kl_global",
+    "kl_aux_pres": "kl_aux_pres", "kl_aux_where": "kl_aux_where", "kl_aux_depth": "kl_aux_depth",
+    "kl_aux_what": "kl_aux_what", "kl_aux_bg": "kl_aux_bg",
+}  # fmt: skip
+
+
+def reference_files(ref: str | None, root_dest: Path) -> None:
+    """Write FILES from `ref` (checkout or git dir; cloned when None) under `root_dest`, keeping their paths."""
+    if ref is None:
+        clone = root_dest.parent / "clevrtex"
+        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
+        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
+        ref = str(clone)
+    root = Path(ref)
+    for f in FILES:
+        dest = root_dest / f
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if (root / f).is_file():
+            shutil.copy(root / f, dest)
+        else:  # a bare git directory (e.g. a mirror)
+            text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{f}"], check=True,
+                                  capture_output=True, text=True).stdout  # fmt: skip
+            dest.write_text(text)
+    for pkg in ("ool", "ool/picture", "ool/picture/models", "ool/picture/models/thirdparty"):
+        (root_dest / pkg / "__init__.py").write_text("")
+    (root_dest / "ool/picture/models/thirdparty/gnm/__init__.py").write_text("")
+    (root_dest / "prodict.py").write_text(PRODICT)
+
+
+def name_map(sd: dict) -> dict[str, str]:
+    """reference parameter name -> ours (constant buffers left out)."""
+    out = {}
+    for k in sd:
+        for a, b in PREFIX.items():
+            if k.startswith(a):
+                out[k] = b + k[len(a) :]
+                break
+    return out
+
+
+def discs(n: int, size: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        out[i] = rng.uniform(0, 1, 3)[:, None, None]
+        for _ in range(rng.integers(1, 4)):
+            cy, cx = rng.uniform(0.2, 0.8, 2) * size
+            r = rng.uniform(0.1, 0.2) * size
+            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
+    return torch.from_numpy(out)
+
+
+def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype: torch.dtype, seed: int) -> dict:
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        torch.manual_seed(seed)
+        args = copy.deepcopy(ref_mod.arrow_args)
+        args = ref_mod.hyperparam_anneal(args, 0)  # as experiments/gnm.py
+        args.const.likelihood_sigma = 0.5  # the README's ClevrTex --std 0.5
+        args.z.z_what_dim = 64
+        args.z.z_bg_dim = 10
+        ref = ref_mod.GNM(args)
+        ours = gnm.build({})
+        if weights == "perturbed":
+            g = torch.Generator().manual_seed(seed + 7)
+            with torch.no_grad():
+                for p in ref.parameters():
+                    sd_ = p.std().item() if p.numel() > 1 and p.std().item() > 0 else 0.05
+                    p.add_(0.3 * sd_ * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        sd = ref.state_dict()
+        names = name_map(sd)
+        extra = {k for k in sd if k not in names and k not in BUFFERS and not k.startswith("aux_p_")}
+        assert not extra, f"unmapped reference tensors: {sorted(extra)}"
+        ours.load_state_dict({names[k]: v for k, v in sd.items() if k in names}, strict=True)
+        ours = ours.to(dtype)
+        n_ref = sum(p.numel() for p in ref.parameters())
+        assert n_ref == sum(p.numel() for p in ours.parameters()), (n_ref, sum(p.numel() for p in ours.parameters()))
+        ref.train(mode == "train")
+        ours.train(mode == "train")
+
+        x = discs(batch, 128, seed).to(dtype)
+        normal_mod = importlib.import_module("torch.distributions.normal")
+        g_ref = torch.Generator().manual_seed(seed + 1)
+        orig_normal, orig_rand = normal_mod._standard_normal, torch.rand
+        normal_mod._standard_normal = lambda shape, dtype, device: torch.randn(shape, generator=g_ref, dtype=dtype)
+        torch.rand = lambda shape, dtype=None, device=None: orig_rand(shape, generator=g_ref, dtype=dtype)
+        try:
+            with torch.set_grad_enabled(mode == "train"):
+                r = ref(x, EVAL_STEP if step is None else step)
+        finally:
+            normal_mod._standard_normal, torch.rand = orig_normal, orig_rand
+        with torch.set_grad_enabled(mode == "train"):
+            o = ours(x, torch.Generator().manual_seed(seed + 1), step=step)
+        with torch.no_grad():  # negative control: another seed must move the masks
+            other = ours(x, torch.Generator().manual_seed(seed + 2), step=step).masks
+    finally:
+        torch.set_default_dtype(default)
+
+    def rel(a: float, b: float) -> float:
+        return abs(a - b) / max(abs(a), 1e-12)
+
+    k = r["steps"]["mask"].shape[1]
+    out = {
+        "masks": (r["steps"]["mask"][:, :, 0] - o.masks).abs().max().item(),
+        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
+        "count": abs(r["counts"].mean().item() - o.terms["count"]),
+    }
+    out |= {f"{t} (rel)": rel(r[rk].item(), o.terms[t]) for t, rk in TERMS.items()}
+    control = (r["steps"]["mask"][:, :, 0] - other).abs().max().item()
+    if mode == "train":
+        r["loss"].backward()
+        o.loss.backward()
+        ours_params = dict(ours.named_parameters())
+        diffs, scale = [], 0.0
+        for n, p in ref.named_parameters():
+            q = ours_params[names[n]]
+            if p.grad is None or q.grad is None:
+                assert p.grad is None and q.grad is None, n
+                continue
+            diffs.append((p.grad - q.grad).abs().max().item())
+            scale = max(scale, p.grad.abs().max().item())
+        out["grad (rel to max |grad|)"] = max(diffs) / scale
+    print(f"{name} {str(dtype)[6:]}: {batch}x3x128x128, {k} cells, {weights} weights, {n_ref:,} params, "
+          f"step {step}, present {o.terms['count']:.2f}, loss {o.loss.item():.2f}")  # fmt: skip
+    for key, v in out.items():
+        print(f"  {key:26s} {v:.3g}")
+    print(f"  {'(control: another seed)':26s} masks {control:.3g}")
+    if not control > TOL["masks"]:
+        out["control: another seed moves the masks"] = float("inf")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reference", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="two cases at batch 1")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=".*(align_corners|indexing argument).*")
+    with tempfile.TemporaryDirectory() as tmp:
+        reference_files(args.reference, Path(tmp) / "src")
+        sys.path.insert(0, str(Path(tmp) / "src"))
+        with contextlib.redirect_stdout(io.StringIO()):  # it pprints its config on import
+            ref_mod = importlib.import_module("ool.picture.models.thirdparty.gnm.model")
+        bad = []
+        for case in QUICK if args.quick else CASES:
+            res = compare(ref_mod, *case, seed=args.seed)
+            for k, v in res.items():
+                tol = TOL64 if case[-1] == torch.float64 else TOL.get(k, TOL_REL if "(rel)" in k else 0.0)
+                if k == "count":
+                    tol = 0.0
+                if not v <= tol:
+                    bad.append(f"{case[0]} {str(case[-1])[6:]}: {k} {v:.3g}")
+    print("FAIL: " + "; ".join(bad) if bad else "OK: every figure within its tolerance")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
