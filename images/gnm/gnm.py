@@ -58,6 +58,13 @@ decoder must upscale 1x1 to the image size).
 Training recipe (experiments/gnm.py + the README's ClevrTex command; read, not run): RMSprop at 1e-4, batch 32,
 gradient clip 1.0 (norm), 300k steps, data 'clevrtex:full-crop-(128,128)', --std 0.5; the model reads its schedules
 from the trainer's global step (as `step` here).
+
+scripts/compare_gnm.py runs the reference on the same weights and noise (128x128, 16 cells; train at steps 0, 250
+(curriculum), 2000 and 30000 and eval; init and perturbed weights): masks, canvas, presence counts, the loss and all
+its 13 KL / likelihood terms are bit-identical in float32 and float64; gradients differ by <= 1.7e-7 of the largest
+in float32 (2.5e-16 in float64). The default model has 8,636,446 parameters, as the reference's. CPU (2 threads,
+nice'd, on a loaded 2-core machine): batch 8 at 128x128, ~2.1 s per RMSprop step (forward ~0.9 s), ~0.7 s per eval
+forward: the paper's 300k steps at batch 32 are GPU work.
 """
 
 from __future__ import annotations
