@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "images" / "_objseg"))
 import trainer  # noqa: E402
 
 BACKGROUND = {"slot_attention": True, "monet": True, "genesisv2": True, "iodine": True, "emorl": True, "spair": False,
-              "dti_sprites": True}  # fmt: skip
+              "dti_sprites": True, "gnm": False}  # fmt: skip
 
 
 def adapter_class(name: str) -> type[benchsdk.Method]:
