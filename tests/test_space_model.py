@@ -17,6 +17,7 @@ from conftest import REPO
 
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "space")]
 import space  # noqa: E402
+import trainer  # noqa: E402
 
 SMALL = {"image_size": 32, "G": 4, "K": 3}
 TINY = {"image_size": 32, "G": 2, "K": 2}
@@ -166,3 +167,16 @@ def test_build_defaults_param_groups_and_unknown_params():
         model()(discs(1, 64, 0), gen(0))
     with pytest.raises(ValueError, match="G"):
         space.build({"image_size": 32, "G": 8})
+
+
+def test_trains_under_the_house_trainer():
+    recipe = trainer.Recipe.of({"model": TINY, "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 2, "grad_clip": 1.0})
+    images = np.random.default_rng(0).integers(0, 256, (4, 128, 128, 3), dtype=np.uint8)
+    t = trainer.Trainer(space.build, recipe, images, seed=0, device=torch.device("cpu"))
+    assert [g["lr"] for g in t.optimizer.param_groups] == [pytest.approx(1e-5), 1e-3]  # fg, bg
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    for _ in range(2):
+        out = t.step()
+        assert math.isfinite(out.loss.item()) and out.masks.shape == (2, 4, 32, 32)
+    moved = {n.split(".")[0] for n, p in t.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"fg", "bg"}
