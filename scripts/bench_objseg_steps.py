@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "images" / "_objseg")]
 from harness import specs  # noqa: E402
 
-MODELS = ("slot_attention", "monet", "genesisv2", "iodine", "emorl", "spair", "dti_sprites", "gnm")
+MODELS = ("slot_attention", "monet", "genesisv2", "iodine", "emorl", "spair", "dti_sprites", "gnm", "space")
 
 
 def main() -> int:

@@ -94,7 +94,7 @@ def test_a_resumed_training_equals_an_uninterrupted_one():
     resumed = small_trainer(seed=0)
     resumed.load_state_dict(state)
     resumed.step()
-    assert resumed.step_index == 3 and resumed.scheduler.last_epoch == 3
+    assert resumed.step_index == 3 and resumed.schedulers[0].last_epoch == 3
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

@@ -159,6 +159,7 @@ def test_build_defaults_param_groups_and_unknown_params():
     assert sum(p.numel() for p in m.parameters()) == 5_307_651
     groups = m.param_groups(1e-3)
     assert [g["lr"] for g in groups] == [pytest.approx(1e-5), 1e-3]  # RMSprop 1e-5 fg, Adam 1e-3 bg there
+    assert [g["optimizer"] for g in groups] == ["rmsprop", "adam"]
     assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in m.fg.parameters()}
     with pytest.raises(ValueError, match="lr.*sigma"):
@@ -173,7 +174,9 @@ def test_trains_under_the_house_trainer():
     recipe = trainer.Recipe.of({"model": TINY, "optimizer": "rmsprop", "lr": 1e-3, "batch_size": 2, "grad_clip": 1.0})
     images = np.random.default_rng(0).integers(0, 256, (4, 128, 128, 3), dtype=np.uint8)
     t = trainer.Trainer(space.build, recipe, images, seed=0, device=torch.device("cpu"))
-    assert [g["lr"] for g in t.optimizer.param_groups] == [pytest.approx(1e-5), 1e-3]  # fg, bg
+    (fg,), (bg,) = (o.param_groups for o in t.optimizers)  # the reference's two optimisers
+    assert isinstance(t.optimizers[0], torch.optim.RMSprop) and isinstance(t.optimizers[1], torch.optim.Adam)
+    assert fg["lr"] == pytest.approx(1e-5) and bg["lr"] == 1e-3
     before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
     for _ in range(2):
         out = t.step()

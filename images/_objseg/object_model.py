@@ -39,7 +39,8 @@ class ObjectModel(nn.Module):
         raise NotImplementedError
 
     def param_groups(self, lr: float) -> list[dict]:
-        """The optimiser's parameter groups at base learning rate `lr` (one group unless the reference has more)."""
+        """The optimiser's parameter groups at base learning rate `lr` (one group unless the reference has more); a
+        group may name its own `optimizer` (adam, rmsprop) where the reference trains it with another."""
         return [{"params": list(self.parameters()), "lr": lr}]
 
     def lr_factors(self, step: int) -> tuple[float, ...]:
@@ -47,10 +48,10 @@ class ObjectModel(nn.Module):
         apart (DTI-Sprites: recipe `schedule: model`)."""
         raise NotImplementedError(f"{type(self).__name__} has no schedule of its own")
 
-    def start_training(self, images: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def start_training(self, images: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
         """Called by the trainer before every run (fresh or resumed, before a checkpoint is loaded) with up to 100
-        training images (N, 3, S, S) in [0, 1] and the optimiser: data-dependent initialisation (DTI-Sprites'
-        backgrounds) and optimiser hooks. Nothing by default."""
+        training images (N, 3, S, S) in [0, 1] and the optimiser (None where the groups use several): data-dependent
+        initialisation (DTI-Sprites' backgrounds) and optimiser hooks. Nothing by default."""
 
 
 def build_model(cls: type[ObjectModel], defaults: dict, params: dict) -> ObjectModel:

@@ -5,7 +5,9 @@ batches drawn from the training split shuffled once per epoch.
 
 Recipe params (method.yaml `recipes: {name: {params: ...}}`):
 - `model`: the model's build params (its module's DEFAULTS fill the rest; `image_size` is the training resolution);
-- `optimizer`: adam | rmsprop (the reference's torch defaults otherwise); `lr`: the base learning rate;
+- `optimizer`: adam | rmsprop (the reference's torch defaults otherwise), for every param group that names none
+  (SPACE's groups name their own: RMSprop foreground, Adam background, as its two optimisers); `lr`: the base
+  learning rate;
 - `schedule`: const | `decay(W,D,R)` (linear warm-up over W steps, times R^(step/D): the reference's
   `decay(10000,100000,0.5)`) | `warm(W)` (warm-up only) | `model` (the model's own per-group factors, lr_factors:
   DTI-Sprites); `grad_clip`: max gradient 2-norm, or null;
@@ -94,17 +96,26 @@ class Trainer:
         torch.manual_seed(seed)  # the model's initialisation
         self.model = build(dict(recipe.model)).to(device)
         self.images = images[: recipe.max_images] if recipe.max_images else images
-        self.optimizer = OPTIMIZERS[recipe.optimizer](self.model.param_groups(recipe.lr))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factors())
-        self.model.start_training(to_float(self.images[:100], self.model.image_size, device), self.optimizer)
+        # one optimiser per kind the param groups ask for (a group's "optimizer", else the recipe's: SPACE's
+        # RMSprop foreground and Adam background), each with the schedule of its groups
+        kinds: dict[str, list[tuple[int, dict]]] = {}
+        for i, group in enumerate(self.model.param_groups(recipe.lr)):
+            kinds.setdefault(group.pop("optimizer", recipe.optimizer), []).append((i, group))
+        self.optimizers = [OPTIMIZERS[kind]([g for _, g in groups]) for kind, groups in kinds.items()]
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(opt, [self._factor(i) for i, _ in groups])
+            for opt, groups in zip(self.optimizers, kinds.values())
+        ]
+        only = self.optimizers[0] if len(self.optimizers) == 1 else None
+        self.model.start_training(to_float(self.images[:100], self.model.image_size, device), only)
         self.generator = torch.Generator(device).manual_seed(seed)
         self.step_index = 0
 
-    def _factors(self) -> Callable[[int], float] | list[Callable[[int], float]]:
+    def _factor(self, group: int) -> Callable[[int], float]:
+        """The lr factor of param group `group` (in param_groups order) at each step."""
         if self.recipe.schedule != "model":
             return lr_lambda(self.recipe.schedule)
-        groups = len(self.optimizer.param_groups)
-        return [lambda step, i=i: self.model.lr_factors(step)[i] for i in range(groups)]
+        return lambda step: self.model.lr_factors(step)[group]
 
     @property
     def image_size(self) -> int:
@@ -125,12 +136,14 @@ class Trainer:
         out = self.model(x, self.generator, self.step_index)
         if not math.isfinite(loss := float(out.loss.detach())):
             raise FloatingPointError(f"loss {loss} at step {self.step_index}")
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.recipe.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+        for opt, scheduler in zip(self.optimizers, self.schedulers):
+            opt.step()
+            scheduler.step()
         self.step_index += 1
         return out
 
@@ -138,15 +151,17 @@ class Trainer:
         """Everything a resumed run needs: model, optimiser, schedule, the step and the generator's state."""
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "schedulers": [scheduler.state_dict() for scheduler in self.schedulers],
             "step": self.step_index,
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for opt, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
         self.step_index = int(state["step"])
         self.generator.set_state(state["generator"])

@@ -54,9 +54,8 @@ Optimisers (experiments/space.py): RMSprop at 1e-5 over the foreground, Adam at 
 "MultipleOptimizer"), batch 16, gradient_clip_val 1.0 (Lightning: the norm over all parameters), 160k steps, no lr
 schedule; data 'clevr-crop-(128, 128)' by default (the README gives only the CLEVR command for SPACE; the ClevrTex run
 would pass 'clevrtex:full-crop-(128,128)' as SPAIR's). `param_groups(lr)`: the foreground at `fg_lr_factor` (1e-2)
-lr, the background at lr, so the recipe's lr 1e-3 gives both reference rates. Deliberate differences: our trainer
-runs one optimiser over both groups (Adam or RMSprop), so one group's optimiser is not the reference's; and one
-forward/backward per step. [inferred, read not run] The reference's MultipleOptimizer.step(closure) passes Lightning's
+lr by RMSprop, the background at lr by Adam (each group names its optimiser: the trainer makes one of each), so the
+recipe's lr 1e-3 gives both reference rates. Deliberate difference: one forward/backward per step. [inferred, read not run] The reference's MultipleOptimizer.step(closure) passes Lightning's
 (1.2.9, environment.yml) training-step-and-backward closure to each inner optimiser, so each training step runs the
 model twice: RMSprop steps the foreground on the first pass's gradients, then Adam the background on the sum of both
 passes' (no zero_grad in between; the second pass sees the updated foreground and fresh noise).
@@ -247,11 +246,11 @@ class SPACE(ObjectModel):
         )  # fmt: skip
 
     def param_groups(self, lr: float) -> list[dict]:
-        """The reference's two optimisers' parameters: the foreground at fg_lr_factor lr (RMSprop 1e-5 there), the
-        background at lr (Adam 1e-3 there)."""
+        """The reference's two optimisers: the foreground by RMSprop at fg_lr_factor lr (1e-5 there), the background by
+        Adam at lr (1e-3 there)."""
         return [
-            {"params": list(self.fg.parameters()), "lr": lr * self.fg_lr_factor},
-            {"params": list(self.bg.parameters()), "lr": lr},
+            {"params": list(self.fg.parameters()), "lr": lr * self.fg_lr_factor, "optimizer": "rmsprop"},
+            {"params": list(self.bg.parameters()), "lr": lr, "optimizer": "adam"},
         ]
 
     # ---------------------------------------------------------------- background
