@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from objseg_checks import discs, gen, one_thread, perturbed  # noqa: F401
 
 from conftest import REPO
 
@@ -23,42 +24,13 @@ SMALL = {"slots": 4, "feat_dim": 16, "image_size": 32}
 FLOOR = 0.5 * math.log(2 * math.pi) + math.log(0.7)  # the NLL per value of a perfect reconstruction at std 0.7
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
+# perturbed(): at initialisation the colour gate is 0, so the IC-SBP embeddings are the coordinates alone; perturbed,
+# they depend on the image
 
 
 def model(seed: int = 0, **over) -> genesisv2.GenesisV2:
     torch.manual_seed(seed)
     return genesisv2.build({**SMALL, **over})
-
-
-def perturbed(m: genesisv2.GenesisV2, seed: int = 0) -> genesisv2.GenesisV2:
-    """Every weight + N(0, 1/fan_in), every vector + N(0, 0.01): at initialisation the colour gate is 0, so the
-    IC-SBP embeddings are the coordinates alone; perturbed, they depend on the image."""
-    g = gen(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p += torch.randn(p.shape, generator=g) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1)
-    return m
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_shapes_masks_partition_and_gradients():

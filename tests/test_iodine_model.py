@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from objseg_checks import discs, gen, one_thread, perturbed  # noqa: F401
 
 from conftest import REPO
 
@@ -21,42 +22,13 @@ import iodine  # noqa: E402
 SMALL = {"slots": 3, "z_dim": 8, "inference_iters": 3, "image_size": 24, "channels": 8, "lstm_dim": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
+# perturbed(): at the reference's initialisation (decoder xavier gain 0.02) the masks are 1/K to float32 precision
+# whatever the slots
 
 
 def model(seed: int = 0, **over) -> iodine.IODINE:
     torch.manual_seed(seed)
     return iodine.build({**SMALL, **over})
-
-
-def perturbed(m: iodine.IODINE, seed: int = 0) -> iodine.IODINE:
-    """Every weight + N(0, 1/fan_in), every vector + N(0, 0.01): at the reference's initialisation (decoder xavier
-    gain 0.02) the masks are 1/K to float32 precision whatever the slots."""
-    g = gen(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p += torch.randn(p.shape, generator=g) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1)
-    return m
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_shapes_masks_partition_and_gradients():

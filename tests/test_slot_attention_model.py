@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from objseg_checks import discs, gen, one_thread  # noqa: F401
 
 from conftest import REPO
 
@@ -21,32 +22,9 @@ import slot_attention  # noqa: E402
 SMALL = {"slots": 4, "iters": 3, "width": 16, "slot_mlp": 32, "decoder_size": 2, "image_size": 32}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
 def model(seed: int = 0, **over) -> slot_attention.SlotAttentionAE:
     torch.manual_seed(seed)
     return slot_attention.build({**SMALL, **over})
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_shapes_masks_partition_and_loss():
