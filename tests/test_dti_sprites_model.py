@@ -12,7 +12,7 @@ import numpy as np
 import objseg_checks
 import pytest
 import torch
-from objseg_checks import one_thread  # noqa: F401
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
 from conftest import REPO
 

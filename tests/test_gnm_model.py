@@ -9,10 +9,17 @@ from __future__ import annotations
 import math
 import sys
 
-import numpy as np
 import pytest
 import torch
-from objseg_checks import discs, gen, one_thread  # noqa: F401
+from objseg_checks import (
+    assert_draws_in_both_modes,
+    assert_falls,
+    assert_gradients,
+    discs,
+    fit,
+    gen,
+    one_thread,  # noqa: F401 (autouse fixture)
+)
 
 from conftest import REPO
 
@@ -64,41 +71,23 @@ def test_shapes_masks_terms_and_gradients():
     assert t["kl"] == pytest.approx(sum(t[f"kl_{k}"] for k in KL_PARTS), rel=1e-5)
     assert 0 <= t["count"] <= 4
     out.loss.backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert_gradients(m, nonzero=True)
 
 
 def test_generator_decides_every_draw():
     m = model()
     x = discs(2, 32, 2)
-    for mode, step in ((True, 10), (False, None)):  # training and evaluation both sample
-        m.train(mode)
-        with torch.no_grad():
-            a, b, c = m(x, gen(5), step=step), m(x, gen(5), step=step), m(x, gen(6), step=step)
-            torch.manual_seed(123)  # the global RNG plays no part
-            d = m(x, gen(5), step=step)
-        for o in (b, d):
-            assert torch.equal(a.canvas, o.canvas) and torch.equal(a.masks, o.masks) and torch.equal(a.loss, o.loss)
-        assert not torch.allclose(a.canvas, c.canvas) and not torch.allclose(a.masks, c.masks)
+    assert_draws_in_both_modes(m, x, ((True, 10), (False, None)))  # training and evaluation both sample
 
 
 def test_loss_falls_when_training():
     # sigma 0.2 (experiments/gnm.py's default; the ClevrTex 0.5 leaves a small image's likelihood weak) and Adam 3e-3
     m = model(seed=1, std=0.2)
     x = discs(4, 32, 3)
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    g = gen(0)
-    losses, mses = [], []
-    for _ in range(30):
-        out = m(x, g, step=None)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-        opt.step()
-        losses.append(out.loss.item())
-        mses.append(((out.canvas - x) ** 2).mean().item())
-    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses  # ~2000 -> ~620 here
-    assert np.mean(mses[-3:]) < 0.8 * np.mean(mses[:3]), mses  # ~0.10 -> ~0.072
+    record = lambda out: (out.loss.item(), ((out.canvas - x) ** 2).mean().item())  # noqa: E731
+    losses, mses = zip(*fit(m, x, lr=3e-3, record=record, clip=1.0, step_index=False))
+    assert_falls(list(losses), 0.5)  # ~2000 -> ~620 here
+    assert_falls(list(mses), 0.8)  # ~0.10 -> ~0.072
 
 
 def test_schedules_as_the_reference():

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pytest
 import torch
-from objseg_checks import discs, gen, one_thread  # noqa: F401
+from objseg_checks import (
+    assert_falls,
+    assert_gradients,
+    assert_partition,
+    discs,
+    draws,
+    fit,
+    gen,
+    one_thread,  # noqa: F401 (autouse fixture)
+)
 
 from conftest import REPO
 
@@ -39,10 +47,7 @@ def test_shapes_and_masks_partition_the_image():
     m = model()
     x = discs(3, 32, 0)
     out = m(x, gen(0), step=0)
-    assert out.masks.shape == (3, 4, 32, 32) and out.canvas.shape == (3, 3, 32, 32)
-    assert out.loss.shape == () and torch.isfinite(out.loss)
-    assert (out.masks >= 0).all()
-    torch.testing.assert_close(out.masks.sum(1), torch.ones(3, 32, 32), atol=1e-5, rtol=0)
+    assert_partition(out, x, 4)
     # the canvas is a convex combination of sigmoid means
     assert out.canvas.min() >= 0 and out.canvas.max() <= 1
     assert set(out.terms) == {"nll", "kl", "kl_mask", "loss"}
@@ -52,8 +57,7 @@ def test_shapes_and_masks_partition_the_image():
     )
     assert out.terms["kl"] > 0 and out.terms["kl_mask"] >= 0
     out.loss.backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert_gradients(m)
 
 
 def test_odd_image_size():
@@ -68,33 +72,17 @@ def test_odd_image_size():
 def test_generator_decides_the_draw():
     m = model().eval()
     x = discs(2, 32, 2)
-    with torch.no_grad():
-        a, b, c = m(x, gen(5)), m(x, gen(5)), m(x, gen(6))
-    assert torch.equal(a.canvas, b.canvas) and torch.equal(a.masks, b.masks) and torch.equal(a.loss, b.loss)
+    a, _, c, _ = draws(m, x)  # a, b and a reseeded d agree
     # the draw moves the reconstruction and the loss; the attention masks do not depend on it
     assert not torch.allclose(a.canvas, c.canvas) and a.loss != c.loss
     assert torch.equal(a.masks, c.masks)
-    # and the global RNG plays no part
-    torch.manual_seed(123)
-    with torch.no_grad():
-        d = m(x, gen(5))
-    assert torch.equal(a.canvas, d.canvas)
 
 
 def test_loss_falls_when_training():
     m = model(seed=1)
     x = discs(4, 32, 3)
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    g = gen(0)
-    losses = []
-    for _ in range(30):
-        out = m(x, g, step=len(losses))
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-    assert last < 0.8 * first, losses  # 5468 -> ~3400 here (the NLL is positive at these sigmas)
+    losses = fit(m, x, lr=3e-3)
+    assert_falls(losses, 0.8)  # 5468 -> ~3400 here (the NLL is positive at these sigmas)
 
 
 def test_build_defaults_and_unknown_params():

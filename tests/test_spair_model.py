@@ -12,7 +12,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-from objseg_checks import discs, gen, one_thread  # noqa: F401
+from objseg_checks import (
+    assert_draws_in_both_modes,
+    assert_falls,
+    assert_gradients,
+    discs,
+    fit,
+    gen,
+    one_thread,  # noqa: F401 (autouse fixture)
+)
 
 from conftest import REPO
 
@@ -42,11 +50,8 @@ def test_shapes_masks_and_gradients():
     assert t["loss"] == pytest.approx(-t["rec"] + t["kl"] + t["kl_bg"], rel=1e-5)
     assert t["kl"] == pytest.approx(t["kl_where"] + t["kl_what"] + t["kl_depth"] + t["kl_pres"], rel=1e-5)
     out.loss.backward()
-    for name, p in m.named_parameters():
-        if name.startswith("baseline."):  # the reference's REINFORCE baseline, unused without REINFORCE
-            assert p.grad is None
-            continue
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    # the reference's REINFORCE baseline, unused without REINFORCE, gets no gradient
+    assert_gradients(m, nonzero=True, skip=lambda name: name.startswith("baseline."))
 
 
 def test_masks_cover_objects_only_and_eval_presence_is_hard():
@@ -69,32 +74,14 @@ def test_masks_cover_objects_only_and_eval_presence_is_hard():
 def test_generator_decides_every_draw():
     m = model()
     x = discs(2, 64, 2)
-    for mode in (True, False):  # training and evaluation both sample
-        m.train(mode)
-        with torch.no_grad():
-            a, b, c = m(x, gen(5), step=10), m(x, gen(5), step=10), m(x, gen(6), step=10)
-            torch.manual_seed(123)  # the global RNG plays no part
-            d = m(x, gen(5), step=10)
-        for o in (b, d):
-            assert torch.equal(a.canvas, o.canvas) and torch.equal(a.masks, o.masks) and torch.equal(a.loss, o.loss)
-        assert not torch.allclose(a.canvas, c.canvas) and not torch.allclose(a.masks, c.masks)
+    assert_draws_in_both_modes(m, x, ((True, 10), (False, 10)))  # training and evaluation both sample
 
 
 def test_loss_falls_when_training():
     m = model(seed=1)
     x = discs(4, 64, 3)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    g = gen(0)
-    losses = []
-    for i in range(30):
-        out = m(x, g, step=None)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-        opt.step()
-        losses.append(out.loss.item())
-    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-    assert last < 0.8 * first, losses  # ~12200 -> ~5400 here (std 0.15, the final value)
+    losses = fit(m, x, lr=1e-3, clip=1.0, step_index=False)
+    assert_falls(losses, 0.8)  # ~12200 -> ~5400 here (std 0.15, the final value)
 
 
 def test_schedules():
