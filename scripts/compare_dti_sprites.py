@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,12 +44,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from objseg_reference import discs, reference_package, report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "dti_sprites")]
 import dti_sprites  # noqa: E402
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 DIR = "ool/picture/models/thirdparty/dti_sprites"
 FILES = ("__init__.py", "model.py", "utils.py")
 TOL, TOL_REL, TOL_GRAD = 1e-4, 1e-5, 1e-3  # masks/canvas/params absolute; loss relative; grads rel. to max |grad|
@@ -89,24 +87,6 @@ PHASES = (("train ep 0", 0, 1, True), ("train ep 200", 200, 1, True), ("train ep
           ("eval", None, None, False))  # fmt: skip
 
 
-def reference_files(ref: str | None, dest: Path) -> None:
-    dest.mkdir(parents=True)
-    if ref is None:
-        clone = dest.parent / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    for f in FILES:
-        src = root / DIR / f
-        if src.is_file():
-            shutil.copy(src, dest / f)
-        else:  # a bare git directory (e.g. a mirror)
-            text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{DIR}/{f}"], check=True,
-                                  capture_output=True, text=True).stdout  # fmt: skip
-            (dest / f).write_text(text)
-
-
 def ours_name(k: str) -> str | None:
     """reference state-dict name -> ours (None: no counterpart: buffers of its transformation modules)."""
     p = k.split(".")
@@ -131,19 +111,6 @@ def ours_name(k: str) -> str | None:
     if p[0] == "bkg_transformer":
         return f"bkg_color.{p[2]}.{tail}"
     raise KeyError(k)
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
 
 
 def perturb(sd: dict, seed: int) -> None:
@@ -322,7 +289,7 @@ def main() -> int:
         scipy.signal.gaussian = scipy.signal.windows.gaussian
     bad = []
     with tempfile.TemporaryDirectory() as tmp:
-        reference_files(args.reference, Path(tmp) / "refdti")
+        reference_package(args.reference, Path(tmp), {f"{DIR}/{f}": f"refdti/{f}" for f in FILES})
         sys.path.insert(0, tmp)
         rm = importlib.import_module("refdti.model")
         for case in QUICK if args.quick else FULL:
@@ -331,9 +298,7 @@ def main() -> int:
                 tol = {"masks": TOL, "canvas": TOL, "restarted params": TOL, "grad (rel to max |grad|)": TOL_GRAD}
                 bad += [f"{case[0]} {str(case[6])[6:]} {phase[0]}: {k}" for k, v in res.items()
                         if k != "reassigned (count)" and not v <= tol.get(k, TOL_REL) and not np.isnan(v)]  # fmt: skip
-    print("FAIL: " + "; ".join(bad) if bad else
-          f"OK: masks/canvas/params <= {TOL}, loss <= {TOL_REL} relative, gradients <= {TOL_GRAD}")  # fmt: skip
-    return 1 if bad else 0
+    return report(bad, f"OK: masks/canvas/params <= {TOL}, loss <= {TOL_REL} relative, gradients <= {TOL_GRAD}")
 
 
 if __name__ == "__main__":

@@ -29,21 +29,18 @@ import contextlib
 import copy
 import importlib
 import io
-import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
+from objseg_reference import discs, perturb_by_std, reference_noise, reference_package, rel, report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "gnm")]
 import gnm  # noqa: E402
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 FILES = ("ool/picture/models/thirdparty/gnm/model.py",)
 PRODICT = '''class Prodict(dict):
     """A dict with attribute access (stands in for the prodict package in this comparison only)."""
@@ -106,29 +103,6 @@ TERMS = {  # ours -> the reference's key
 }  # fmt: skip
 
 
-def reference_files(ref: str | None, root_dest: Path) -> None:
-    """Write FILES from `ref` (checkout or git dir; cloned when None) under `root_dest`, keeping their paths."""
-    if ref is None:
-        clone = root_dest.parent / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    for f in FILES:
-        dest = root_dest / f
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if (root / f).is_file():
-            shutil.copy(root / f, dest)
-        else:  # a bare git directory (e.g. a mirror)
-            text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{f}"], check=True,
-                                  capture_output=True, text=True).stdout  # fmt: skip
-            dest.write_text(text)
-    for pkg in ("ool", "ool/picture", "ool/picture/models", "ool/picture/models/thirdparty"):
-        (root_dest / pkg / "__init__.py").write_text("")
-    (root_dest / "ool/picture/models/thirdparty/gnm/__init__.py").write_text("")
-    (root_dest / "prodict.py").write_text(PRODICT)
-
-
 def name_map(sd: dict) -> dict[str, str]:
     """reference parameter name -> ours (constant buffers left out)."""
     out = {}
@@ -138,19 +112,6 @@ def name_map(sd: dict) -> dict[str, str]:
                 out[k] = b + k[len(a) :]
                 break
     return out
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
 
 
 def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype: torch.dtype, seed: int) -> dict:
@@ -166,11 +127,7 @@ def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype
         ref = ref_mod.GNM(args)
         ours = gnm.build({})
         if weights == "perturbed":
-            g = torch.Generator().manual_seed(seed + 7)
-            with torch.no_grad():
-                for p in ref.parameters():
-                    sd_ = p.std().item() if p.numel() > 1 and p.std().item() > 0 else 0.05
-                    p.add_(0.3 * sd_ * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            perturb_by_std(ref, seed + 7)
         sd = ref.state_dict()
         names = name_map(sd)
         extra = {k for k in sd if k not in names and k not in BUFFERS and not k.startswith("aux_p_")}
@@ -183,25 +140,17 @@ def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype
         ours.train(mode == "train")
 
         x = discs(batch, 128, seed).to(dtype)
-        normal_mod = importlib.import_module("torch.distributions.normal")
-        g_ref = torch.Generator().manual_seed(seed + 1)
-        orig_normal, orig_rand = normal_mod._standard_normal, torch.rand
-        normal_mod._standard_normal = lambda shape, dtype, device: torch.randn(shape, generator=g_ref, dtype=dtype)
-        torch.rand = lambda shape, dtype=None, device=None: orig_rand(shape, generator=g_ref, dtype=dtype)
-        try:
-            with torch.set_grad_enabled(mode == "train"):
-                r = ref(x, EVAL_STEP if step is None else step)
-        finally:
-            normal_mod._standard_normal, torch.rand = orig_normal, orig_rand
+        with (
+            reference_noise(torch.Generator().manual_seed(seed + 1), rand=True),
+            torch.set_grad_enabled(mode == "train"),
+        ):
+            r = ref(x, EVAL_STEP if step is None else step)
         with torch.set_grad_enabled(mode == "train"):
             o = ours(x, torch.Generator().manual_seed(seed + 1), step=step)
         with torch.no_grad():  # negative control: another seed must move the masks
             other = ours(x, torch.Generator().manual_seed(seed + 2), step=step).masks
     finally:
         torch.set_default_dtype(default)
-
-    def rel(a: float, b: float) -> float:
-        return abs(a - b) / max(abs(a), 1e-12)
 
     k = r["steps"]["mask"].shape[1]
     out = {
@@ -244,7 +193,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*(align_corners|indexing argument).*")
     with tempfile.TemporaryDirectory() as tmp:
-        reference_files(args.reference, Path(tmp) / "src")
+        reference_package(args.reference, Path(tmp) / "src", {f: f for f in FILES})
+        (Path(tmp) / "src" / "prodict.py").write_text(PRODICT)
         sys.path.insert(0, str(Path(tmp) / "src"))
         with contextlib.redirect_stdout(io.StringIO()):  # it pprints its config on import
             ref_mod = importlib.import_module("ool.picture.models.thirdparty.gnm.model")
@@ -257,8 +207,7 @@ def main() -> int:
                     tol = 0.0
                 if not v <= tol:
                     bad.append(f"{case[0]} {str(case[-1])[6:]}: {k} {v:.3g}")
-    print("FAIL: " + "; ".join(bad) if bad else "OK: every figure within its tolerance")
-    return 1 if bad else 0
+    return report(bad)
 
 
 if __name__ == "__main__":

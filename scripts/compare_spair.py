@@ -27,20 +27,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
+from objseg_reference import discs, perturb_by_std, reference_noise, reference_package, rel, report, shim_numpy
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "spair")]
 import spair  # noqa: E402
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 FILES = (
     "ool/picture/models/spair.py",
     "ool/picture/models/ool_base.py",
@@ -71,27 +68,6 @@ QUICK = (
 )
 
 
-def reference_files(ref: str | None, root_dest: Path) -> None:
-    """Write FILES from `ref` (checkout or git dir; cloned when None) under `root_dest`, keeping their paths."""
-    if ref is None:
-        clone = root_dest.parent / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    for f in FILES:
-        dest = root_dest / f
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if (root / f).is_file():
-            shutil.copy(root / f, dest)
-        else:  # a bare git directory (e.g. a mirror)
-            text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{f}"], check=True,
-                                  capture_output=True, text=True).stdout  # fmt: skip
-            dest.write_text(text)
-    for pkg in ("ool", "ool/picture", "ool/picture/models", "ool/picture/components"):
-        (root_dest / pkg / "__init__.py").write_text("")
-
-
 def name_map(sd: dict) -> dict[str, str]:
     """reference parameter name -> ours (constant buffers left out)."""
     prefix = {"box_enc.": "where_net.", "dep_enc.": "depth_net.", "pre_enc.": "pres_net.", "obj_enc.": "what_enc.",
@@ -106,19 +82,6 @@ def name_map(sd: dict) -> dict[str, str]:
     return out
 
 
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
 def compare(
     ref_mod, name: str, size: int, batch: int, mode: str, step, weights: str, dtype: torch.dtype, seed: int
 ) -> dict[str, float]:
@@ -130,11 +93,7 @@ def compare(
                             rein=False, factor_loss=False, context_grid_size=1, large=True, std=0.5)  # fmt: skip
         ours = spair.build({"image_size": size})
         if weights == "perturbed":
-            g = torch.Generator().manual_seed(seed + 7)
-            with torch.no_grad():
-                for p in ref.parameters():
-                    sd_ = p.std().item() if p.numel() > 1 and p.std().item() > 0 else 0.05
-                    p.add_(0.3 * sd_ * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            perturb_by_std(ref, seed + 7)
         sd = ref.state_dict()
         names = name_map(sd)
         extra = {k for k in sd if k not in names and k not in ("max_zw", "min_zw") and not k.startswith("_z_")}
@@ -154,25 +113,17 @@ def compare(
         ours.train(mode == "train")
 
         x = discs(batch, size, seed).to(dtype)
-        normal_mod = importlib.import_module("torch.distributions.normal")
-        g_ref = torch.Generator().manual_seed(seed + 1)
-        orig_normal, orig_rand = normal_mod._standard_normal, torch.rand
-        normal_mod._standard_normal = lambda shape, dtype, device: torch.randn(shape, generator=g_ref, dtype=dtype)
-        torch.rand = lambda shape, dtype=None, device=None: orig_rand(shape, generator=g_ref, dtype=dtype)
-        try:
-            with torch.set_grad_enabled(mode == "train"):
-                r = ref(x)
-        finally:
-            normal_mod._standard_normal, torch.rand = orig_normal, orig_rand
+        with (
+            reference_noise(torch.Generator().manual_seed(seed + 1), rand=True),
+            torch.set_grad_enabled(mode == "train"),
+        ):
+            r = ref(x)
         with torch.set_grad_enabled(mode == "train"):
             o = ours(x, torch.Generator().manual_seed(seed + 1), step=step)
         with torch.no_grad():  # negative control: another seed must move the masks
             other = ours(x, torch.Generator().manual_seed(seed + 2), step=step).masks
     finally:
         torch.set_default_dtype(default)
-
-    def rel(a: float, b: float) -> float:
-        return abs(a - b) / max(abs(a), 1e-12)
 
     k = r["steps"]["mask"].shape[1]
     out = {
@@ -222,11 +173,8 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        reference_files(args.reference, Path(tmp) / "src")
-        if not hasattr(np, "object"):
-            np.object = object
-        if not hasattr(np, "product"):
-            np.product = np.prod
+        reference_package(args.reference, Path(tmp) / "src", {f: f for f in FILES})
+        shim_numpy()
         sys.path.insert(0, str(Path(tmp) / "src"))
         ref_mod = importlib.import_module("ool.picture.models.spair")
         bad = []
@@ -238,8 +186,7 @@ def main() -> int:
                     tol = 0.0
                 if not v <= tol:
                     bad.append(f"{case[0]} {str(case[-1])[6:]}: {k} {v:.3g}")
-    print("FAIL: " + "; ".join(bad) if bad else "OK: every figure within its tolerance")
-    return 1 if bad else 0
+    return report(bad)
 
 
 if __name__ == "__main__":

@@ -3,43 +3,26 @@ perturbation, the one-thread fixture and the common checks (masks partition the 
 generator alone decides the draw, evaluation matches training, the loss falls over a few Adam steps).
 
 A test module imports the fixture with the rest (`from objseg_checks import one_thread`): pytest uses an autouse
-fixture found in the module's namespace.
+fixture found in the module's namespace. `discs` is scripts/objseg_reference.py's (the compare scripts' images).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from objseg_reference import discs  # noqa: E402, F401 (the disc images the compare scripts use too)
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
     torch.set_num_threads(1)
-
-
-def discs(
-    n: int,
-    size: int,
-    seed: int,
-    count: tuple[int, int] = (1, 4),
-    place: tuple[float, float] = (0.2, 0.8),
-    radius: tuple[float, float] = (0.1, 0.2),
-) -> torch.Tensor:
-    """n images: a flat random background with count[0] to count[1] - 1 discs (1-3 by default) of random colour,
-    radius (radius * size) and place (centre in place * size)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(*count)):
-            cy, cx = rng.uniform(*place, 2) * size
-            r = rng.uniform(*radius) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
 
 
 def gen(seed: int) -> torch.Generator:

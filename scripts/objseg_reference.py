@@ -1,0 +1,143 @@
+"""What the ClevrTex side-by-side scripts (scripts/compare_<model>.py) share: the reference files copied into a
+temporary package at run time (from a checkout, a bare git directory or a fresh clone at fe982ab; nothing of the
+reference is kept or committed), the shims for a newer numpy, the reference's noise routed to a seeded generator,
+weight perturbations, disc images, default-dtype switching and the final OK / FAIL line with its exit status.
+
+The scripts import it as `objseg_reference` (their own folder is first on sys.path when run as a script); so does
+tests/objseg_checks.py, for `discs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
+
+
+def reference_package(ref: str | None, root: Path, files: dict[str, str], commit: str = COMMIT) -> None:
+    """Write each reference file (its path in the repository -> its path under `root`) from `ref`, a checkout or a
+    bare git directory (e.g. a mirror), or from a clone of URL at `commit` when None; every folder between `root` and
+    a written file gets an empty `__init__.py` (a package), unless it has one."""
+    if ref is None:
+        clone = root / "_clevrtex_clone"
+        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
+        subprocess.run(["git", "-C", str(clone), "checkout", "-q", commit], check=True)
+        ref = str(clone)
+    src = Path(ref)
+    for f, to in files.items():
+        dest = root / to
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if (src / f).is_file():
+            text = (src / f).read_text()
+        else:  # a bare git directory
+            text = subprocess.run(["git", f"--git-dir={src}", "show", f"{commit}:{f}"], check=True,
+                                  capture_output=True, text=True).stdout  # fmt: skip
+        dest.write_text(text)
+        for parent in dest.parents:
+            if parent == root:
+                break
+            if not (parent / "__init__.py").exists():
+                (parent / "__init__.py").write_text("")
+
+
+def shim_numpy() -> None:
+    """In this process only: `numpy.object` and `numpy.product` (removed from numpy) are `object` and `numpy.prod`."""
+    if not hasattr(np, "object"):
+        np.object = object
+    if not hasattr(np, "product"):
+        np.product = np.prod
+
+
+def stub_module(name: str) -> None:
+    """An empty module `name` (imported by the reference, never used on the paths compared), unless installed."""
+    sys.modules.setdefault(name, types.ModuleType(name))
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+@contextlib.contextmanager
+def reference_noise(g: torch.Generator, rand: bool = False):
+    """torch.distributions' standard-normal draws (Normal.rsample) and, with rand, torch.rand (RelaxedBernoulli.rsample,
+    other uniform draws) come from `g`, in the dtype asked for or else the default dtype."""
+    normal_mod = importlib.import_module("torch.distributions.normal")
+    orig_rand, orig_normal = torch.rand, normal_mod._standard_normal
+
+    def seeded_rand(*size, device=None, dtype=None, **kw):
+        assert not kw, kw
+        return orig_rand(*size, generator=g, dtype=dtype or torch.get_default_dtype()).to(device)
+
+    normal_mod._standard_normal = lambda shape, dtype, device: torch.randn(shape, generator=g, dtype=dtype)
+    if rand:
+        torch.rand = seeded_rand
+    try:
+        yield
+    finally:
+        torch.rand, normal_mod._standard_normal = orig_rand, orig_normal
+
+
+def perturb_fan_in(model: torch.nn.Module, seed: int, trainable_only: bool = False) -> None:
+    """Every weight + N(0, 1/fan_in), every vector + N(0, 0.1^2), from the global RNG seeded with `seed`."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad or not trainable_only:
+                p += torch.randn_like(p) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1)
+
+
+def perturb_by_std(model: torch.nn.Module, seed: int, scale: float = 0.3) -> None:
+    """Every parameter moved by N(0, (scale * its tensor's std)^2) (std 0.05 for a scalar or constant tensor), drawn
+    from a generator seeded with `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            sd = p.std().item() if p.numel() > 1 and p.std().item() > 0 else 0.05
+            p.add_(scale * sd * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def discs(
+    n: int,
+    size: int,
+    seed: int,
+    count: tuple[int, int] = (1, 4),
+    place: tuple[float, float] = (0.2, 0.8),
+    radius: tuple[float, float] = (0.1, 0.2),
+) -> torch.Tensor:
+    """n images: a flat random background with count[0] to count[1] - 1 discs (1-3 by default) of random colour,
+    radius (radius * size) and place (centre in place * size)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        out[i] = rng.uniform(0, 1, 3)[:, None, None]
+        for _ in range(rng.integers(*count)):
+            cy, cx = rng.uniform(*place, 2) * size
+            r = rng.uniform(*radius) * size
+            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
+    return torch.from_numpy(out)
+
+
+def rel(a: float, b: float) -> float:
+    """|a - b| relative to |a| (the reference's value)."""
+    return abs(a - b) / max(abs(a), 1e-12)
+
+
+def report(bad: list[str], ok: str = "OK: every figure within its tolerance") -> int:
+    """Print the FAIL line (the figures past their tolerance) or `ok`; the exit status: 1 on a failure."""
+    print("FAIL: " + "; ".join(bad) if bad else ok)
+    return 1 if bad else 0
