@@ -35,7 +35,6 @@ batch 2, 48,235,051 parameters on both sides:
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from objseg_reference import discs, reference_package, report
+from objseg_reference import discs, parse_args, print_figures, reference_package, report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "dti_sprites")]
@@ -266,20 +265,16 @@ def _compare(rm, case: tuple, phase: tuple, seed: int) -> dict[str, float]:
     print(f"{name} {str(dtype)[6:]} {label}: {batch}x3x{size}x{size}, {sprites}+1 sprites, {layers} layers, "
           f"{n_ref:,} params (reference param_groups list {listed} tensors, {unique} distinct), loss "
           f"{o.loss.item():.5f}, reference {t_ref:.1f} s, ours {t_ours:.1f} s")  # fmt: skip
-    for k, v in out.items():
-        print(f"  {k:26s} {v:.3g}")
+    print_figures(out)
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--kornia", default=None, help="folder with kornia (0.5.5) to put first on sys.path")
-    ap.add_argument("--quick", action="store_true", help="small sizes (64x64, 4 sprites, 3 layers)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(
+        __doc__,
+        extra=((("--kornia",), {"default": None, "help": "folder with kornia (0.5.5) to put first on sys.path"}),),
+        quick="small sizes (64x64, 4 sprites, 3 layers)",
+    )
     if args.kornia:
         sys.path.insert(0, args.kornia)
     import scipy.signal

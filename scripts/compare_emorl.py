@@ -27,7 +27,6 @@ of the loss (relative to the largest |grad|). Exit status 1 when one exceeds the
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import math
 import sys
@@ -36,7 +35,16 @@ import time
 from pathlib import Path
 
 import torch
-from objseg_reference import default_dtype, discs, perturb_fan_in, reference_noise, reference_package, report
+from objseg_reference import (
+    default_dtype,
+    discs,
+    parse_args,
+    perturb_fan_in,
+    print_figures,
+    reference_noise,
+    reference_package,
+    report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "emorl")]
@@ -181,19 +189,12 @@ def compare(ref_mod, name, size, slots, z, batch, weights, dtype, mode, seed) ->
         out["grad (rel to max |grad|)"] /= scale
     print(f"{name} {weights} {str(dtype)[6:]} {mode}: {batch}x3x{size}x{size}, {slots} slots, z {z}, {n_ref:,} params, "
           f"loss {o.loss.item():.6g} ({t1 - t0:.1f} s reference, {t2 - t1:.1f} s ours forward)")  # fmt: skip
-    for k, v in out.items():
-        print(f"  {k:32s} {v:.3g}", flush=True)
+    print_figures(out, width=32)
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="the default architecture at 64x64 only")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, quick="the default architecture at 64x64 only")
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_emorl_") as tmp:
         reference_package(args.reference, Path(tmp), {f"{PKG}/{f}": f"{PKG}/{f}" for f in ("model.py", "utils.py")})

@@ -27,7 +27,6 @@ gradient of the loss (relative to the largest |grad|). Exit status 1 when one ex
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import tempfile
@@ -35,7 +34,17 @@ import time
 from pathlib import Path
 
 import torch
-from objseg_reference import default_dtype, discs, perturb_fan_in, reference_noise, reference_package, rel, report
+from objseg_reference import (
+    default_dtype,
+    discs,
+    parse_args,
+    perturb_fan_in,
+    print_figures,
+    reference_noise,
+    reference_package,
+    rel,
+    report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "genesisv2")]
@@ -164,21 +173,12 @@ def compare(ref_mod, name, size, slots, feat, batch, weights, dtype, mode, seed)
     print(f"{name} {weights} {str(dtype)[6:]} {mode}: {batch}x3x{size}x{size}, {slots} slots, feat {feat}, "
           f"{n_ref:,} params, loss {o.loss.item():.6g}, beta {ours.geco_beta.item():.6g} "
           f"({times[0]:.1f} s reference, {times[1]:.1f} s ours)")  # fmt: skip
-    for k, v in out.items():
-        print(f"  {k:36s} {v:.3g}", flush=True)
+    print_figures(out, width=36)
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--quick", action="store_true", help="the default architecture (11 slots, 64 features) at 32x32 only"
-    )
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, quick="the default architecture (11 slots, 64 features) at 32x32 only")
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_genesisv2_") as tmp:
         reference_package(args.reference, Path(tmp), {f"{PKG}/model.py": f"{PKG}/model.py"})

@@ -24,7 +24,6 @@ default dtype. Exit status 1 when one exceeds its tolerance.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import importlib
@@ -35,7 +34,18 @@ import warnings
 from pathlib import Path
 
 import torch
-from objseg_reference import discs, perturb_by_std, reference_noise, reference_package, rel, report
+from objseg_reference import (
+    discs,
+    grad_gap,
+    parse_args,
+    past_tolerance,
+    perturb_by_std,
+    print_figures,
+    reference_noise,
+    reference_package,
+    rel,
+    report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "gnm")]
@@ -61,6 +71,15 @@ PRODICT = '''class Prodict(dict):
 TOL = {"masks": 1e-4, "canvas": 1e-4, "grad (rel to max |grad|)": 1e-3}
 TOL_REL = 1e-5
 TOL64 = 1e-9
+
+
+def tolerance(figure: str, dtype: torch.dtype) -> float:
+    """The count exactly; in float64 TOL64; else TOL, TOL_REL for a relative figure (0 for any other)."""
+    if figure == "count":
+        return 0.0
+    return TOL64 if dtype == torch.float64 else TOL.get(figure, TOL_REL if "(rel)" in figure else 0.0)
+
+
 EVAL_STEP = 300000  # the paper run's last step: every schedule at its end value
 # (name, batch, mode, step, weights, dtype); step None = evaluation
 CASES = (
@@ -163,34 +182,17 @@ def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype
     if mode == "train":
         r["loss"].backward()
         o.loss.backward()
-        ours_params = dict(ours.named_parameters())
-        diffs, scale = [], 0.0
-        for n, p in ref.named_parameters():
-            q = ours_params[names[n]]
-            if p.grad is None or q.grad is None:
-                assert p.grad is None and q.grad is None, n
-                continue
-            diffs.append((p.grad - q.grad).abs().max().item())
-            scale = max(scale, p.grad.abs().max().item())
-        out["grad (rel to max |grad|)"] = max(diffs) / scale
+        out["grad (rel to max |grad|)"] = grad_gap(ref, ours, names)
     print(f"{name} {str(dtype)[6:]}: {batch}x3x128x128, {k} cells, {weights} weights, {n_ref:,} params, "
           f"step {step}, present {o.terms['count']:.2f}, loss {o.loss.item():.2f}")  # fmt: skip
-    for key, v in out.items():
-        print(f"  {key:26s} {v:.3g}")
-    print(f"  {'(control: another seed)':26s} masks {control:.3g}")
+    print_figures(out, control=control)
     if not control > TOL["masks"]:
         out["control: another seed moves the masks"] = float("inf")
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="two cases at batch 1")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, quick="two cases at batch 1")
     warnings.filterwarnings("ignore", message=".*(align_corners|indexing argument).*")
     with tempfile.TemporaryDirectory() as tmp:
         reference_package(args.reference, Path(tmp) / "src", {f: f for f in FILES})
@@ -201,12 +203,7 @@ def main() -> int:
         bad = []
         for case in QUICK if args.quick else CASES:
             res = compare(ref_mod, *case, seed=args.seed)
-            for k, v in res.items():
-                tol = TOL64 if case[-1] == torch.float64 else TOL.get(k, TOL_REL if "(rel)" in k else 0.0)
-                if k == "count":
-                    tol = 0.0
-                if not v <= tol:
-                    bad.append(f"{case[0]} {str(case[-1])[6:]}: {k} {v:.3g}")
+            bad += past_tolerance(f"{case[0]} {str(case[-1])[6:]}", res, lambda k, dt=case[-1]: tolerance(k, dt))
     return report(bad)
 
 

@@ -29,7 +29,6 @@ float32 and float64 alike; ~1e-15 in float64 with eps 0). Exit status 1 when one
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import math
@@ -40,7 +39,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from objseg_reference import default_dtype, discs, perturb_fan_in, reference_package, rel, report
+from objseg_reference import default_dtype, discs, parse_args, perturb_fan_in, reference_package, rel, report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "iodine")]
@@ -206,13 +205,7 @@ def compare(ref_mod, name, size, slots, z, iters, batch, weights, dtype, mode, s
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="the default architecture at 48x48, and a small one")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, quick="the default architecture at 48x48, and a small one")
     warnings.filterwarnings("ignore", message="torch.meshgrid")  # the reference's meshgrid without `indexing`
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_iodine_") as tmp:

@@ -19,14 +19,22 @@ seeded as the one passed to ours (ours draws one (B, z) tensor per slot in slot 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from objseg_reference import discs, reference_noise, reference_package, report, shim_numpy, stub_module
+from objseg_reference import (
+    discs,
+    parse_args,
+    print_figures,
+    reference_noise,
+    reference_package,
+    report,
+    shim_numpy,
+    stub_module,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "monet")]
@@ -100,18 +108,12 @@ def compare(
     }
     print(f"{name} {str(dtype)[6:]}: {batch}x3x{size}x{size}, {slots} slots, {blocks} blocks, {n_ref:,} params, "
           f"loss {o.loss.item():.2f}")  # fmt: skip
-    for k, v in out.items():
-        print(f"  {k:26s} {v:.3g}")
+    print_figures(out)
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         reference_package(args.reference, Path(tmp), {f: f"refmonet/{Path(f).name}" for f in FILES})
         stub_module("ipdb")

@@ -27,7 +27,6 @@ gradient are bit-identical (all differences 0); ours under the same seed draws t
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from objseg_reference import discs, reference_package, report
+from objseg_reference import discs, parse_args, reference_package, report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "slot_attention")]
@@ -113,13 +112,7 @@ def compare(ref_mod, size: int, slots: int, batch: int, dtype: torch.dtype, pert
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="one small case (64x64, 5 slots) instead of 128 and 97")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, quick="one small case (64x64, 5 slots) instead of 128 and 97")
     with tempfile.TemporaryDirectory() as tmp:
         reference_package(args.reference, Path(tmp), {FILE: "refslota/model.py"})
         sys.path.insert(0, tmp)

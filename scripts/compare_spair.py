@@ -25,14 +25,25 @@ reference built and run under float64 default dtype. Exit status 1 when one exce
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from objseg_reference import discs, perturb_by_std, reference_noise, reference_package, rel, report, shim_numpy
+from objseg_reference import (
+    discs,
+    grad_gap,
+    parse_args,
+    past_tolerance,
+    perturb_by_std,
+    print_figures,
+    reference_noise,
+    reference_package,
+    rel,
+    report,
+    shim_numpy,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "spair")]
@@ -52,6 +63,15 @@ TOL = {  # float32; float64 is held to 1e-9 everywhere
 }
 TOL_REL = 1e-5
 TOL64 = 1e-9
+
+
+def tolerance(figure: str, dtype: torch.dtype) -> float:
+    """The count exactly; in float64 TOL64; else TOL, TOL_REL for a relative figure (0 for any other)."""
+    if figure == "count":
+        return 0.0
+    return TOL64 if dtype == torch.float64 else TOL.get(figure, TOL_REL if "(rel)" in figure else 0.0)
+
+
 # (name, image size, batch, mode, step, weights, dtype); step None = evaluation with the schedules' final values
 CASES = (
     ("train@0 init", 128, 2, "train", 0, "init", torch.float32),
@@ -135,15 +155,6 @@ def compare(
     if mode == "train":
         r["loss"].backward()
         o.loss.backward()
-        ours_params = dict(ours.named_parameters())
-        diffs, scale = [], 0.0
-        for n, p in ref.named_parameters():
-            q = ours_params[names[n]]
-            if p.grad is None or q.grad is None:
-                assert p.grad is None and q.grad is None, n  # only the unused REINFORCE baseline
-                continue
-            diffs.append((p.grad - q.grad).abs().max().item())
-            scale = max(scale, p.grad.abs().max().item())
         out |= {
             "loss (rel)": rel(r["loss"].item(), o.terms["loss"]),
             "rec (rel)": rel(r["rec_loss"].item(), o.terms["rec"]),
@@ -151,27 +162,19 @@ def compare(
             "kl_bg (rel)": rel(r["steps"].kl_bg.mean().item(), o.terms["kl_bg"]),
         }
         out |= {f"{t} (rel)": rel(r[t].item(), o.terms[t]) for t in ("kl_where", "kl_what", "kl_depth", "kl_pres")}
-        out["grad (rel to max |grad|)"] = max(diffs) / scale
+        out["grad (rel to max |grad|)"] = grad_gap(ref, ours, names)  # gradient-less: the REINFORCE baseline
     loss = f"loss {o.loss.item():.2f}" if mode == "train" else "no reference loss at eval"
     print(f"{name} {str(dtype)[6:]}: {batch}x3x{size}x{size}, {k} cells, {weights} weights, {n_ref:,} params, "
           f"p {spair.schedule(spair.DEFAULTS['prior'], step):.4g}, std {spair.schedule(spair.DEFAULTS['std'], step):.4g}, "
           f"present {o.terms['count']:.2f}, {loss}")  # fmt: skip
-    for key, v in out.items():
-        print(f"  {key:26s} {v:.3g}")
-    print(f"  {'(control: another seed)':26s} masks {control:.3g}")
+    print_figures(out, control=control)
     if not control > TOL["masks"]:
         out["control: another seed moves the masks"] = float("inf")
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="64x64 (2x2 cells) only")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, quick="64x64 (2x2 cells) only")
     with tempfile.TemporaryDirectory() as tmp:
         reference_package(args.reference, Path(tmp) / "src", {f: f for f in FILES})
         shim_numpy()
@@ -180,12 +183,7 @@ def main() -> int:
         bad = []
         for case in QUICK if args.quick else CASES:
             res = compare(ref_mod, *case, seed=args.seed)
-            for k, v in res.items():
-                tol = TOL64 if case[-1] == torch.float64 else TOL.get(k, TOL_REL if "(rel)" in k else 0.0)
-                if k == "count":
-                    tol = 0.0
-                if not v <= tol:
-                    bad.append(f"{case[0]} {str(case[-1])[6:]}: {k} {v:.3g}")
+            bad += past_tolerance(f"{case[0]} {str(case[-1])[6:]}", res, lambda k, dt=case[-1]: tolerance(k, dt))
     return report(bad)
 
 

@@ -9,6 +9,7 @@ tests/objseg_checks.py, for `discs`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import subprocess
@@ -141,3 +142,47 @@ def report(bad: list[str], ok: str = "OK: every figure within its tolerance") ->
     """Print the FAIL line (the figures past their tolerance) or `ok`; the exit status: 1 on a failure."""
     print("FAIL: " + "; ".join(bad) if bad else ok)
     return 1 if bad else 0
+
+
+def parse_args(doc: str, quick: str | None = None, extra: tuple = ()) -> argparse.Namespace:
+    """The command line every compare script takes: --reference PATH, --seed, --threads (set here) and, given its
+    help, --quick; `extra`: more (flags, keyword arguments) pairs. The description: the docstring's first paragraph."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--reference", default=None)
+    for flags, kw in extra:
+        ap.add_argument(*flags, **kw)
+    if quick is not None:
+        ap.add_argument("--quick", action="store_true", help=quick)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def grad_gap(ref: torch.nn.Module, ours: torch.nn.Module, names: dict[str, str]) -> float:
+    """max |reference grad - ours| over the parameters (reference name -> ours through `names`), relative to the
+    largest |reference grad|; a parameter without a gradient must have none on both sides."""
+    ours_params = dict(ours.named_parameters())
+    diffs, scale = [], 0.0
+    for n, p in ref.named_parameters():
+        q = ours_params[names[n]]
+        if p.grad is None or q.grad is None:
+            assert p.grad is None and q.grad is None, n
+            continue
+        diffs.append((p.grad - q.grad).abs().max().item())
+        scale = max(scale, p.grad.abs().max().item())
+    return max(diffs) / scale
+
+
+def print_figures(out: dict[str, float], width: int = 26, control: float | None = None) -> None:
+    """One line a figure; with control, the negative control's mask difference (another seed) last."""
+    for k, v in out.items():
+        print(f"  {k:{width}s} {v:.3g}", flush=True)
+    if control is not None:
+        print(f"  {'(control: another seed)':{width}s} masks {control:.3g}")
+
+
+def past_tolerance(label: str, res: dict[str, float], tol) -> list[str]:
+    """`label: figure value` for each figure of res not within tol(figure name) (NaN is not within)."""
+    return [f"{label}: {k} {v:.3g}" for k, v in res.items() if not v <= tol(k)]
