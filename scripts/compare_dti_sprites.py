@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import objseg_reference as common
 import torch
-from objseg_reference import discs, parse_args, print_figures, reference_package, report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "dti_sprites")]
@@ -212,7 +212,7 @@ def _compare(rm, case: tuple, phase: tuple, seed: int) -> dict[str, float]:
     ref.train(train)
     ours.train(train)
 
-    x = discs(batch, size, seed).to(dtype)
+    x = common.discs(batch, size, seed).to(dtype)
     g_ours = torch.Generator().manual_seed(seed + 1)
     g_ref = torch.Generator().manual_seed(seed + 1)
     check = train and step % 250 == 0
@@ -265,12 +265,12 @@ def _compare(rm, case: tuple, phase: tuple, seed: int) -> dict[str, float]:
     print(f"{name} {str(dtype)[6:]} {label}: {batch}x3x{size}x{size}, {sprites}+1 sprites, {layers} layers, "
           f"{n_ref:,} params (reference param_groups list {listed} tensors, {unique} distinct), loss "
           f"{o.loss.item():.5f}, reference {t_ref:.1f} s, ours {t_ours:.1f} s")  # fmt: skip
-    print_figures(out)
+    common.print_figures(out)
     return out
 
 
 def main() -> int:
-    args = parse_args(
+    args = common.parse_args(
         __doc__,
         extra=((("--kornia",), {"default": None, "help": "folder with kornia (0.5.5) to put first on sys.path"}),),
         quick="small sizes (64x64, 4 sprites, 3 layers)",
@@ -284,7 +284,7 @@ def main() -> int:
         scipy.signal.gaussian = scipy.signal.windows.gaussian
     bad = []
     with tempfile.TemporaryDirectory() as tmp:
-        reference_package(args.reference, Path(tmp), {f"{DIR}/{f}": f"refdti/{f}" for f in FILES})
+        common.reference_package(args.reference, Path(tmp), {f"{DIR}/{f}": f"refdti/{f}" for f in FILES})
         sys.path.insert(0, tmp)
         rm = importlib.import_module("refdti.model")
         for case in QUICK if args.quick else FULL:
@@ -293,7 +293,7 @@ def main() -> int:
                 tol = {"masks": TOL, "canvas": TOL, "restarted params": TOL, "grad (rel to max |grad|)": TOL_GRAD}
                 bad += [f"{case[0]} {str(case[6])[6:]} {phase[0]}: {k}" for k, v in res.items()
                         if k != "reassigned (count)" and not v <= tol.get(k, TOL_REL) and not np.isnan(v)]  # fmt: skip
-    return report(bad, f"OK: masks/canvas/params <= {TOL}, loss <= {TOL_REL} relative, gradients <= {TOL_GRAD}")
+    return common.report(bad, f"OK: masks/canvas/params <= {TOL}, loss <= {TOL_REL} relative, gradients <= {TOL_GRAD}")
 
 
 if __name__ == "__main__":

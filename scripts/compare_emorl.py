@@ -34,17 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import objseg_reference as common
 import torch
-from objseg_reference import (
-    default_dtype,
-    discs,
-    parse_args,
-    perturb_fan_in,
-    print_figures,
-    reference_noise,
-    reference_package,
-    report,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "emorl")]
@@ -131,7 +122,7 @@ def reference_model(ref_mod, size: int, slots: int, z: int, batch: int, weights:
                                 refinement_iters=3, bottom_up_prior=False, reverse_prior_plusplus=True,
                                 use_geco=True, training=hp)  # fmt: skip
     if weights == "perturbed":
-        perturb_fan_in(ref, seed + 2, trainable_only=True)
+        common.perturb_fan_in(ref, seed + 2, trainable_only=True)
     ref = ref.to(dtype)
     hv = ref.hvae_networks
     hv.positional_embedding = hv.positional_embedding.to(dtype)
@@ -142,7 +133,7 @@ def reference_model(ref_mod, size: int, slots: int, z: int, batch: int, weights:
 
 
 def compare(ref_mod, name, size, slots, z, batch, weights, dtype, mode, seed) -> dict[str, float]:
-    with default_dtype(dtype):
+    with common.default_dtype(dtype):
         ref = reference_model(ref_mod, size, slots, z, batch, weights, dtype, seed)
     ours = emorl.build({"slots": slots, "z_dim": z, "image_size": size}).to(dtype)
     step = None if mode == "eval" else int(mode.split("@")[1])
@@ -158,9 +149,9 @@ def compare(ref_mod, name, size, slots, z, batch, weights, dtype, mode, seed) ->
     ref.train(mode != "eval")
     ours.train(mode != "eval")
 
-    x = discs(batch, size, seed).to(dtype)
+    x = common.discs(batch, size, seed).to(dtype)
     t0 = time.perf_counter()
-    with reference_noise(torch.Generator().manual_seed(seed + 1)), default_dtype(dtype):
+    with common.reference_noise(torch.Generator().manual_seed(seed + 1)), common.default_dtype(dtype):
         r = ref(x, 150000 if step is None else step)
     t1 = time.perf_counter()
     o = ours(x, torch.Generator().manual_seed(seed + 1), step=step)
@@ -189,15 +180,17 @@ def compare(ref_mod, name, size, slots, z, batch, weights, dtype, mode, seed) ->
         out["grad (rel to max |grad|)"] /= scale
     print(f"{name} {weights} {str(dtype)[6:]} {mode}: {batch}x3x{size}x{size}, {slots} slots, z {z}, {n_ref:,} params, "
           f"loss {o.loss.item():.6g} ({t1 - t0:.1f} s reference, {t2 - t1:.1f} s ours forward)")  # fmt: skip
-    print_figures(out, width=32)
+    common.print_figures(out, width=32)
     return out
 
 
 def main() -> int:
-    args = parse_args(__doc__, quick="the default architecture at 64x64 only")
+    args = common.parse_args(__doc__, quick="the default architecture at 64x64 only")
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_emorl_") as tmp:
-        reference_package(args.reference, Path(tmp), {f"{PKG}/{f}": f"{PKG}/{f}" for f in ("model.py", "utils.py")})
+        common.reference_package(
+            args.reference, Path(tmp), {f"{PKG}/{f}": f"{PKG}/{f}" for f in ("model.py", "utils.py")}
+        )
         sys.path.insert(0, tmp)
         ref_mod = importlib.import_module(PKG.replace("/", ".") + ".model")
         for case in QUICK if args.quick else CASES:
@@ -206,7 +199,7 @@ def main() -> int:
                 tol, tol_grad = TOL[case[-1]], TOL_GRAD[case[-1]]
                 bad += [f"{case[0]} {case[5]} {mode}: {k}" for k, v in res.items()
                         if "abs" not in k and v > (tol_grad if k.startswith("grad") else tol)]  # fmt: skip
-    return report(bad)
+    return common.report(bad)
 
 
 if __name__ == "__main__":

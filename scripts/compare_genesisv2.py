@@ -33,18 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import objseg_reference as common
 import torch
-from objseg_reference import (
-    default_dtype,
-    discs,
-    parse_args,
-    perturb_fan_in,
-    print_figures,
-    reference_noise,
-    reference_package,
-    rel,
-    report,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "genesisv2")]
@@ -101,10 +91,10 @@ def to_ours(ref_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def reference_model(ref_mod, size, slots, feat, weights, dtype, seed, goal):
     torch.manual_seed(seed)
-    with default_dtype(dtype):
+    with common.default_dtype(dtype):
         ref = ref_mod.GenesisV2(g_goal=goal, pixel_std=0.7, K_steps=slots, img_size=size, feat_dim=feat)
     if weights == "perturbed":
-        perturb_fan_in(ref, seed + 2)
+        common.perturb_fan_in(ref, seed + 2)
     return ref
 
 
@@ -135,14 +125,14 @@ def compare(ref_mod, name, size, slots, feat, batch, weights, dtype, mode, seed)
         return out
 
     ours._ic_sbp = recording_sbp
-    x = discs(batch, size, seed).to(dtype)
+    x = common.discs(batch, size, seed).to(dtype)
     out: dict[str, float] = {}
     times = [0.0, 0.0]
     buffers = {n: t.clone() for n, t in ours.named_buffers()}
     g_ref, g_ours = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 1)
     for call in (1, 2) if train else (1,):
         t0 = time.perf_counter()
-        with default_dtype(dtype), reference_noise(g_ref, rand=True):
+        with common.default_dtype(dtype), common.reference_noise(g_ref, rand=True):
             r = ref(x)
         t1 = time.perf_counter()
         o = ours(x, g_ours, step=call - 1)
@@ -154,11 +144,11 @@ def compare(ref_mod, name, size, slots, feat, batch, weights, dtype, mode, seed)
         out[f"canvas{sfx}"] = (r["canvas"] - o.canvas).abs().max().item()
         for key, ours_key in (("loss", "loss"), ("rec_loss", "rec_loss"), ("kl", "kl"), ("elbo", "elbo")):
             ref_v = r[key].item()
-            out[f"{key}{sfx} (rel)"] = rel(ref_v, o.terms[ours_key])
+            out[f"{key}{sfx} (rel)"] = common.rel(ref_v, o.terms[ours_key])
             out[f"{key}{sfx} (abs, {ref_v:.6g})"] = abs(ref_v - o.terms[ours_key])
         if train:
-            out[f"geco beta{sfx} (rel)"] = rel(ref.geco.beta.item(), ours.geco_beta.item())
-            out[f"geco err_ema{sfx} (rel)"] = rel(ref.geco.err_ema.item(), ours.geco_err_ema.item())
+            out[f"geco beta{sfx} (rel)"] = common.rel(ref.geco.beta.item(), ours.geco_beta.item())
+            out[f"geco err_ema{sfx} (rel)"] = common.rel(ref.geco.err_ema.item(), ours.geco_err_ema.item())
             if call == 1:
                 r["loss"].backward()
                 o.loss.backward()
@@ -173,15 +163,15 @@ def compare(ref_mod, name, size, slots, feat, batch, weights, dtype, mode, seed)
     print(f"{name} {weights} {str(dtype)[6:]} {mode}: {batch}x3x{size}x{size}, {slots} slots, feat {feat}, "
           f"{n_ref:,} params, loss {o.loss.item():.6g}, beta {ours.geco_beta.item():.6g} "
           f"({times[0]:.1f} s reference, {times[1]:.1f} s ours)")  # fmt: skip
-    print_figures(out, width=36)
+    common.print_figures(out, width=36)
     return out
 
 
 def main() -> int:
-    args = parse_args(__doc__, quick="the default architecture (11 slots, 64 features) at 32x32 only")
+    args = common.parse_args(__doc__, quick="the default architecture (11 slots, 64 features) at 32x32 only")
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_genesisv2_") as tmp:
-        reference_package(args.reference, Path(tmp), {f"{PKG}/model.py": f"{PKG}/model.py"})
+        common.reference_package(args.reference, Path(tmp), {f"{PKG}/model.py": f"{PKG}/model.py"})
         sys.path.insert(0, tmp)
         ref_mod = importlib.import_module(PKG.replace("/", ".") + ".model")
         for case in QUICK if args.quick else CASES:
@@ -190,7 +180,7 @@ def main() -> int:
                 tol, tol_grad = TOL[case[-1]], TOL_GRAD[case[-1]]
                 bad += [f"{case[0]} {case[5]} {str(case[-1])[6:]} {mode}: {k}" for k, v in res.items()
                         if "abs" not in k and v > (tol_grad if k.startswith("grad") else tol)]  # fmt: skip
-    return report(bad)
+    return common.report(bad)
 
 
 if __name__ == "__main__":

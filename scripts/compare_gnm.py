@@ -33,19 +33,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import objseg_reference as common
 import torch
-from objseg_reference import (
-    discs,
-    grad_gap,
-    parse_args,
-    past_tolerance,
-    perturb_by_std,
-    print_figures,
-    reference_noise,
-    reference_package,
-    rel,
-    report,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "gnm")]
@@ -146,7 +135,7 @@ def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype
         ref = ref_mod.GNM(args)
         ours = gnm.build({})
         if weights == "perturbed":
-            perturb_by_std(ref, seed + 7)
+            common.perturb_by_std(ref, seed + 7)
         sd = ref.state_dict()
         names = name_map(sd)
         extra = {k for k in sd if k not in names and k not in BUFFERS and not k.startswith("aux_p_")}
@@ -158,9 +147,9 @@ def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype
         ref.train(mode == "train")
         ours.train(mode == "train")
 
-        x = discs(batch, 128, seed).to(dtype)
+        x = common.discs(batch, 128, seed).to(dtype)
         with (
-            reference_noise(torch.Generator().manual_seed(seed + 1), rand=True),
+            common.reference_noise(torch.Generator().manual_seed(seed + 1), rand=True),
             torch.set_grad_enabled(mode == "train"),
         ):
             r = ref(x, EVAL_STEP if step is None else step)
@@ -177,25 +166,25 @@ def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype
         "canvas": (r["canvas"] - o.canvas).abs().max().item(),
         "count": abs(r["counts"].mean().item() - o.terms["count"]),
     }
-    out |= {f"{t} (rel)": rel(r[rk].item(), o.terms[t]) for t, rk in TERMS.items()}
+    out |= {f"{t} (rel)": common.rel(r[rk].item(), o.terms[t]) for t, rk in TERMS.items()}
     control = (r["steps"]["mask"][:, :, 0] - other).abs().max().item()
     if mode == "train":
         r["loss"].backward()
         o.loss.backward()
-        out["grad (rel to max |grad|)"] = grad_gap(ref, ours, names)
+        out["grad (rel to max |grad|)"] = common.grad_gap(ref, ours, names)
     print(f"{name} {str(dtype)[6:]}: {batch}x3x128x128, {k} cells, {weights} weights, {n_ref:,} params, "
           f"step {step}, present {o.terms['count']:.2f}, loss {o.loss.item():.2f}")  # fmt: skip
-    print_figures(out, control=control)
+    common.print_figures(out, control=control)
     if not control > TOL["masks"]:
         out["control: another seed moves the masks"] = float("inf")
     return out
 
 
 def main() -> int:
-    args = parse_args(__doc__, quick="two cases at batch 1")
+    args = common.parse_args(__doc__, quick="two cases at batch 1")
     warnings.filterwarnings("ignore", message=".*(align_corners|indexing argument).*")
     with tempfile.TemporaryDirectory() as tmp:
-        reference_package(args.reference, Path(tmp) / "src", {f: f for f in FILES})
+        common.reference_package(args.reference, Path(tmp) / "src", {f: f for f in FILES})
         (Path(tmp) / "src" / "prodict.py").write_text(PRODICT)
         sys.path.insert(0, str(Path(tmp) / "src"))
         with contextlib.redirect_stdout(io.StringIO()):  # it pprints its config on import
@@ -203,8 +192,8 @@ def main() -> int:
         bad = []
         for case in QUICK if args.quick else CASES:
             res = compare(ref_mod, *case, seed=args.seed)
-            bad += past_tolerance(f"{case[0]} {str(case[-1])[6:]}", res, lambda k, dt=case[-1]: tolerance(k, dt))
-    return report(bad)
+            bad += common.past_tolerance(f"{case[0]} {str(case[-1])[6:]}", res, lambda k, dt=case[-1]: tolerance(k, dt))
+    return common.report(bad)
 
 
 if __name__ == "__main__":

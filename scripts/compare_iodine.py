@@ -38,8 +38,8 @@ import time
 import warnings
 from pathlib import Path
 
+import objseg_reference as common
 import torch
-from objseg_reference import default_dtype, discs, parse_args, perturb_fan_in, reference_package, rel, report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "iodine")]
@@ -109,12 +109,12 @@ def noise(draw):
 
 
 def reference_model(ref_mod, size, slots, z, iters, batch, weights, dtype, seed):
-    with default_dtype(dtype):
+    with common.default_dtype(dtype):
         torch.manual_seed(seed)
         ref = ref_mod.IODINE(batch_size=batch, input_size=(3, size, size), z_size=z, K=slots, inference_iters=iters,
                              log_scale=math.log(0.1), kl_beta=1, lstm_dim=256, conv_channels=64)  # fmt: skip
     if weights == "perturbed":
-        perturb_fan_in(ref, seed + 2)
+        common.perturb_fan_in(ref, seed + 2)
     ref = ref.to(dtype)
     ref.h_0, ref.c_0 = ref.h_0.to(dtype), ref.c_0.to(dtype)
     ref.gmm_log_scale = (math.log(0.1) * torch.ones(slots, dtype=dtype)).view(1, slots, 1, 1, 1)
@@ -127,7 +127,7 @@ def grads_of(module) -> dict[str, torch.Tensor]:
 
 def run_reference(ref, x, draw, train):
     ref.train(train)
-    with noise(draw), default_dtype(x.dtype), contextlib.nullcontext() if train else torch.no_grad():
+    with noise(draw), common.default_dtype(x.dtype), contextlib.nullcontext() if train else torch.no_grad():
         r = ref(x)
         if train:
             ref.zero_grad()
@@ -149,7 +149,7 @@ def compare(ref_mod, name, size, slots, z, iters, batch, weights, dtype, mode, s
     n_ref = sum(p.numel() for p in ref.parameters())
     assert n_ref == sum(p.numel() for p in ours.parameters())
     train = mode != "eval"
-    x = discs(batch, size, seed).to(dtype)
+    x = common.discs(batch, size, seed).to(dtype)
 
     t0 = time.perf_counter()
     if per_image:  # ours' noise, replayed: one (B*K, z) draw per iteration; image i takes rows i*K .. i*K + K - 1
@@ -185,7 +185,7 @@ def compare(ref_mod, name, size, slots, z, iters, batch, weights, dtype, mode, s
     }
     for key, ours_v in (("loss", o.loss.item()), ("recon_loss", o.terms["nll"]), ("kl", o.terms["kl"])):
         ref_v = r[key].item()
-        out[f"{key} (rel)"] = rel(ref_v, ours_v)
+        out[f"{key} (rel)"] = common.rel(ref_v, ours_v)
         out[f"{key} (abs, {ref_v:.6g})"] = abs(ref_v - ours_v)
     if train:
         g_ref = to_ours(ref_grads)
@@ -205,11 +205,11 @@ def compare(ref_mod, name, size, slots, z, iters, batch, weights, dtype, mode, s
 
 
 def main() -> int:
-    args = parse_args(__doc__, quick="the default architecture at 48x48, and a small one")
+    args = common.parse_args(__doc__, quick="the default architecture at 48x48, and a small one")
     warnings.filterwarnings("ignore", message="torch.meshgrid")  # the reference's meshgrid without `indexing`
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_iodine_") as tmp:
-        reference_package(args.reference, Path(tmp), {FILE: "refiodine/iodine.py"})
+        common.reference_package(args.reference, Path(tmp), {FILE: "refiodine/iodine.py"})
         sys.path.insert(0, tmp)
         ref_mod = importlib.import_module("refiodine.iodine")
         for case in QUICK if args.quick else CASES:
@@ -218,7 +218,7 @@ def main() -> int:
                 tol, tol_grad = TOL[case[-1]], TOL_GRAD[case[-1]]
                 bad += [f"{case[0]} {case[6]} {str(case[-1])[6:]} {mode}: {k}" for k, v in res.items()
                         if "abs" not in k and v > (tol_grad if k.startswith("grad") else tol)]  # fmt: skip
-    return report(bad)
+    return common.report(bad)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import objseg_reference as common
 import torch
-from objseg_reference import (
-    discs,
-    parse_args,
-    print_figures,
-    reference_noise,
-    reference_package,
-    report,
-    shim_numpy,
-    stub_module,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "monet")]
@@ -84,8 +75,8 @@ def compare(
     n_ref = sum(p.numel() for p in ref.parameters())
     assert n_ref == sum(p.numel() for p in ours.parameters())
 
-    x = discs(batch, size, seed).to(dtype)
-    with reference_noise(torch.Generator().manual_seed(seed + 1)):
+    x = common.discs(batch, size, seed).to(dtype)
+    with common.reference_noise(torch.Generator().manual_seed(seed + 1)):
         r = ref(x)
     o = ours(x, torch.Generator().manual_seed(seed + 1), step=0)
     r["loss"].backward()
@@ -108,16 +99,16 @@ def compare(
     }
     print(f"{name} {str(dtype)[6:]}: {batch}x3x{size}x{size}, {slots} slots, {blocks} blocks, {n_ref:,} params, "
           f"loss {o.loss.item():.2f}")  # fmt: skip
-    print_figures(out)
+    common.print_figures(out)
     return out
 
 
 def main() -> int:
-    args = parse_args(__doc__)
+    args = common.parse_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
-        reference_package(args.reference, Path(tmp), {f: f"refmonet/{Path(f).name}" for f in FILES})
-        stub_module("ipdb")
-        shim_numpy()
+        common.reference_package(args.reference, Path(tmp), {f: f"refmonet/{Path(f).name}" for f in FILES})
+        common.stub_module("ipdb")
+        common.shim_numpy()
         sys.path.insert(0, tmp)
         ref_mod = importlib.import_module("refmonet.monet")
         bad = []
@@ -125,7 +116,7 @@ def main() -> int:
             res = compare(ref_mod, *case, seed=args.seed)
             tol = {"masks": TOL, "canvas": TOL, "grad (rel to max |grad|)": TOL_GRAD}
             bad += [f"{case[0]}: {k}" for k, v in res.items() if v > tol.get(k, TOL_REL)]
-    return report(bad, f"OK: masks/canvas <= {TOL}, loss terms <= {TOL_REL}, gradients <= {TOL_GRAD}")
+    return common.report(bad, f"OK: masks/canvas <= {TOL}, loss terms <= {TOL_REL}, gradients <= {TOL_GRAD}")
 
 
 if __name__ == "__main__":

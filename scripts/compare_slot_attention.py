@@ -33,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import objseg_reference as common
 import torch
-from objseg_reference import discs, parse_args, reference_package, report
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "slot_attention")]
@@ -80,7 +80,7 @@ def compare(ref_mod, size: int, slots: int, batch: int, dtype: torch.dtype, pert
     n_params = sum(p.numel() for p in ref.parameters())
     assert n_params == sum(p.numel() for p in ours.parameters())
 
-    x = discs(batch, size, seed).to(dtype)
+    x = common.discs(batch, size, seed).to(dtype)
     g_ref = torch.Generator().manual_seed(seed + 1)
     original = torch.randn
     torch.randn = lambda shape, **kw: original(shape, generator=g_ref, dtype=dtype)
@@ -112,9 +112,9 @@ def compare(ref_mod, size: int, slots: int, batch: int, dtype: torch.dtype, pert
 
 
 def main() -> int:
-    args = parse_args(__doc__, quick="one small case (64x64, 5 slots) instead of 128 and 97")
+    args = common.parse_args(__doc__, quick="one small case (64x64, 5 slots) instead of 128 and 97")
     with tempfile.TemporaryDirectory() as tmp:
-        reference_package(args.reference, Path(tmp), {FILE: "refslota/model.py"})
+        common.reference_package(args.reference, Path(tmp), {FILE: "refslota/model.py"})
         sys.path.insert(0, tmp)
         ref_mod = importlib.import_module("refslota.model")
         bad = []
@@ -135,7 +135,7 @@ def main() -> int:
                           + f"  {res['loss']:.1f}, {res['time ref/ours'][0]:.1f}/{res['time ref/ours'][1]:.1f}"
                           f"  masks in [{res['mask range'][0]:.3f}, {res['mask range'][1]:.3f}]"
                           f"  {res['params']:,} params, same init: {res['same init']}")  # fmt: skip
-    return report(bad, f"OK: float32 within {TOL32}; float64 within {TOL64}")
+    return common.report(bad, f"OK: float32 within {TOL32}; float64 within {TOL64}")
 
 
 if __name__ == "__main__":

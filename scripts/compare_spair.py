@@ -30,20 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import objseg_reference as common
 import torch
-from objseg_reference import (
-    discs,
-    grad_gap,
-    parse_args,
-    past_tolerance,
-    perturb_by_std,
-    print_figures,
-    reference_noise,
-    reference_package,
-    rel,
-    report,
-    shim_numpy,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "spair")]
@@ -113,7 +101,7 @@ def compare(
                             rein=False, factor_loss=False, context_grid_size=1, large=True, std=0.5)  # fmt: skip
         ours = spair.build({"image_size": size})
         if weights == "perturbed":
-            perturb_by_std(ref, seed + 7)
+            common.perturb_by_std(ref, seed + 7)
         sd = ref.state_dict()
         names = name_map(sd)
         extra = {k for k in sd if k not in names and k not in ("max_zw", "min_zw") and not k.startswith("_z_")}
@@ -132,9 +120,9 @@ def compare(
         ref.train(mode == "train")
         ours.train(mode == "train")
 
-        x = discs(batch, size, seed).to(dtype)
+        x = common.discs(batch, size, seed).to(dtype)
         with (
-            reference_noise(torch.Generator().manual_seed(seed + 1), rand=True),
+            common.reference_noise(torch.Generator().manual_seed(seed + 1), rand=True),
             torch.set_grad_enabled(mode == "train"),
         ):
             r = ref(x)
@@ -156,35 +144,37 @@ def compare(
         r["loss"].backward()
         o.loss.backward()
         out |= {
-            "loss (rel)": rel(r["loss"].item(), o.terms["loss"]),
-            "rec (rel)": rel(r["rec_loss"].item(), o.terms["rec"]),
-            "kl (rel)": rel(r["kl"].item() * k, o.terms["kl"]),  # the reference's is a mean over cells too
-            "kl_bg (rel)": rel(r["steps"].kl_bg.mean().item(), o.terms["kl_bg"]),
+            "loss (rel)": common.rel(r["loss"].item(), o.terms["loss"]),
+            "rec (rel)": common.rel(r["rec_loss"].item(), o.terms["rec"]),
+            "kl (rel)": common.rel(r["kl"].item() * k, o.terms["kl"]),  # the reference's is a mean over cells too
+            "kl_bg (rel)": common.rel(r["steps"].kl_bg.mean().item(), o.terms["kl_bg"]),
         }
-        out |= {f"{t} (rel)": rel(r[t].item(), o.terms[t]) for t in ("kl_where", "kl_what", "kl_depth", "kl_pres")}
-        out["grad (rel to max |grad|)"] = grad_gap(ref, ours, names)  # gradient-less: the REINFORCE baseline
+        out |= {
+            f"{t} (rel)": common.rel(r[t].item(), o.terms[t]) for t in ("kl_where", "kl_what", "kl_depth", "kl_pres")
+        }
+        out["grad (rel to max |grad|)"] = common.grad_gap(ref, ours, names)  # gradient-less: the REINFORCE baseline
     loss = f"loss {o.loss.item():.2f}" if mode == "train" else "no reference loss at eval"
     print(f"{name} {str(dtype)[6:]}: {batch}x3x{size}x{size}, {k} cells, {weights} weights, {n_ref:,} params, "
           f"p {spair.schedule(spair.DEFAULTS['prior'], step):.4g}, std {spair.schedule(spair.DEFAULTS['std'], step):.4g}, "
           f"present {o.terms['count']:.2f}, {loss}")  # fmt: skip
-    print_figures(out, control=control)
+    common.print_figures(out, control=control)
     if not control > TOL["masks"]:
         out["control: another seed moves the masks"] = float("inf")
     return out
 
 
 def main() -> int:
-    args = parse_args(__doc__, quick="64x64 (2x2 cells) only")
+    args = common.parse_args(__doc__, quick="64x64 (2x2 cells) only")
     with tempfile.TemporaryDirectory() as tmp:
-        reference_package(args.reference, Path(tmp) / "src", {f: f for f in FILES})
-        shim_numpy()
+        common.reference_package(args.reference, Path(tmp) / "src", {f: f for f in FILES})
+        common.shim_numpy()
         sys.path.insert(0, str(Path(tmp) / "src"))
         ref_mod = importlib.import_module("ool.picture.models.spair")
         bad = []
         for case in QUICK if args.quick else CASES:
             res = compare(ref_mod, *case, seed=args.seed)
-            bad += past_tolerance(f"{case[0]} {str(case[-1])[6:]}", res, lambda k, dt=case[-1]: tolerance(k, dt))
-    return report(bad)
+            bad += common.past_tolerance(f"{case[0]} {str(case[-1])[6:]}", res, lambda k, dt=case[-1]: tolerance(k, dt))
+    return common.report(bad)
 
 
 if __name__ == "__main__":

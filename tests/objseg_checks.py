@@ -2,8 +2,9 @@
 perturbation, the one-thread fixture and the common checks (masks partition the image, finite gradients, the
 generator alone decides the draw, evaluation matches training, the loss falls over a few Adam steps).
 
-A test module imports the fixture with the rest (`from objseg_checks import one_thread`): pytest uses an autouse
-fixture found in the module's namespace. `discs` is scripts/objseg_reference.py's (the compare scripts' images).
+A test module imports the module (`import objseg_checks as checks`) and the fixture by name (`from objseg_checks
+import one_thread`): pytest uses an autouse fixture found in the test module's namespace. `discs` is
+scripts/objseg_reference.py's (the compare scripts' images).
 """
 
 from __future__ import annotations

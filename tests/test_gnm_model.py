@@ -9,17 +9,10 @@ from __future__ import annotations
 import math
 import sys
 
+import objseg_checks as checks
 import pytest
 import torch
-from objseg_checks import (
-    assert_draws_in_both_modes,
-    assert_falls,
-    assert_gradients,
-    discs,
-    fit,
-    gen,
-    one_thread,  # noqa: F401 (autouse fixture)
-)
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
 from conftest import REPO
 
@@ -57,8 +50,8 @@ KL_PARTS = (
 
 def test_shapes_masks_terms_and_gradients():
     m = model()
-    x = discs(3, 32, 0)
-    out = m(x, gen(0), step=None)
+    x = checks.discs(3, 32, 0)
+    out = m(x, checks.gen(0), step=None)
     assert m.masks_have_background is False
     assert out.masks.shape == (3, 4, 32, 32) and out.canvas.shape == (3, 3, 32, 32)
     assert out.loss.shape == () and torch.isfinite(out.loss)
@@ -71,23 +64,23 @@ def test_shapes_masks_terms_and_gradients():
     assert t["kl"] == pytest.approx(sum(t[f"kl_{k}"] for k in KL_PARTS), rel=1e-5)
     assert 0 <= t["count"] <= 4
     out.loss.backward()
-    assert_gradients(m, nonzero=True)
+    checks.assert_gradients(m, nonzero=True)
 
 
 def test_generator_decides_every_draw():
     m = model()
-    x = discs(2, 32, 2)
-    assert_draws_in_both_modes(m, x, ((True, 10), (False, None)))  # training and evaluation both sample
+    x = checks.discs(2, 32, 2)
+    checks.assert_draws_in_both_modes(m, x, ((True, 10), (False, None)))  # training and evaluation both sample
 
 
 def test_loss_falls_when_training():
     # sigma 0.2 (experiments/gnm.py's default; the ClevrTex 0.5 leaves a small image's likelihood weak) and Adam 3e-3
     m = model(seed=1, std=0.2)
-    x = discs(4, 32, 3)
+    x = checks.discs(4, 32, 3)
     record = lambda out: (out.loss.item(), ((out.canvas - x) ** 2).mean().item())  # noqa: E731
-    losses, mses = zip(*fit(m, x, lr=3e-3, record=record, clip=1.0, step_index=False))
-    assert_falls(list(losses), 0.5)  # ~2000 -> ~620 here
-    assert_falls(list(mses), 0.8)  # ~0.10 -> ~0.072
+    losses, mses = zip(*checks.fit(m, x, lr=3e-3, record=record, clip=1.0, step_index=False))
+    checks.assert_falls(list(losses), 0.5)  # ~2000 -> ~620 here
+    checks.assert_falls(list(mses), 0.8)  # ~0.10 -> ~0.072
 
 
 def test_schedules_as_the_reference():
@@ -111,10 +104,10 @@ def test_schedules_as_the_reference():
 
 def test_step_moves_the_loss_terms_and_the_curriculum():
     m = model(seed=2)
-    x = discs(2, 32, 4)
+    x = checks.discs(2, 32, 4)
     with torch.no_grad():
-        early, late = m(x, gen(1), step=0), m(x, gen(1), step=None)
-        cur = m(x, gen(1), step=250)
+        early, late = m(x, checks.gen(1), step=0), m(x, checks.gen(1), step=None)
+        cur = m(x, checks.gen(1), step=250)
     # beta_global 0 at step 0, 1 at the end; aux where and bg betas 10 and 50 at step 0
     assert early.terms["kl_global"] == 0.0 and late.terms["kl_global"] > 0
     # the likelihood: sum log N(x; canvas, 0.5) (the README's ClevrTex sigma)
@@ -125,7 +118,7 @@ def test_step_moves_the_loss_terms_and_the_curriculum():
     assert cur.masks.amax() <= 0.99 + 1e-6
     m.bg_alpha_curriculum = None
     with torch.no_grad():
-        free = m(x, gen(1), step=250)
+        free = m(x, checks.gen(1), step=250)
     assert not torch.allclose(free.canvas, cur.canvas)
 
 
@@ -139,8 +132,8 @@ def test_build_defaults_and_unknown_params():
     with pytest.raises(ValueError, match="lr.*sigma"):
         gnm.build({"lr": 1e-4, "sigma": 0.1})
     with pytest.raises(ValueError, match="32"):
-        model()(discs(1, 64, 0), gen(0))
+        model()(checks.discs(1, 64, 0), checks.gen(0))
     with pytest.raises(ValueError, match="bg_dec_upscales"):
         model(image_size=64)
     with pytest.raises(ValueError, match="grid"):
-        model(num_cell=4)(discs(1, 32, 0), gen(0))
+        model(num_cell=4)(checks.discs(1, 32, 0), checks.gen(0))

@@ -9,20 +9,10 @@ from __future__ import annotations
 import math
 import sys
 
+import objseg_checks as checks
 import pytest
 import torch
-from objseg_checks import (
-    assert_eval_matches_train,
-    assert_falls_by,
-    assert_gradients,
-    assert_partition,
-    discs,
-    draws,
-    fit,
-    gen,
-    one_thread,  # noqa: F401 (autouse fixture)
-    perturbed,
-)
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
 from conftest import REPO
 
@@ -32,7 +22,7 @@ import iodine  # noqa: E402
 SMALL = {"slots": 3, "z_dim": 8, "inference_iters": 3, "image_size": 24, "channels": 8, "lstm_dim": 16}
 
 
-# perturbed(): at the reference's initialisation (decoder xavier gain 0.02) the masks are 1/K to float32 precision
+# checks.perturbed(): at the reference's initialisation (decoder xavier gain 0.02) the masks are 1/K to float32 precision
 # whatever the slots
 
 
@@ -42,73 +32,73 @@ def model(seed: int = 0, **over) -> iodine.IODINE:
 
 
 def test_shapes_masks_partition_and_gradients():
-    m = perturbed(model())
-    x = discs(2, 24, 0)
-    out = m(x, gen(0), step=0)
-    assert_partition(out, x, 3)
+    m = checks.perturbed(model())
+    x = checks.discs(2, 24, 0)
+    out = m(x, checks.gen(0), step=0)
+    checks.assert_partition(out, x, 3)
     assert out.canvas.min() >= 0 and out.canvas.max() <= 1  # a convex combination of sigmoid means
     assert set(out.terms) == {"loss", "nll", "kl", "nll_1", "nll_2", "nll_3"}
     assert out.terms["loss"] == pytest.approx(out.loss.item()) and out.terms["nll"] == out.terms["nll_3"]
     assert out.terms["kl"] > 0
     out.loss.backward()
-    assert_gradients(m, nonzero=True)  # the refinement network and its LayerNorms too
+    checks.assert_gradients(m, nonzero=True)  # the refinement network and its LayerNorms too
 
 
 def test_one_iteration_loss_is_nll_plus_kl():
-    m = perturbed(model(inference_iters=1, kl_beta=0.5))
-    x = discs(2, 24, 1)
-    out = m(x, gen(0))
+    m = checks.perturbed(model(inference_iters=1, kl_beta=0.5))
+    x = checks.discs(2, 24, 1)
+    out = m(x, checks.gen(0))
     assert out.loss.item() == pytest.approx(out.terms["nll"] + 0.5 * out.terms["kl"], rel=1e-6)
     # the NLL is a per-channel mixture (no log 2 pi term): above the Gaussian NLL of a perfect fit per pixel
     assert out.terms["nll"] > 3 * 24 * 24 * math.log(0.1)
 
 
 def test_generator_decides_the_draw_and_eval_matches_train():
-    m = perturbed(model()).eval()
-    x = discs(2, 24, 2)
+    m = checks.perturbed(model()).eval()
+    x = checks.discs(2, 24, 2)
     # under no_grad (the refinement enables grad itself, and must restore it): a, b and a reseeded d agree
-    a, _, c, _ = draws(m, x)
+    a, _, c, _ = checks.draws(m, x)
     assert not a.loss.requires_grad and not a.masks.requires_grad and not a.canvas.requires_grad
     assert (a.masks - c.masks).abs().max() > 1e-3 and (a.canvas - c.canvas).abs().max() > 1e-3 and a.loss != c.loss
     # evaluation detaches its graph but computes the same numbers as a training forward
-    t = m.train()(x, gen(5))
-    assert_eval_matches_train(t, a)
+    t = m.train()(x, checks.gen(5))
+    checks.assert_eval_matches_train(t, a)
     assert t.loss.requires_grad
 
 
 def test_reference_image_tiling():
-    x = discs(3, 24, 3)
-    quirk, own = perturbed(model()), perturbed(model(reference_image_tiling=False))
-    assert torch.equal(quirk(x[:1], gen(0)).masks, own(x[:1], gen(0)).masks)  # the same at batch 1
+    x = checks.discs(3, 24, 3)
+    quirk, own = checks.perturbed(model()), checks.perturbed(model(reference_image_tiling=False))
+    assert torch.equal(quirk(x[:1], checks.gen(0)).masks, own(x[:1], checks.gen(0)).masks)  # the same at batch 1
 
     def rows_of(m, i):  # image i alone, on its rows of the batch's noise (row b * K + k)
-        g = gen(1)
+        g = checks.gen(1)
         eps = [torch.randn((3 * 3, 8), generator=g) for _ in range(3)]
         rows = iter([e[3 * i : 3 * i + 3] for e in eps])
         m._sample = lambda mu, std, generator: mu + next(rows) * std
         try:
-            return m(x[i : i + 1], gen(0)).masks
+            return m(x[i : i + 1], checks.gen(0)).masks
         finally:
             del m._sample
 
     for ln in own.modules():  # eps 0: the batch-mean gradients are 1/B of one image's, LayerNorm sees no difference
         if isinstance(ln, torch.nn.LayerNorm):
             ln.eps = 0.0
-    batch = own(x, gen(1)).masks
+    batch = own(x, checks.gen(1)).masks
     alone = torch.cat([rows_of(own, i) for i in range(3)])
     torch.testing.assert_close(batch, alone, rtol=0, atol=1e-5)
     # the reference's x.repeat(K).view(B, K): slot k of image b refines on image (b K + k) mod B, so image 0's
     # outputs change with its batch neighbours (here images 1 and 2 take the place of 2 and 3)
-    y = torch.cat([x[:1], discs(2, 24, 5)])
-    assert (quirk(x, gen(1)).masks[0] - quirk(y, gen(1)).masks[0]).abs().max() > 1e-5
-    assert torch.equal(own(x, gen(1)).masks[0], own(y, gen(1)).masks[0])
+    y = torch.cat([x[:1], checks.discs(2, 24, 5)])
+    assert (quirk(x, checks.gen(1)).masks[0] - quirk(y, checks.gen(1)).masks[0]).abs().max() > 1e-5
+    assert torch.equal(own(x, checks.gen(1)).masks[0], own(y, checks.gen(1)).masks[0])
 
 
 def test_loss_falls_when_training():
     m = model(seed=1, inference_iters=2)
-    x = discs(4, 24, 4)
-    nlls = fit(m, x, lr=3e-3, record=lambda out: out.terms["nll"], clip=5.0, step_index=False)
-    assert_falls_by(nlls, 0.3)
+    x = checks.discs(4, 24, 4)
+    nlls = checks.fit(m, x, lr=3e-3, record=lambda out: out.terms["nll"], clip=5.0, step_index=False)
+    checks.assert_falls_by(nlls, 0.3)
 
 
 def test_build_defaults_and_unknown_params():
@@ -123,4 +113,4 @@ def test_build_defaults_and_unknown_params():
     with pytest.raises(ValueError, match="slots"):
         iodine.build({"slots": 1})
     with pytest.raises(ValueError, match="24"):
-        model()(discs(1, 32, 0), gen(0))
+        model()(checks.discs(1, 32, 0), checks.gen(0))

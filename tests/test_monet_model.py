@@ -8,18 +8,10 @@ from __future__ import annotations
 
 import sys
 
+import objseg_checks as checks
 import pytest
 import torch
-from objseg_checks import (
-    assert_falls,
-    assert_gradients,
-    assert_partition,
-    discs,
-    draws,
-    fit,
-    gen,
-    one_thread,  # noqa: F401 (autouse fixture)
-)
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
 from conftest import REPO
 
@@ -45,9 +37,9 @@ def model(seed: int = 0, **over) -> monet.MONet:
 
 def test_shapes_and_masks_partition_the_image():
     m = model()
-    x = discs(3, 32, 0)
-    out = m(x, gen(0), step=0)
-    assert_partition(out, x, 4)
+    x = checks.discs(3, 32, 0)
+    out = m(x, checks.gen(0), step=0)
+    checks.assert_partition(out, x, 4)
     # the canvas is a convex combination of sigmoid means
     assert out.canvas.min() >= 0 and out.canvas.max() <= 1
     assert set(out.terms) == {"nll", "kl", "kl_mask", "loss"}
@@ -57,22 +49,22 @@ def test_shapes_and_masks_partition_the_image():
     )
     assert out.terms["kl"] > 0 and out.terms["kl_mask"] >= 0
     out.loss.backward()
-    assert_gradients(m)
+    checks.assert_gradients(m)
 
 
 def test_odd_image_size():
     m = model(image_size=36)
-    out = m(discs(2, 36, 1), gen(0))
+    out = m(checks.discs(2, 36, 1), checks.gen(0))
     assert out.masks.shape == (2, 4, 36, 36)
     torch.testing.assert_close(out.masks.sum(1), torch.ones(2, 36, 36), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="36"):
-        m(discs(2, 32, 1), gen(0))
+        m(checks.discs(2, 32, 1), checks.gen(0))
 
 
 def test_generator_decides_the_draw():
     m = model().eval()
-    x = discs(2, 32, 2)
-    a, _, c, _ = draws(m, x)  # a, b and a reseeded d agree
+    x = checks.discs(2, 32, 2)
+    a, _, c, _ = checks.draws(m, x)  # a, b and a reseeded d agree
     # the draw moves the reconstruction and the loss; the attention masks do not depend on it
     assert not torch.allclose(a.canvas, c.canvas) and a.loss != c.loss
     assert torch.equal(a.masks, c.masks)
@@ -80,9 +72,9 @@ def test_generator_decides_the_draw():
 
 def test_loss_falls_when_training():
     m = model(seed=1)
-    x = discs(4, 32, 3)
-    losses = fit(m, x, lr=3e-3)
-    assert_falls(losses, 0.8)  # 5468 -> ~3400 here (the NLL is positive at these sigmas)
+    x = checks.discs(4, 32, 3)
+    losses = checks.fit(m, x, lr=3e-3)
+    checks.assert_falls(losses, 0.8)  # 5468 -> ~3400 here (the NLL is positive at these sigmas)
 
 
 def test_build_defaults_and_unknown_params():

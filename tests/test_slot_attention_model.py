@@ -8,18 +8,10 @@ from __future__ import annotations
 
 import sys
 
+import objseg_checks as checks
 import pytest
 import torch
-from objseg_checks import (
-    assert_falls,
-    assert_gradients,
-    assert_partition,
-    discs,
-    draws,
-    fit,
-    gen,
-    one_thread,  # noqa: F401 (autouse fixture)
-)
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
 from conftest import REPO
 
@@ -37,38 +29,38 @@ def model(seed: int = 0, **over) -> slot_attention.SlotAttentionAE:
 
 def test_shapes_masks_partition_and_loss():
     m = model()
-    x = discs(3, 32, 0)
-    out = m(x, gen(0), step=0)
-    assert_partition(out, x, 4, atol=1e-6)
+    x = checks.discs(3, 32, 0)
+    out = m(x, checks.gen(0), step=0)
+    checks.assert_partition(out, x, 4, atol=1e-6)
     # loss = per-image summed squared error of the canvas, averaged over the batch
     torch.testing.assert_close(out.loss, ((out.canvas - x) ** 2).sum((1, 2, 3)).mean())
     assert out.terms == {"loss": pytest.approx(out.loss.item())}
     out.loss.backward()
-    assert_gradients(m, nonzero=True)
+    checks.assert_gradients(m, nonzero=True)
 
 
 def test_resized_decoder_output_and_input_size_check():
     m = model(image_size=24)  # the decoder gives 32x32: resized bicubic to 24x24
-    out = m(discs(2, 24, 1), gen(0))
+    out = m(checks.discs(2, 24, 1), checks.gen(0))
     assert out.masks.shape == (2, 4, 24, 24) and out.canvas.shape == (2, 3, 24, 24)
     torch.testing.assert_close(out.masks.sum(1), torch.ones(2, 24, 24), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="24"):
-        m(discs(2, 32, 1), gen(0))
+        m(checks.discs(2, 32, 1), checks.gen(0))
 
 
 def test_generator_decides_the_draw():
     m = model().eval()
-    x = discs(2, 32, 2)
-    a, _, c, _ = draws(m, x)  # a, b and a reseeded d agree
+    x = checks.discs(2, 32, 2)
+    a, _, c, _ = checks.draws(m, x)  # a, b and a reseeded d agree
     # the slot noise moves masks, canvas and loss
     assert not torch.allclose(a.masks, c.masks) and not torch.allclose(a.canvas, c.canvas) and a.loss != c.loss
 
 
 def test_loss_falls_when_training():
     m = model(seed=1)
-    x = discs(4, 32, 3)
-    losses = fit(m, x, lr=1e-3)
-    assert_falls(losses, 0.5)  # ~1140 -> ~290 here
+    x = checks.discs(4, 32, 3)
+    losses = checks.fit(m, x, lr=1e-3)
+    checks.assert_falls(losses, 0.5)  # ~1140 -> ~290 here
 
 
 def test_build_defaults_and_unknown_params():
