@@ -228,13 +228,9 @@ def _compare(rm, case: tuple, phase: tuple, seed: int) -> dict[str, float]:
     o = ours(x, g_ours, step)
     t_ours = time.perf_counter() - t0
 
-    def rel(a: float, b: float) -> float:
-        return abs(a - b) / max(abs(a), 1e-12)
-
     out = {
-        "masks": (r["layers"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
-        "loss (rel)": rel(r["loss"].item(), o.loss.item()),
+        **common.mask_canvas_gaps(r, o),
+        "loss (rel)": common.rel(r["loss"].item(), o.loss.item()),
     }
     ours_params = dict(ours.named_parameters())
     if check:

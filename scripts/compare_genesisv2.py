@@ -41,9 +41,6 @@ sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "genesis
 import genesisv2  # noqa: E402
 
 PKG = "ool/picture/models/thirdparty/genesis2"
-# masks/canvas absolute, loss terms and GECO relative, grads relative to the largest |grad|
-TOL = {torch.float32: 1e-5, torch.float64: 1e-9}
-TOL_GRAD = {torch.float32: 1e-3, torch.float64: 1e-9}
 # (name, image size, slots, feat_dim, batch, weights, dtype). "init": the reference's initialisation (its colour gate
 # starts at 0: the IC-SBP embeddings are the coordinates alone); "perturbed": every weight + N(0, 1/fan_in), every
 # vector + N(0, 0.1^2), the gate included, so that the embeddings depend on the image
@@ -177,9 +174,7 @@ def main() -> int:
         for case in QUICK if args.quick else CASES:
             for mode in MODES:
                 res = compare(ref_mod, *case, mode=mode, seed=args.seed)
-                tol, tol_grad = TOL[case[-1]], TOL_GRAD[case[-1]]
-                bad += [f"{case[0]} {case[5]} {str(case[-1])[6:]} {mode}: {k}" for k, v in res.items()
-                        if "abs" not in k and v > (tol_grad if k.startswith("grad") else tol)]  # fmt: skip
+                bad += common.past_dtype_tolerance(f"{case[0]} {case[5]} {str(case[-1])[6:]} {mode}", res, case[-1])
     return common.report(bad)
 
 

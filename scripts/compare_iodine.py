@@ -46,9 +46,6 @@ sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "iodine"
 import iodine  # noqa: E402
 
 FILE = "ool/picture/models/iodine.py"
-# masks/canvas absolute, loss terms relative, grads relative to the largest |grad|
-TOL = {torch.float32: 1e-5, torch.float64: 1e-9}
-TOL_GRAD = {torch.float32: 1e-3, torch.float64: 1e-9}
 # (name, image size, slots, z, iterations, batch, weights, dtype). "init": the reference's initialisation, whose decoder
 # (xavier gain 0.02) makes the masks 1/K to float32 precision; "perturbed": every weight + N(0, 1/fan_in), every
 # vector + N(0, 0.1^2), so that masks and canvas depend on the slots
@@ -180,8 +177,7 @@ def compare(ref_mod, name, size, slots, z, iters, batch, weights, dtype, mode, s
     assert torch.is_grad_enabled()
 
     out = {
-        "masks": (r["layers"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
+        **common.mask_canvas_gaps(r, o),
     }
     for key, ours_v in (("loss", o.loss.item()), ("recon_loss", o.terms["nll"]), ("kl", o.terms["kl"])):
         ref_v = r[key].item()
@@ -215,9 +211,7 @@ def main() -> int:
         for case in QUICK if args.quick else CASES:
             for mode in MODES:
                 res = compare(ref_mod, *case, mode=mode, seed=args.seed)
-                tol, tol_grad = TOL[case[-1]], TOL_GRAD[case[-1]]
-                bad += [f"{case[0]} {case[6]} {str(case[-1])[6:]} {mode}: {k}" for k, v in res.items()
-                        if "abs" not in k and v > (tol_grad if k.startswith("grad") else tol)]  # fmt: skip
+                bad += common.past_dtype_tolerance(f"{case[0]} {case[6]} {str(case[-1])[6:]} {mode}", res, case[-1])
     return common.report(bad)
 
 

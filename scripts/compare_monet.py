@@ -85,16 +85,12 @@ def compare(
     grad = max((p.grad - ours_params[names[k]].grad).abs().max().item() for k, p in ref.named_parameters())
     grad_scale = max(p.grad.abs().max().item() for p in ref.parameters())
 
-    def rel(a: float, b: float) -> float:
-        return abs(a - b) / max(abs(a), 1e-12)
-
     out = {
-        "masks": (r["layers"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
-        "loss (rel)": rel(r["loss"].item(), o.loss.item()),
-        "nll (rel)": rel(r["rec_loss"].item(), o.terms["nll"]),
-        "kl (rel)": rel(r["kl"].item() / 0.5, o.terms["kl"]),  # the reference logs beta * KL
-        "kl_mask (rel)": rel(r["kl_mask"].item() / 0.5, o.terms["kl_mask"]),  # and gamma * mask KL
+        **common.mask_canvas_gaps(r, o),
+        "loss (rel)": common.rel(r["loss"].item(), o.loss.item()),
+        "nll (rel)": common.rel(r["rec_loss"].item(), o.terms["nll"]),
+        "kl (rel)": common.rel(r["kl"].item() / 0.5, o.terms["kl"]),  # the reference logs beta * KL
+        "kl_mask (rel)": common.rel(r["kl_mask"].item() / 0.5, o.terms["kl_mask"]),  # and gamma * mask KL
         "grad (rel to max |grad|)": grad / grad_scale,
     }
     print(f"{name} {str(dtype)[6:]}: {batch}x3x{size}x{size}, {slots} slots, {blocks} blocks, {n_ref:,} params, "

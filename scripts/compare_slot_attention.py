@@ -104,8 +104,7 @@ def compare(ref_mod, size: int, slots: int, batch: int, dtype: torch.dtype, pert
         "loss": o.loss.item(),
         "mask range": (o.masks.min().item(), o.masks.max().item()),
         "time ref/ours": (t_ref, t_ours),
-        "masks": (r["layers"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
+        **common.mask_canvas_gaps(r, o),
         "loss (rel)": abs(r["loss"].item() - o.loss.item()) / abs(r["loss"].item()),
         "grad (rel to max)": grad / grad_scale,
     }

@@ -126,17 +126,13 @@ def compare(
             torch.set_grad_enabled(mode == "train"),
         ):
             r = ref(x)
-        with torch.set_grad_enabled(mode == "train"):
-            o = ours(x, torch.Generator().manual_seed(seed + 1), step=step)
-        with torch.no_grad():  # negative control: another seed must move the masks
-            other = ours(x, torch.Generator().manual_seed(seed + 2), step=step).masks
+        o, other = common.ours_and_control(ours, x, seed, step, mode == "train")  # other: another seed's masks
     finally:
         torch.set_default_dtype(default)
 
     k = r["steps"]["mask"].shape[1]
     out = {
-        "masks": (r["steps"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
+        **common.mask_canvas_gaps(r, o, "steps"),
         "count": abs(r["counts"].mean().item() - o.terms["count"]),
     }
     control = (r["steps"]["mask"][:, :, 0] - other).abs().max().item()

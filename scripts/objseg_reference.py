@@ -186,3 +186,36 @@ def print_figures(out: dict[str, float], width: int = 26, control: float | None 
 def past_tolerance(label: str, res: dict[str, float], tol) -> list[str]:
     """`label: figure value` for each figure of res not within tol(figure name) (NaN is not within)."""
     return [f"{label}: {k} {v:.3g}" for k, v in res.items() if not v <= tol(k)]
+
+
+# emorl, iodine and genesisv2, by dtype: masks/canvas absolute, loss terms relative, gradients relative to the largest
+# |grad| (figures named "... (abs, ...)" are shown, not held to a tolerance)
+TOL_BY_DTYPE = {torch.float32: 1e-5, torch.float64: 1e-9}
+TOL_GRAD_BY_DTYPE = {torch.float32: 1e-3, torch.float64: 1e-9}
+
+
+def past_dtype_tolerance(label: str, res: dict[str, float], dtype: torch.dtype) -> list[str]:
+    """`label: figure` for each figure of res above its TOL_BY_DTYPE / TOL_GRAD_BY_DTYPE (the "abs" ones left out)."""
+    tol, tol_grad = TOL_BY_DTYPE[dtype], TOL_GRAD_BY_DTYPE[dtype]
+    return [
+        f"{label}: {k}" for k, v in res.items() if "abs" not in k and v > (tol_grad if k.startswith("grad") else tol)
+    ]
+
+
+def mask_canvas_gaps(ref_out: dict, o, key: str = "layers") -> dict[str, float]:
+    """max |reference - ours| of the masks (the reference's out[key]['mask'], what the ClevrTex evaluator reads) and
+    of the canvas."""
+    return {
+        "masks": (ref_out[key]["mask"][:, :, 0] - o.masks).abs().max().item(),
+        "canvas": (ref_out["canvas"] - o.canvas).abs().max().item(),
+    }
+
+
+def ours_and_control(ours: torch.nn.Module, x: torch.Tensor, seed: int, step, train: bool):
+    """Ours on x with the generator seeded seed + 1 (grad on when train), and, as a negative control, its masks with
+    seed + 2 (no grad)."""
+    with torch.set_grad_enabled(train):
+        o = ours(x, torch.Generator().manual_seed(seed + 1), step=step)
+    with torch.no_grad():
+        other = ours(x, torch.Generator().manual_seed(seed + 2), step=step).masks
+    return o, other
