@@ -45,9 +45,7 @@ import numpy as np
 import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "dti_sprites")]
-import dti_sprites  # noqa: E402
+dti_sprites = common.our_module("dti_sprites")
 
 DIR = "ool/picture/models/thirdparty/dti_sprites"
 FILES = ("__init__.py", "model.py", "utils.py")

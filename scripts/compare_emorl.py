@@ -37,9 +37,7 @@ from pathlib import Path
 import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "emorl")]
-import emorl  # noqa: E402
+emorl = common.our_module("emorl")
 
 PKG = "ool/picture/models/thirdparty/emorl"
 # (name, image size, slots, z, batch, weights, dtype). "init": the reference's initialisation, whose decoder (xavier

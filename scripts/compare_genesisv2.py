@@ -36,9 +36,7 @@ from pathlib import Path
 import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "genesisv2")]
-import genesisv2  # noqa: E402
+genesisv2 = common.our_module("genesisv2")
 
 PKG = "ool/picture/models/thirdparty/genesis2"
 # (name, image size, slots, feat_dim, batch, weights, dtype). "init": the reference's initialisation (its colour gate

@@ -36,9 +36,7 @@ from pathlib import Path
 import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "gnm")]
-import gnm  # noqa: E402
+gnm = common.our_module("gnm")
 
 FILES = ("ool/picture/models/thirdparty/gnm/model.py",)
 PRODICT = '''class Prodict(dict):

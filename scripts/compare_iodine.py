@@ -41,9 +41,7 @@ from pathlib import Path
 import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "iodine")]
-import iodine  # noqa: E402
+iodine = common.our_module("iodine")
 
 FILE = "ool/picture/models/iodine.py"
 # (name, image size, slots, z, iterations, batch, weights, dtype). "init": the reference's initialisation, whose decoder

@@ -27,9 +27,7 @@ from pathlib import Path
 import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "monet")]
-import monet  # noqa: E402
+monet = common.our_module("monet")
 
 FILES = ("ool/picture/models/monet.py", "ool/picture/models/ool_base.py")
 TOL, TOL_REL, TOL_GRAD = 1e-4, 1e-5, 1e-3  # masks/canvas absolute; loss terms relative; gradients rel. to max |grad|

@@ -36,9 +36,7 @@ from pathlib import Path
 import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "slot_attention")]
-import slot_attention  # noqa: E402
+slot_attention = common.our_module("slot_attention")
 
 FILE = "ool/picture/models/thirdparty/slot_attention/model.py"
 # float32: masks/canvas absolute, loss relative, gradients relative to the largest |gradient|; float64 all 1e-10

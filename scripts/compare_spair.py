@@ -33,9 +33,7 @@ from pathlib import Path
 import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "spair")]
-import spair  # noqa: E402
+spair = common.our_module("spair")
 
 FILES = (
     "ool/picture/models/spair.py",

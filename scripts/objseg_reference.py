@@ -21,6 +21,13 @@ import numpy as np
 import torch
 
 URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def our_module(name: str) -> types.ModuleType:
+    """images/<name>/<name>.py, imported with images/_objseg and images/<name> first on sys.path (as in the image)."""
+    sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / name)]
+    return importlib.import_module(name)
 
 
 def reference_package(ref: str | None, root: Path, files: dict[str, str], commit: str = COMMIT) -> None:

@@ -9,6 +9,7 @@ scripts/objseg_reference.py's (the compare scripts' images).
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,13 +18,30 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
 from objseg_reference import discs  # noqa: E402, F401 (the disc images the compare scripts use too)
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
     torch.set_num_threads(1)
+
+
+def image_module(name: str):
+    """images/<name>/<name>.py, imported with images/_objseg and images/<name> first on sys.path (as in the image)."""
+    sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / name)]
+    return importlib.import_module(name)
+
+
+def builder(module, small: dict) -> Callable[..., torch.nn.Module]:
+    """model(seed=0, **over): module.build({**small, **over}) under torch.manual_seed(seed)."""
+
+    def model(seed: int = 0, **over) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return module.build({**small, **over})
+
+    return model
 
 
 def gen(seed: int) -> torch.Generator:

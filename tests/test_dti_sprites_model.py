@@ -6,18 +6,13 @@ these tests check it alone.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
-import objseg_checks
+import objseg_checks as checks
 import pytest
 import torch
 from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "dti_sprites")]
-import dti_sprites  # noqa: E402
+dti_sprites = checks.image_module("dti_sprites")
 
 SMALL = {
     "n_sprites": 3,
@@ -36,11 +31,11 @@ LATE = 40  # a step past freezing and with the projective warp on (epoch 4)
 
 def discs(n: int, size: int, seed: int) -> torch.Tensor:
     """n images: a flat random background with 1-2 larger discs of random colour, radius and place."""
-    return objseg_checks.discs(n, size, seed, count=(1, 3), place=(0.3, 0.7), radius=(0.15, 0.25))
+    return checks.discs(n, size, seed, count=(1, 3), place=(0.3, 0.7), radius=(0.15, 0.25))
 
 
 def gen(seed: int = 1) -> torch.Generator:
-    return objseg_checks.gen(seed)
+    return checks.gen(seed)
 
 
 def small(**kw) -> dti_sprites.DTISprites:

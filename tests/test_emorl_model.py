@@ -7,17 +7,13 @@ tests check it alone.
 from __future__ import annotations
 
 import math
-import sys
 
 import objseg_checks as checks
 import pytest
 import torch
 from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "emorl")]
-import emorl  # noqa: E402
+emorl = checks.image_module("emorl")
 
 SMALL = {"slots": 4, "z_dim": 16, "image_size": 32, "encoder_channels": 16, "decoder_channels": 16, "hidden": 32}
 
@@ -26,9 +22,7 @@ SMALL = {"slots": 4, "z_dim": 16, "image_size": 32, "encoder_channels": 16, "dec
 # whatever the slots
 
 
-def model(seed: int = 0, **over) -> emorl.EfficientMORL:
-    torch.manual_seed(seed)
-    return emorl.build({**SMALL, **over})
+model = checks.builder(emorl, SMALL)
 
 
 def test_shapes_masks_partition_and_gradients():

@@ -8,17 +8,13 @@ these tests check it alone.
 from __future__ import annotations
 
 import math
-import sys
 
 import objseg_checks as checks
 import pytest
 import torch
 from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "genesisv2")]
-import genesisv2  # noqa: E402
+genesisv2 = checks.image_module("genesisv2")
 
 SMALL = {"slots": 4, "feat_dim": 16, "image_size": 32}
 FLOOR = 0.5 * math.log(2 * math.pi) + math.log(0.7)  # the NLL per value of a perfect reconstruction at std 0.7
@@ -28,9 +24,7 @@ FLOOR = 0.5 * math.log(2 * math.pi) + math.log(0.7)  # the NLL per value of a pe
 # they depend on the image
 
 
-def model(seed: int = 0, **over) -> genesisv2.GenesisV2:
-    torch.manual_seed(seed)
-    return genesisv2.build({**SMALL, **over})
+model = checks.builder(genesisv2, SMALL)
 
 
 def test_shapes_masks_partition_and_gradients():

@@ -7,17 +7,13 @@ default model against the reference on identical weights and noise; these tests 
 from __future__ import annotations
 
 import math
-import sys
 
 import objseg_checks as checks
 import pytest
 import torch
 from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "gnm")]
-import gnm  # noqa: E402
+gnm = checks.image_module("gnm")
 
 SMALL = {
     "image_size": 32, "num_cell": 2, "z_what_dim": 8, "z_bg_dim": 2, "z_global_dim": 4, "draw_steps": 2,
@@ -28,9 +24,7 @@ SMALL = {
 }  # fmt: skip
 
 
-def model(seed: int = 0, **over) -> gnm.GNM:
-    torch.manual_seed(seed)
-    return gnm.build({**SMALL, **over})
+model = checks.builder(gnm, SMALL)
 
 
 KL_PARTS = (

@@ -7,17 +7,13 @@ these tests check it alone.
 from __future__ import annotations
 
 import math
-import sys
 
 import objseg_checks as checks
 import pytest
 import torch
 from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "iodine")]
-import iodine  # noqa: E402
+iodine = checks.image_module("iodine")
 
 SMALL = {"slots": 3, "z_dim": 8, "inference_iters": 3, "image_size": 24, "channels": 8, "lstm_dim": 16}
 
@@ -26,9 +22,7 @@ SMALL = {"slots": 3, "z_dim": 8, "inference_iters": 3, "image_size": 24, "channe
 # whatever the slots
 
 
-def model(seed: int = 0, **over) -> iodine.IODINE:
-    torch.manual_seed(seed)
-    return iodine.build({**SMALL, **over})
+model = checks.builder(iodine, SMALL)
 
 
 def test_shapes_masks_partition_and_gradients():

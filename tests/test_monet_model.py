@@ -6,17 +6,12 @@ tests check it alone.
 
 from __future__ import annotations
 
-import sys
-
 import objseg_checks as checks
 import pytest
 import torch
 from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "monet")]
-import monet  # noqa: E402
+monet = checks.image_module("monet")
 
 SMALL = {
     "slots": 4,
@@ -30,9 +25,7 @@ SMALL = {
 }
 
 
-def model(seed: int = 0, **over) -> monet.MONet:
-    torch.manual_seed(seed)
-    return monet.build({**SMALL, **over})
+model = checks.builder(monet, SMALL)
 
 
 def test_shapes_and_masks_partition_the_image():

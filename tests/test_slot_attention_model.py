@@ -6,25 +6,18 @@ these tests check it alone.
 
 from __future__ import annotations
 
-import sys
-
 import objseg_checks as checks
 import pytest
 import torch
 from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "slot_attention")]
-import slot_attention  # noqa: E402
+slot_attention = checks.image_module("slot_attention")
 
 # 32x32 input, a 2x2 broadcast (4 stride-2 deconvs -> 32: no resize), 16 channels
 SMALL = {"slots": 4, "iters": 3, "width": 16, "slot_mlp": 32, "decoder_size": 2, "image_size": 32}
 
 
-def model(seed: int = 0, **over) -> slot_attention.SlotAttentionAE:
-    torch.manual_seed(seed)
-    return slot_attention.build({**SMALL, **over})
+model = checks.builder(slot_attention, SMALL)
 
 
 def test_shapes_masks_partition_and_loss():

@@ -7,7 +7,6 @@ reference on identical weights and noise; these tests check it alone.
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import objseg_checks as checks
@@ -15,17 +14,12 @@ import pytest
 import torch
 from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "spair")]
-import spair  # noqa: E402
+spair = checks.image_module("spair")
 
 SMALL = {"image_size": 64, "what_dim": 8, "bg_dim": 2, "patch_size": 8, "passthrough": 8}
 
 
-def model(seed: int = 0, **over) -> spair.SPAIR:
-    torch.manual_seed(seed)
-    return spair.build({**SMALL, **over})
+model = checks.builder(spair, SMALL)
 
 
 def test_shapes_masks_and_gradients():
