@@ -35,7 +35,6 @@ batch 2, 48,235,051 parameters on both sides:
 
 from __future__ import annotations
 
-import importlib
 import sys
 import tempfile
 import time
@@ -278,9 +277,9 @@ def main() -> int:
         scipy.signal.gaussian = scipy.signal.windows.gaussian
     bad = []
     with tempfile.TemporaryDirectory() as tmp:
-        common.reference_package(args.reference, Path(tmp), {f"{DIR}/{f}": f"refdti/{f}" for f in FILES})
-        sys.path.insert(0, tmp)
-        rm = importlib.import_module("refdti.model")
+        rm = common.reference_module(
+            args.reference, Path(tmp), {f"{DIR}/{f}": f"refdti/{f}" for f in FILES}, "refdti.model"
+        )
         for case in QUICK if args.quick else FULL:
             for phase in PHASES:
                 res = compare(rm, case, phase, seed=args.seed)

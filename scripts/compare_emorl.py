@@ -27,7 +27,6 @@ of the loss (relative to the largest |grad|). Exit status 1 when one exceeds the
 
 from __future__ import annotations
 
-import importlib
 import math
 import sys
 import tempfile
@@ -182,11 +181,8 @@ def main() -> int:
     args = common.parse_args(__doc__, quick="the default architecture at 64x64 only")
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_emorl_") as tmp:
-        common.reference_package(
-            args.reference, Path(tmp), {f"{PKG}/{f}": f"{PKG}/{f}" for f in ("model.py", "utils.py")}
-        )
-        sys.path.insert(0, tmp)
-        ref_mod = importlib.import_module(PKG.replace("/", ".") + ".model")
+        files = {f"{PKG}/{f}": f"{PKG}/{f}" for f in ("model.py", "utils.py")}
+        ref_mod = common.reference_module(args.reference, Path(tmp), files, PKG.replace("/", ".") + ".model")
         for case in QUICK if args.quick else CASES:
             for mode in MODES:
                 res = compare(ref_mod, *case, mode=mode, seed=args.seed)

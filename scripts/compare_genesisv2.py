@@ -27,7 +27,6 @@ gradient of the loss (relative to the largest |grad|). Exit status 1 when one ex
 
 from __future__ import annotations
 
-import importlib
 import sys
 import tempfile
 import time
@@ -166,9 +165,8 @@ def main() -> int:
     args = common.parse_args(__doc__, quick="the default architecture (11 slots, 64 features) at 32x32 only")
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_genesisv2_") as tmp:
-        common.reference_package(args.reference, Path(tmp), {f"{PKG}/model.py": f"{PKG}/model.py"})
-        sys.path.insert(0, tmp)
-        ref_mod = importlib.import_module(PKG.replace("/", ".") + ".model")
+        files = {f"{PKG}/model.py": f"{PKG}/model.py"}
+        ref_mod = common.reference_module(args.reference, Path(tmp), files, PKG.replace("/", ".") + ".model")
         for case in QUICK if args.quick else CASES:
             for mode in MODES:
                 res = compare(ref_mod, *case, mode=mode, seed=args.seed)

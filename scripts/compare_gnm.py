@@ -24,10 +24,7 @@ default dtype. Exit status 1 when one exceeds its tolerance.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
-import io
 import sys
 import tempfile
 import warnings
@@ -178,11 +175,9 @@ def main() -> int:
     args = common.parse_args(__doc__, quick="two cases at batch 1")
     warnings.filterwarnings("ignore", message=".*(align_corners|indexing argument).*")
     with tempfile.TemporaryDirectory() as tmp:
-        common.reference_package(args.reference, Path(tmp) / "src", {f: f for f in FILES})
-        (Path(tmp) / "src" / "prodict.py").write_text(PRODICT)
-        sys.path.insert(0, str(Path(tmp) / "src"))
-        with contextlib.redirect_stdout(io.StringIO()):  # it pprints its config on import
-            ref_mod = importlib.import_module("ool.picture.models.thirdparty.gnm.model")
+        # quiet: it pprints its config on import
+        ref_mod = common.reference_module(args.reference, Path(tmp) / "src", {f: f for f in FILES},
+                                          "ool.picture.models.thirdparty.gnm.model", {"prodict.py": PRODICT}, quiet=True)  # fmt: skip
         bad = []
         for case in QUICK if args.quick else CASES:
             res = compare(ref_mod, *case, seed=args.seed)

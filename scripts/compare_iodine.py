@@ -203,9 +203,7 @@ def main() -> int:
     warnings.filterwarnings("ignore", message="torch.meshgrid")  # the reference's meshgrid without `indexing`
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_iodine_") as tmp:
-        common.reference_package(args.reference, Path(tmp), {FILE: "refiodine/iodine.py"})
-        sys.path.insert(0, tmp)
-        ref_mod = importlib.import_module("refiodine.iodine")
+        ref_mod = common.reference_module(args.reference, Path(tmp), {FILE: "refiodine/iodine.py"}, "refiodine.iodine")
         for case in QUICK if args.quick else CASES:
             for mode in MODES:
                 res = compare(ref_mod, *case, mode=mode, seed=args.seed)

@@ -19,7 +19,6 @@ seeded as the one passed to ours (ours draws one (B, z) tensor per slot in slot 
 
 from __future__ import annotations
 
-import importlib
 import sys
 import tempfile
 from pathlib import Path
@@ -100,11 +99,10 @@ def compare(
 def main() -> int:
     args = common.parse_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
-        common.reference_package(args.reference, Path(tmp), {f: f"refmonet/{Path(f).name}" for f in FILES})
         common.stub_module("ipdb")
         common.shim_numpy()
-        sys.path.insert(0, tmp)
-        ref_mod = importlib.import_module("refmonet.monet")
+        files = {f: f"refmonet/{Path(f).name}" for f in FILES}
+        ref_mod = common.reference_module(args.reference, Path(tmp), files, "refmonet.monet")
         bad = []
         for case in CASES:
             res = compare(ref_mod, *case, seed=args.seed)

@@ -27,7 +27,6 @@ gradient are bit-identical (all differences 0); ours under the same seed draws t
 
 from __future__ import annotations
 
-import importlib
 import sys
 import tempfile
 import time
@@ -111,9 +110,7 @@ def compare(ref_mod, size: int, slots: int, batch: int, dtype: torch.dtype, pert
 def main() -> int:
     args = common.parse_args(__doc__, quick="one small case (64x64, 5 slots) instead of 128 and 97")
     with tempfile.TemporaryDirectory() as tmp:
-        common.reference_package(args.reference, Path(tmp), {FILE: "refslota/model.py"})
-        sys.path.insert(0, tmp)
-        ref_mod = importlib.import_module("refslota.model")
+        ref_mod = common.reference_module(args.reference, Path(tmp), {FILE: "refslota/model.py"}, "refslota.model")
         bad = []
         keys = ("masks", "canvas", "loss (rel)", "grad (rel to max)")
         print(f"{'case':26s} {'weights':9s} {'dtype':7s} " + " ".join(f"{k:>17s}" for k in keys) + "  loss, s ref/ours")

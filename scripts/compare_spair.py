@@ -25,7 +25,6 @@ reference built and run under float64 default dtype. Exit status 1 when one exce
 
 from __future__ import annotations
 
-import importlib
 import sys
 import tempfile
 from pathlib import Path
@@ -160,10 +159,10 @@ def compare(
 def main() -> int:
     args = common.parse_args(__doc__, quick="64x64 (2x2 cells) only")
     with tempfile.TemporaryDirectory() as tmp:
-        common.reference_package(args.reference, Path(tmp) / "src", {f: f for f in FILES})
         common.shim_numpy()
-        sys.path.insert(0, str(Path(tmp) / "src"))
-        ref_mod = importlib.import_module("ool.picture.models.spair")
+        ref_mod = common.reference_module(
+            args.reference, Path(tmp) / "src", {f: f for f in FILES}, "ool.picture.models.spair"
+        )
         bad = []
         for case in QUICK if args.quick else CASES:
             res = compare(ref_mod, *case, seed=args.seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import io
 import subprocess
 import sys
 import types
@@ -226,3 +227,14 @@ def ours_and_control(ours: torch.nn.Module, x: torch.Tensor, seed: int, step, tr
     with torch.no_grad():
         other = ours(x, torch.Generator().manual_seed(seed + 2), step=step).masks
     return o, other
+
+
+def reference_module(ref: str | None, root: Path, files: dict[str, str], module: str, extra=None, quiet=False):
+    """reference_package(ref, root, files), `extra` files (path under root -> text) beside it, `root` first on
+    sys.path, and the reference `module` imported (its stdout swallowed when quiet)."""
+    reference_package(ref, root, files)
+    for path, text in (extra or {}).items():
+        (root / path).write_text(text)
+    sys.path.insert(0, str(root))
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        return importlib.import_module(module)
