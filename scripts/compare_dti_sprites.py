@@ -35,23 +35,17 @@ batch 2, 48,235,051 parameters on both sides:
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "dti_sprites")]
-import dti_sprites  # noqa: E402
+dti_sprites = common.our_module("dti_sprites")
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 DIR = "ool/picture/models/thirdparty/dti_sprites"
 FILES = ("__init__.py", "model.py", "utils.py")
 TOL, TOL_REL, TOL_GRAD = 1e-4, 1e-5, 1e-3  # masks/canvas/params absolute; loss relative; grads rel. to max |grad|
@@ -89,24 +83,6 @@ PHASES = (("train ep 0", 0, 1, True), ("train ep 200", 200, 1, True), ("train ep
           ("eval", None, None, False))  # fmt: skip
 
 
-def reference_files(ref: str | None, dest: Path) -> None:
-    dest.mkdir(parents=True)
-    if ref is None:
-        clone = dest.parent / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    for f in FILES:
-        src = root / DIR / f
-        if src.is_file():
-            shutil.copy(src, dest / f)
-        else:  # a bare git directory (e.g. a mirror)
-            text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{DIR}/{f}"], check=True,
-                                  capture_output=True, text=True).stdout  # fmt: skip
-            (dest / f).write_text(text)
-
-
 def ours_name(k: str) -> str | None:
     """reference state-dict name -> ours (None: no counterpart: buffers of its transformation modules)."""
     p = k.split(".")
@@ -131,19 +107,6 @@ def ours_name(k: str) -> str | None:
     if p[0] == "bkg_transformer":
         return f"bkg_color.{p[2]}.{tail}"
     raise KeyError(k)
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
 
 
 def perturb(sd: dict, seed: int) -> None:
@@ -246,7 +209,7 @@ def _compare(rm, case: tuple, phase: tuple, seed: int) -> dict[str, float]:
     ref.train(train)
     ours.train(train)
 
-    x = discs(batch, size, seed).to(dtype)
+    x = common.discs(batch, size, seed).to(dtype)
     g_ours = torch.Generator().manual_seed(seed + 1)
     g_ref = torch.Generator().manual_seed(seed + 1)
     check = train and step % 250 == 0
@@ -262,13 +225,9 @@ def _compare(rm, case: tuple, phase: tuple, seed: int) -> dict[str, float]:
     o = ours(x, g_ours, step)
     t_ours = time.perf_counter() - t0
 
-    def rel(a: float, b: float) -> float:
-        return abs(a - b) / max(abs(a), 1e-12)
-
     out = {
-        "masks": (r["layers"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
-        "loss (rel)": rel(r["loss"].item(), o.loss.item()),
+        **common.mask_canvas_gaps(r, o),
+        "loss (rel)": common.rel(r["loss"].item(), o.loss.item()),
     }
     ours_params = dict(ours.named_parameters())
     if check:
@@ -299,20 +258,16 @@ def _compare(rm, case: tuple, phase: tuple, seed: int) -> dict[str, float]:
     print(f"{name} {str(dtype)[6:]} {label}: {batch}x3x{size}x{size}, {sprites}+1 sprites, {layers} layers, "
           f"{n_ref:,} params (reference param_groups list {listed} tensors, {unique} distinct), loss "
           f"{o.loss.item():.5f}, reference {t_ref:.1f} s, ours {t_ours:.1f} s")  # fmt: skip
-    for k, v in out.items():
-        print(f"  {k:26s} {v:.3g}")
+    common.print_figures(out)
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--kornia", default=None, help="folder with kornia (0.5.5) to put first on sys.path")
-    ap.add_argument("--quick", action="store_true", help="small sizes (64x64, 4 sprites, 3 layers)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = common.parse_args(
+        __doc__,
+        extra=((("--kornia",), {"default": None, "help": "folder with kornia (0.5.5) to put first on sys.path"}),),
+        quick="small sizes (64x64, 4 sprites, 3 layers)",
+    )
     if args.kornia:
         sys.path.insert(0, args.kornia)
     import scipy.signal
@@ -322,18 +277,16 @@ def main() -> int:
         scipy.signal.gaussian = scipy.signal.windows.gaussian
     bad = []
     with tempfile.TemporaryDirectory() as tmp:
-        reference_files(args.reference, Path(tmp) / "refdti")
-        sys.path.insert(0, tmp)
-        rm = importlib.import_module("refdti.model")
+        rm = common.reference_module(
+            args.reference, Path(tmp), {f"{DIR}/{f}": f"refdti/{f}" for f in FILES}, "refdti.model"
+        )
         for case in QUICK if args.quick else FULL:
             for phase in PHASES:
                 res = compare(rm, case, phase, seed=args.seed)
                 tol = {"masks": TOL, "canvas": TOL, "restarted params": TOL, "grad (rel to max |grad|)": TOL_GRAD}
                 bad += [f"{case[0]} {str(case[6])[6:]} {phase[0]}: {k}" for k, v in res.items()
                         if k != "reassigned (count)" and not v <= tol.get(k, TOL_REL) and not np.isnan(v)]  # fmt: skip
-    print("FAIL: " + "; ".join(bad) if bad else
-          f"OK: masks/canvas/params <= {TOL}, loss <= {TOL_REL} relative, gradients <= {TOL_GRAD}")  # fmt: skip
-    return 1 if bad else 0
+    return common.report(bad, f"OK: masks/canvas/params <= {TOL}, loss <= {TOL_REL} relative, gradients <= {TOL_GRAD}")
 
 
 if __name__ == "__main__":

@@ -27,28 +27,18 @@ of the loss (relative to the largest |grad|). Exit status 1 when one exceeds the
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
 import math
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "emorl")]
-import emorl  # noqa: E402
+emorl = common.our_module("emorl")
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 PKG = "ool/picture/models/thirdparty/emorl"
-# masks/canvas absolute, loss terms relative, grads relative to the largest |grad|
-TOL = {torch.float32: 1e-5, torch.float64: 1e-9}
-TOL_GRAD = {torch.float32: 1e-3, torch.float64: 1e-9}
 # (name, image size, slots, z, batch, weights, dtype). "init": the reference's initialisation, whose decoder (xavier
 # gain 0.02) makes the masks 1/K to float32 precision; "perturbed": every weight + N(0, 1/fan_in), every vector +
 # N(0, 0.1^2), so that masks and canvas depend on the slots
@@ -92,29 +82,6 @@ RENAME = (
 CELL = "hvae_networks.gru.cell."
 
 
-def reference_files(ref: str | None, tmp: Path) -> None:
-    """Write the reference package under `tmp` (from a checkout or git dir; cloned when None)."""
-    dest = tmp / PKG
-    dest.mkdir(parents=True)
-    for parent in [tmp / PKG, *(tmp / PKG).parents]:
-        if parent == tmp:
-            break
-        (parent / "__init__.py").write_text("")
-    if ref is None:
-        clone = tmp / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    for f in ("model.py", "utils.py"):
-        if (root / PKG / f).is_file():
-            (dest / f).write_text((root / PKG / f).read_text())
-        else:  # a bare git directory (e.g. a mirror)
-            text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{PKG}/{f}"], check=True,
-                                  capture_output=True, text=True).stdout  # fmt: skip
-            (dest / f).write_text(text)
-
-
 def to_ours(ref_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Reference-named tensors (weights or their gradients) -> ours: renames, and the DualGRU's GRUCell (reset and
     update blocks of both GRUs in weight_ih_1/2, bias_ih; the new-gate blocks in weight_in_1/2, bias_in) -> two
@@ -140,29 +107,6 @@ def to_ours(ref_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 def reference_model(ref_mod, size: int, slots: int, z: int, batch: int, weights: str, dtype: torch.dtype, seed: int):
     hp = {"refinement_curriculum": [(-1, 3), (100000, 1), (200000, 1)], "geco_ema_alpha": 0.99,
           "geco_beta_stepsize": 1e-6, "kl_beta_init": 1, "geco_reconstruction_target": -108000, "use_geco": True}  # fmt: skip
@@ -172,11 +116,7 @@ def reference_model(ref_mod, size: int, slots: int, z: int, batch: int, weights:
                                 refinement_iters=3, bottom_up_prior=False, reverse_prior_plusplus=True,
                                 use_geco=True, training=hp)  # fmt: skip
     if weights == "perturbed":
-        torch.manual_seed(seed + 2)
-        with torch.no_grad():
-            for p in ref.parameters():
-                if p.requires_grad:
-                    p += torch.randn_like(p) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1)
+        common.perturb_fan_in(ref, seed + 2, trainable_only=True)
     ref = ref.to(dtype)
     hv = ref.hvae_networks
     hv.positional_embedding = hv.positional_embedding.to(dtype)
@@ -187,7 +127,7 @@ def reference_model(ref_mod, size: int, slots: int, z: int, batch: int, weights:
 
 
 def compare(ref_mod, name, size, slots, z, batch, weights, dtype, mode, seed) -> dict[str, float]:
-    with default_dtype(dtype):
+    with common.default_dtype(dtype):
         ref = reference_model(ref_mod, size, slots, z, batch, weights, dtype, seed)
     ours = emorl.build({"slots": slots, "z_dim": z, "image_size": size}).to(dtype)
     step = None if mode == "eval" else int(mode.split("@")[1])
@@ -203,23 +143,15 @@ def compare(ref_mod, name, size, slots, z, batch, weights, dtype, mode, seed) ->
     ref.train(mode != "eval")
     ours.train(mode != "eval")
 
-    x = discs(batch, size, seed).to(dtype)
-    normal_mod = importlib.import_module("torch.distributions.normal")
-    g_ref = torch.Generator().manual_seed(seed + 1)
-    original = normal_mod._standard_normal
-    normal_mod._standard_normal = lambda shape, dtype, device: torch.randn(shape, generator=g_ref, dtype=dtype)
+    x = common.discs(batch, size, seed).to(dtype)
     t0 = time.perf_counter()
-    try:
-        with default_dtype(dtype):
-            r = ref(x, 150000 if step is None else step)
-    finally:
-        normal_mod._standard_normal = original
+    with common.reference_noise(torch.Generator().manual_seed(seed + 1)), common.default_dtype(dtype):
+        r = ref(x, 150000 if step is None else step)
     t1 = time.perf_counter()
     o = ours(x, torch.Generator().manual_seed(seed + 1), step=step)
     t2 = time.perf_counter()
     out = {
-        "masks": (r["layers"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
+        **common.mask_canvas_gaps(r, o),
     }
     for key, ours_v in (("loss", o.loss.item()), ("rec_loss", o.terms["nll"]), ("kl", o.terms["kl"])):
         ref_v = r[key].item()
@@ -241,32 +173,21 @@ def compare(ref_mod, name, size, slots, z, batch, weights, dtype, mode, seed) ->
         out["grad (rel to max |grad|)"] /= scale
     print(f"{name} {weights} {str(dtype)[6:]} {mode}: {batch}x3x{size}x{size}, {slots} slots, z {z}, {n_ref:,} params, "
           f"loss {o.loss.item():.6g} ({t1 - t0:.1f} s reference, {t2 - t1:.1f} s ours forward)")  # fmt: skip
-    for k, v in out.items():
-        print(f"  {k:32s} {v:.3g}", flush=True)
+    common.print_figures(out, width=32)
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="the default architecture at 64x64 only")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = common.parse_args(__doc__, quick="the default architecture at 64x64 only")
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_emorl_") as tmp:
-        reference_files(args.reference, Path(tmp))
-        sys.path.insert(0, tmp)
-        ref_mod = importlib.import_module(PKG.replace("/", ".") + ".model")
+        files = {f"{PKG}/{f}": f"{PKG}/{f}" for f in ("model.py", "utils.py")}
+        ref_mod = common.reference_module(args.reference, Path(tmp), files, PKG.replace("/", ".") + ".model")
         for case in QUICK if args.quick else CASES:
             for mode in MODES:
                 res = compare(ref_mod, *case, mode=mode, seed=args.seed)
-                tol, tol_grad = TOL[case[-1]], TOL_GRAD[case[-1]]
-                bad += [f"{case[0]} {case[5]} {mode}: {k}" for k, v in res.items()
-                        if "abs" not in k and v > (tol_grad if k.startswith("grad") else tol)]  # fmt: skip
-    print("FAIL: " + "; ".join(bad) if bad else "OK: every figure within its tolerance")
-    return 1 if bad else 0
+                bad += common.past_dtype_tolerance(f"{case[0]} {case[5]} {mode}", res, case[-1])
+    return common.report(bad)
 
 
 if __name__ == "__main__":

@@ -27,27 +27,17 @@ gradient of the loss (relative to the largest |grad|). Exit status 1 when one ex
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "genesisv2")]
-import genesisv2  # noqa: E402
+genesisv2 = common.our_module("genesisv2")
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 PKG = "ool/picture/models/thirdparty/genesis2"
-# masks/canvas absolute, loss terms and GECO relative, grads relative to the largest |grad|
-TOL = {torch.float32: 1e-5, torch.float64: 1e-9}
-TOL_GRAD = {torch.float32: 1e-3, torch.float64: 1e-9}
 # (name, image size, slots, feat_dim, batch, weights, dtype). "init": the reference's initialisation (its colour gate
 # starts at 0: the IC-SBP embeddings are the coordinates alone); "perturbed": every weight + N(0, 1/fan_in), every
 # vector + N(0, 0.1^2), the gate included, so that the embeddings depend on the image
@@ -69,28 +59,6 @@ RENAME = (
     ("att_process.colour_head.", "colour."),
 )
 SKIP = ("geco.", "decoder_module.0.coords")
-
-
-def reference_files(ref: str | None, tmp: Path) -> None:
-    """Write the reference package under `tmp` (from a checkout or git dir; cloned when None)."""
-    dest = tmp / PKG
-    dest.mkdir(parents=True)
-    for parent in [dest, *dest.parents]:
-        if parent == tmp:
-            break
-        (parent / "__init__.py").write_text("")
-    if ref is None:
-        clone = tmp / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    if (root / PKG / "model.py").is_file():
-        (dest / "model.py").write_text((root / PKG / "model.py").read_text())
-    else:  # a bare git directory (e.g. a mirror)
-        text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{PKG}/model.py"], check=True,
-                              capture_output=True, text=True).stdout  # fmt: skip
-        (dest / "model.py").write_text(text)
 
 
 def to_ours(ref_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,61 +83,13 @@ def to_ours(ref_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-@contextlib.contextmanager
-def reference_noise(g: torch.Generator):
-    """The reference's torch.rand and rsample draw from `g` (in the default dtype, as they would)."""
-    normal_mod = importlib.import_module("torch.distributions.normal")
-    rand, standard_normal = torch.rand, normal_mod._standard_normal
-
-    def seeded_rand(*size, device=None, dtype=None, **kw):
-        assert not kw, kw
-        return rand(*size, generator=g, dtype=dtype or torch.get_default_dtype()).to(device)
-
-    torch.rand = seeded_rand
-    normal_mod._standard_normal = lambda shape, dtype, device: torch.randn(shape, generator=g, dtype=dtype)
-    try:
-        yield
-    finally:
-        torch.rand, normal_mod._standard_normal = rand, standard_normal
-
-
 def reference_model(ref_mod, size, slots, feat, weights, dtype, seed, goal):
     torch.manual_seed(seed)
-    with default_dtype(dtype):
+    with common.default_dtype(dtype):
         ref = ref_mod.GenesisV2(g_goal=goal, pixel_std=0.7, K_steps=slots, img_size=size, feat_dim=feat)
     if weights == "perturbed":
-        torch.manual_seed(seed + 2)
-        with torch.no_grad():
-            for p in ref.parameters():
-                p += torch.randn(p.shape, dtype=p.dtype) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1)
+        common.perturb_fan_in(ref, seed + 2)
     return ref
-
-
-def rel(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(a), 1e-12)
 
 
 def compare(ref_mod, name, size, slots, feat, batch, weights, dtype, mode, seed) -> dict[str, float]:
@@ -199,14 +119,14 @@ def compare(ref_mod, name, size, slots, feat, batch, weights, dtype, mode, seed)
         return out
 
     ours._ic_sbp = recording_sbp
-    x = discs(batch, size, seed).to(dtype)
+    x = common.discs(batch, size, seed).to(dtype)
     out: dict[str, float] = {}
     times = [0.0, 0.0]
     buffers = {n: t.clone() for n, t in ours.named_buffers()}
     g_ref, g_ours = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 1)
     for call in (1, 2) if train else (1,):
         t0 = time.perf_counter()
-        with default_dtype(dtype), reference_noise(g_ref):
+        with common.default_dtype(dtype), common.reference_noise(g_ref, rand=True):
             r = ref(x)
         t1 = time.perf_counter()
         o = ours(x, g_ours, step=call - 1)
@@ -218,11 +138,11 @@ def compare(ref_mod, name, size, slots, feat, batch, weights, dtype, mode, seed)
         out[f"canvas{sfx}"] = (r["canvas"] - o.canvas).abs().max().item()
         for key, ours_key in (("loss", "loss"), ("rec_loss", "rec_loss"), ("kl", "kl"), ("elbo", "elbo")):
             ref_v = r[key].item()
-            out[f"{key}{sfx} (rel)"] = rel(ref_v, o.terms[ours_key])
+            out[f"{key}{sfx} (rel)"] = common.rel(ref_v, o.terms[ours_key])
             out[f"{key}{sfx} (abs, {ref_v:.6g})"] = abs(ref_v - o.terms[ours_key])
         if train:
-            out[f"geco beta{sfx} (rel)"] = rel(ref.geco.beta.item(), ours.geco_beta.item())
-            out[f"geco err_ema{sfx} (rel)"] = rel(ref.geco.err_ema.item(), ours.geco_err_ema.item())
+            out[f"geco beta{sfx} (rel)"] = common.rel(ref.geco.beta.item(), ours.geco_beta.item())
+            out[f"geco err_ema{sfx} (rel)"] = common.rel(ref.geco.err_ema.item(), ours.geco_err_ema.item())
             if call == 1:
                 r["loss"].backward()
                 o.loss.backward()
@@ -237,34 +157,21 @@ def compare(ref_mod, name, size, slots, feat, batch, weights, dtype, mode, seed)
     print(f"{name} {weights} {str(dtype)[6:]} {mode}: {batch}x3x{size}x{size}, {slots} slots, feat {feat}, "
           f"{n_ref:,} params, loss {o.loss.item():.6g}, beta {ours.geco_beta.item():.6g} "
           f"({times[0]:.1f} s reference, {times[1]:.1f} s ours)")  # fmt: skip
-    for k, v in out.items():
-        print(f"  {k:36s} {v:.3g}", flush=True)
+    common.print_figures(out, width=36)
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--quick", action="store_true", help="the default architecture (11 slots, 64 features) at 32x32 only"
-    )
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = common.parse_args(__doc__, quick="the default architecture (11 slots, 64 features) at 32x32 only")
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_genesisv2_") as tmp:
-        reference_files(args.reference, Path(tmp))
-        sys.path.insert(0, tmp)
-        ref_mod = importlib.import_module(PKG.replace("/", ".") + ".model")
+        files = {f"{PKG}/model.py": f"{PKG}/model.py"}
+        ref_mod = common.reference_module(args.reference, Path(tmp), files, PKG.replace("/", ".") + ".model")
         for case in QUICK if args.quick else CASES:
             for mode in MODES:
                 res = compare(ref_mod, *case, mode=mode, seed=args.seed)
-                tol, tol_grad = TOL[case[-1]], TOL_GRAD[case[-1]]
-                bad += [f"{case[0]} {case[5]} {str(case[-1])[6:]} {mode}: {k}" for k, v in res.items()
-                        if "abs" not in k and v > (tol_grad if k.startswith("grad") else tol)]  # fmt: skip
-    print("FAIL: " + "; ".join(bad) if bad else "OK: every figure within its tolerance")
-    return 1 if bad else 0
+                bad += common.past_dtype_tolerance(f"{case[0]} {case[5]} {str(case[-1])[6:]} {mode}", res, case[-1])
+    return common.report(bad)
 
 
 if __name__ == "__main__":

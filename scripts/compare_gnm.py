@@ -24,26 +24,17 @@ default dtype. Exit status 1 when one exceeds its tolerance.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
-import importlib
-import io
-import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
+import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "gnm")]
-import gnm  # noqa: E402
+gnm = common.our_module("gnm")
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 FILES = ("ool/picture/models/thirdparty/gnm/model.py",)
 PRODICT = '''class Prodict(dict):
     """A dict with attribute access (stands in for the prodict package in this comparison only)."""
@@ -64,6 +55,15 @@ PRODICT = '''class Prodict(dict):
 TOL = {"masks": 1e-4, "canvas": 1e-4, "grad (rel to max |grad|)": 1e-3}
 TOL_REL = 1e-5
 TOL64 = 1e-9
+
+
+def tolerance(figure: str, dtype: torch.dtype) -> float:
+    """The count exactly; in float64 TOL64; else TOL, TOL_REL for a relative figure (0 for any other)."""
+    if figure == "count":
+        return 0.0
+    return TOL64 if dtype == torch.float64 else TOL.get(figure, TOL_REL if "(rel)" in figure else 0.0)
+
+
 EVAL_STEP = 300000  # the paper run's last step: every schedule at its end value
 # (name, batch, mode, step, weights, dtype); step None = evaluation
 CASES = (
@@ -106,29 +106,6 @@ TERMS = {  # ours -> the reference's key
 }  # fmt: skip
 
 
-def reference_files(ref: str | None, root_dest: Path) -> None:
-    """Write FILES from `ref` (checkout or git dir; cloned when None) under `root_dest`, keeping their paths."""
-    if ref is None:
-        clone = root_dest.parent / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    for f in FILES:
-        dest = root_dest / f
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if (root / f).is_file():
-            shutil.copy(root / f, dest)
-        else:  # a bare git directory (e.g. a mirror)
-            text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{f}"], check=True,
-                                  capture_output=True, text=True).stdout  # fmt: skip
-            dest.write_text(text)
-    for pkg in ("ool", "ool/picture", "ool/picture/models", "ool/picture/models/thirdparty"):
-        (root_dest / pkg / "__init__.py").write_text("")
-    (root_dest / "ool/picture/models/thirdparty/gnm/__init__.py").write_text("")
-    (root_dest / "prodict.py").write_text(PRODICT)
-
-
 def name_map(sd: dict) -> dict[str, str]:
     """reference parameter name -> ours (constant buffers left out)."""
     out = {}
@@ -138,19 +115,6 @@ def name_map(sd: dict) -> dict[str, str]:
                 out[k] = b + k[len(a) :]
                 break
     return out
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
 
 
 def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype: torch.dtype, seed: int) -> dict:
@@ -166,11 +130,7 @@ def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype
         ref = ref_mod.GNM(args)
         ours = gnm.build({})
         if weights == "perturbed":
-            g = torch.Generator().manual_seed(seed + 7)
-            with torch.no_grad():
-                for p in ref.parameters():
-                    sd_ = p.std().item() if p.numel() > 1 and p.std().item() > 0 else 0.05
-                    p.add_(0.3 * sd_ * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            common.perturb_by_std(ref, seed + 7)
         sd = ref.state_dict()
         names = name_map(sd)
         extra = {k for k in sd if k not in names and k not in BUFFERS and not k.startswith("aux_p_")}
@@ -182,83 +142,47 @@ def compare(ref_mod, name: str, batch: int, mode: str, step, weights: str, dtype
         ref.train(mode == "train")
         ours.train(mode == "train")
 
-        x = discs(batch, 128, seed).to(dtype)
-        normal_mod = importlib.import_module("torch.distributions.normal")
-        g_ref = torch.Generator().manual_seed(seed + 1)
-        orig_normal, orig_rand = normal_mod._standard_normal, torch.rand
-        normal_mod._standard_normal = lambda shape, dtype, device: torch.randn(shape, generator=g_ref, dtype=dtype)
-        torch.rand = lambda shape, dtype=None, device=None: orig_rand(shape, generator=g_ref, dtype=dtype)
-        try:
-            with torch.set_grad_enabled(mode == "train"):
-                r = ref(x, EVAL_STEP if step is None else step)
-        finally:
-            normal_mod._standard_normal, torch.rand = orig_normal, orig_rand
-        with torch.set_grad_enabled(mode == "train"):
-            o = ours(x, torch.Generator().manual_seed(seed + 1), step=step)
-        with torch.no_grad():  # negative control: another seed must move the masks
-            other = ours(x, torch.Generator().manual_seed(seed + 2), step=step).masks
+        x = common.discs(batch, 128, seed).to(dtype)
+        with (
+            common.reference_noise(torch.Generator().manual_seed(seed + 1), rand=True),
+            torch.set_grad_enabled(mode == "train"),
+        ):
+            r = ref(x, EVAL_STEP if step is None else step)
+        o, other = common.ours_and_control(ours, x, seed, step, mode == "train")  # other: another seed's masks
     finally:
         torch.set_default_dtype(default)
 
-    def rel(a: float, b: float) -> float:
-        return abs(a - b) / max(abs(a), 1e-12)
-
     k = r["steps"]["mask"].shape[1]
     out = {
-        "masks": (r["steps"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
+        **common.mask_canvas_gaps(r, o, "steps"),
         "count": abs(r["counts"].mean().item() - o.terms["count"]),
     }
-    out |= {f"{t} (rel)": rel(r[rk].item(), o.terms[t]) for t, rk in TERMS.items()}
+    out |= {f"{t} (rel)": common.rel(r[rk].item(), o.terms[t]) for t, rk in TERMS.items()}
     control = (r["steps"]["mask"][:, :, 0] - other).abs().max().item()
     if mode == "train":
         r["loss"].backward()
         o.loss.backward()
-        ours_params = dict(ours.named_parameters())
-        diffs, scale = [], 0.0
-        for n, p in ref.named_parameters():
-            q = ours_params[names[n]]
-            if p.grad is None or q.grad is None:
-                assert p.grad is None and q.grad is None, n
-                continue
-            diffs.append((p.grad - q.grad).abs().max().item())
-            scale = max(scale, p.grad.abs().max().item())
-        out["grad (rel to max |grad|)"] = max(diffs) / scale
+        out["grad (rel to max |grad|)"] = common.grad_gap(ref, ours, names)
     print(f"{name} {str(dtype)[6:]}: {batch}x3x128x128, {k} cells, {weights} weights, {n_ref:,} params, "
           f"step {step}, present {o.terms['count']:.2f}, loss {o.loss.item():.2f}")  # fmt: skip
-    for key, v in out.items():
-        print(f"  {key:26s} {v:.3g}")
-    print(f"  {'(control: another seed)':26s} masks {control:.3g}")
+    common.print_figures(out, control=control)
     if not control > TOL["masks"]:
         out["control: another seed moves the masks"] = float("inf")
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="two cases at batch 1")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = common.parse_args(__doc__, quick="two cases at batch 1")
     warnings.filterwarnings("ignore", message=".*(align_corners|indexing argument).*")
     with tempfile.TemporaryDirectory() as tmp:
-        reference_files(args.reference, Path(tmp) / "src")
-        sys.path.insert(0, str(Path(tmp) / "src"))
-        with contextlib.redirect_stdout(io.StringIO()):  # it pprints its config on import
-            ref_mod = importlib.import_module("ool.picture.models.thirdparty.gnm.model")
+        # quiet: it pprints its config on import
+        ref_mod = common.reference_module(args.reference, Path(tmp) / "src", {f: f for f in FILES},
+                                          "ool.picture.models.thirdparty.gnm.model", {"prodict.py": PRODICT}, quiet=True)  # fmt: skip
         bad = []
         for case in QUICK if args.quick else CASES:
             res = compare(ref_mod, *case, seed=args.seed)
-            for k, v in res.items():
-                tol = TOL64 if case[-1] == torch.float64 else TOL.get(k, TOL_REL if "(rel)" in k else 0.0)
-                if k == "count":
-                    tol = 0.0
-                if not v <= tol:
-                    bad.append(f"{case[0]} {str(case[-1])[6:]}: {k} {v:.3g}")
-    print("FAIL: " + "; ".join(bad) if bad else "OK: every figure within its tolerance")
-    return 1 if bad else 0
+            bad += common.past_tolerance(f"{case[0]} {str(case[-1])[6:]}", res, lambda k, dt=case[-1]: tolerance(k, dt))
+    return common.report(bad)
 
 
 if __name__ == "__main__":

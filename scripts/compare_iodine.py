@@ -29,29 +29,21 @@ float32 and float64 alike; ~1e-15 in float64 with eps 0). Exit status 1 when one
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import math
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "iodine")]
-import iodine  # noqa: E402
+iodine = common.our_module("iodine")
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 FILE = "ool/picture/models/iodine.py"
-# masks/canvas absolute, loss terms relative, grads relative to the largest |grad|
-TOL = {torch.float32: 1e-5, torch.float64: 1e-9}
-TOL_GRAD = {torch.float32: 1e-3, torch.float64: 1e-9}
 # (name, image size, slots, z, iterations, batch, weights, dtype). "init": the reference's initialisation, whose decoder
 # (xavier gain 0.02) makes the masks 1/K to float32 precision; "perturbed": every weight + N(0, 1/fan_in), every
 # vector + N(0, 0.1^2), so that masks and canvas depend on the slots
@@ -84,26 +76,6 @@ RENAME = (
 )
 
 
-def reference_files(ref: str | None, tmp: Path) -> None:
-    """Write the reference module as the package `refiodine` under `tmp` (from a checkout or git dir; cloned when
-    None)."""
-    dest = tmp / "refiodine"
-    dest.mkdir(parents=True)
-    (dest / "__init__.py").write_text("")
-    if ref is None:
-        clone = tmp / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    if (root / FILE).is_file():
-        text = (root / FILE).read_text()
-    else:  # a bare git directory (e.g. a mirror)
-        text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{FILE}"], check=True,
-                              capture_output=True, text=True).stdout  # fmt: skip
-    (dest / "iodine.py").write_text(text)
-
-
 def to_ours(ref_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Reference-named tensors (weights or their gradients) -> ours (nn.LSTM's `_l0` suffixes dropped)."""
     out = {}
@@ -119,29 +91,6 @@ def to_ours(ref_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 @contextlib.contextmanager
 def noise(draw):
     """Route torch.distributions' standard-normal draws (Normal.rsample) through `draw(shape, dtype)`."""
@@ -155,15 +104,12 @@ def noise(draw):
 
 
 def reference_model(ref_mod, size, slots, z, iters, batch, weights, dtype, seed):
-    with default_dtype(dtype):
+    with common.default_dtype(dtype):
         torch.manual_seed(seed)
         ref = ref_mod.IODINE(batch_size=batch, input_size=(3, size, size), z_size=z, K=slots, inference_iters=iters,
                              log_scale=math.log(0.1), kl_beta=1, lstm_dim=256, conv_channels=64)  # fmt: skip
     if weights == "perturbed":
-        torch.manual_seed(seed + 2)
-        with torch.no_grad():
-            for p in ref.parameters():
-                p += torch.randn_like(p) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1)
+        common.perturb_fan_in(ref, seed + 2)
     ref = ref.to(dtype)
     ref.h_0, ref.c_0 = ref.h_0.to(dtype), ref.c_0.to(dtype)
     ref.gmm_log_scale = (math.log(0.1) * torch.ones(slots, dtype=dtype)).view(1, slots, 1, 1, 1)
@@ -176,7 +122,7 @@ def grads_of(module) -> dict[str, torch.Tensor]:
 
 def run_reference(ref, x, draw, train):
     ref.train(train)
-    with noise(draw), default_dtype(x.dtype), contextlib.nullcontext() if train else torch.no_grad():
+    with noise(draw), common.default_dtype(x.dtype), contextlib.nullcontext() if train else torch.no_grad():
         r = ref(x)
         if train:
             ref.zero_grad()
@@ -198,7 +144,7 @@ def compare(ref_mod, name, size, slots, z, iters, batch, weights, dtype, mode, s
     n_ref = sum(p.numel() for p in ref.parameters())
     assert n_ref == sum(p.numel() for p in ours.parameters())
     train = mode != "eval"
-    x = discs(batch, size, seed).to(dtype)
+    x = common.discs(batch, size, seed).to(dtype)
 
     t0 = time.perf_counter()
     if per_image:  # ours' noise, replayed: one (B*K, z) draw per iteration; image i takes rows i*K .. i*K + K - 1
@@ -229,12 +175,11 @@ def compare(ref_mod, name, size, slots, z, iters, batch, weights, dtype, mode, s
     assert torch.is_grad_enabled()
 
     out = {
-        "masks": (r["layers"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
+        **common.mask_canvas_gaps(r, o),
     }
     for key, ours_v in (("loss", o.loss.item()), ("recon_loss", o.terms["nll"]), ("kl", o.terms["kl"])):
         ref_v = r[key].item()
-        out[f"{key} (rel)"] = abs(ref_v - ours_v) / max(abs(ref_v), 1e-12)
+        out[f"{key} (rel)"] = common.rel(ref_v, ours_v)
         out[f"{key} (abs, {ref_v:.6g})"] = abs(ref_v - ours_v)
     if train:
         g_ref = to_ours(ref_grads)
@@ -254,27 +199,16 @@ def compare(ref_mod, name, size, slots, z, iters, batch, weights, dtype, mode, s
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="the default architecture at 48x48, and a small one")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = common.parse_args(__doc__, quick="the default architecture at 48x48, and a small one")
     warnings.filterwarnings("ignore", message="torch.meshgrid")  # the reference's meshgrid without `indexing`
     bad = []
     with tempfile.TemporaryDirectory(prefix="compare_iodine_") as tmp:
-        reference_files(args.reference, Path(tmp))
-        sys.path.insert(0, tmp)
-        ref_mod = importlib.import_module("refiodine.iodine")
+        ref_mod = common.reference_module(args.reference, Path(tmp), {FILE: "refiodine/iodine.py"}, "refiodine.iodine")
         for case in QUICK if args.quick else CASES:
             for mode in MODES:
                 res = compare(ref_mod, *case, mode=mode, seed=args.seed)
-                tol, tol_grad = TOL[case[-1]], TOL_GRAD[case[-1]]
-                bad += [f"{case[0]} {case[6]} {str(case[-1])[6:]} {mode}: {k}" for k, v in res.items()
-                        if "abs" not in k and v > (tol_grad if k.startswith("grad") else tol)]  # fmt: skip
-    print("FAIL: " + "; ".join(bad) if bad else "OK: every figure within its tolerance")
-    return 1 if bad else 0
+                bad += common.past_dtype_tolerance(f"{case[0]} {case[6]} {str(case[-1])[6:]} {mode}", res, case[-1])
+    return common.report(bad)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 PATH: a checkout or a bare git directory of karazijal/clevrtex; not given, it is cloned at fe982ab into a temporary
 folder (needs git and the network). Its `ool/picture/models/monet.py` and `ool_base.py` are copied into a temporary
 package and imported unedited. Two shims, in this process only: `ipdb` (imported at the top of monet.py, unused) is
-an empty module, and `numpy.product` (removed in numpy 2) is `numpy.prod`.
+an empty module, and `numpy.product` and `numpy.object` (removed in numpy 2) are `numpy.prod` and `object`.
 
 For each case the reference `MONet(n_slots, numb, shape, z_dim, bg_scl, fg_scl)` is built under a fixed seed, its
 state dict is loaded into ours through a name map (its prior buffers have no counterpart), and both run on the same
@@ -19,23 +19,15 @@ seeded as the one passed to ours (ours draws one (B, z) tensor per slot in slot 
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import shutil
-import subprocess
 import sys
 import tempfile
-import types
 from pathlib import Path
 
-import numpy as np
+import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "monet")]
-import monet  # noqa: E402
+monet = common.our_module("monet")
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 FILES = ("ool/picture/models/monet.py", "ool/picture/models/ool_base.py")
 TOL, TOL_REL, TOL_GRAD = 1e-4, 1e-5, 1e-3  # masks/canvas absolute; loss terms relative; gradients rel. to max |grad|
 # (name, image size, slots, U-Net blocks, batch, dtype): the ClevrTex settings, and a small odd size (padding in the
@@ -45,25 +37,6 @@ CASES = (
     ("clevrtex 128", 128, 11, 6, 2, torch.float64),
     ("odd 36", 36, 5, 5, 3, torch.float32),
 )
-
-
-def reference_files(ref: str | None, dest: Path) -> None:
-    """Write FILES from `ref` (checkout or git dir; cloned when None) into the package folder `dest`."""
-    dest.mkdir(parents=True)
-    (dest / "__init__.py").write_text("")
-    if ref is None:
-        clone = dest.parent / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    for f in FILES:
-        if (root / f).is_file():
-            shutil.copy(root / f, dest / Path(f).name)
-        else:  # a bare git directory (e.g. a mirror)
-            text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{f}"], check=True,
-                                  capture_output=True, text=True).stdout  # fmt: skip
-            (dest / Path(f).name).write_text(text)
 
 
 def name_map(ref_model, ours: monet.MONet) -> dict[str, str]:
@@ -84,19 +57,6 @@ def name_map(ref_model, ours: monet.MONet) -> dict[str, str]:
     return out
 
 
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
 def compare(
     ref_mod, name: str, size: int, slots: int, blocks: int, batch: int, dtype: torch.dtype, seed: int
 ) -> dict[str, float]:
@@ -112,15 +72,9 @@ def compare(
     n_ref = sum(p.numel() for p in ref.parameters())
     assert n_ref == sum(p.numel() for p in ours.parameters())
 
-    x = discs(batch, size, seed).to(dtype)
-    normal_mod = importlib.import_module("torch.distributions.normal")
-    g_ref = torch.Generator().manual_seed(seed + 1)
-    original = normal_mod._standard_normal
-    normal_mod._standard_normal = lambda shape, dtype, device: torch.randn(shape, generator=g_ref, dtype=dtype)
-    try:
+    x = common.discs(batch, size, seed).to(dtype)
+    with common.reference_noise(torch.Generator().manual_seed(seed + 1)):
         r = ref(x)
-    finally:
-        normal_mod._standard_normal = original
     o = ours(x, torch.Generator().manual_seed(seed + 1), step=0)
     r["loss"].backward()
     o.loss.backward()
@@ -128,50 +82,33 @@ def compare(
     grad = max((p.grad - ours_params[names[k]].grad).abs().max().item() for k, p in ref.named_parameters())
     grad_scale = max(p.grad.abs().max().item() for p in ref.parameters())
 
-    def rel(a: float, b: float) -> float:
-        return abs(a - b) / max(abs(a), 1e-12)
-
     out = {
-        "masks": (r["layers"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
-        "loss (rel)": rel(r["loss"].item(), o.loss.item()),
-        "nll (rel)": rel(r["rec_loss"].item(), o.terms["nll"]),
-        "kl (rel)": rel(r["kl"].item() / 0.5, o.terms["kl"]),  # the reference logs beta * KL
-        "kl_mask (rel)": rel(r["kl_mask"].item() / 0.5, o.terms["kl_mask"]),  # and gamma * mask KL
+        **common.mask_canvas_gaps(r, o),
+        "loss (rel)": common.rel(r["loss"].item(), o.loss.item()),
+        "nll (rel)": common.rel(r["rec_loss"].item(), o.terms["nll"]),
+        "kl (rel)": common.rel(r["kl"].item() / 0.5, o.terms["kl"]),  # the reference logs beta * KL
+        "kl_mask (rel)": common.rel(r["kl_mask"].item() / 0.5, o.terms["kl_mask"]),  # and gamma * mask KL
         "grad (rel to max |grad|)": grad / grad_scale,
     }
     print(f"{name} {str(dtype)[6:]}: {batch}x3x{size}x{size}, {slots} slots, {blocks} blocks, {n_ref:,} params, "
           f"loss {o.loss.item():.2f}")  # fmt: skip
-    for k, v in out.items():
-        print(f"  {k:26s} {v:.3g}")
+    common.print_figures(out)
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = common.parse_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
-        reference_files(args.reference, Path(tmp) / "refmonet")
-        sys.modules.setdefault("ipdb", types.ModuleType("ipdb"))
-        if not hasattr(np, "product"):
-            np.product = np.prod
-        sys.path.insert(0, tmp)
-        ref_mod = importlib.import_module("refmonet.monet")
+        common.stub_module("ipdb")
+        common.shim_numpy()
+        files = {f: f"refmonet/{Path(f).name}" for f in FILES}
+        ref_mod = common.reference_module(args.reference, Path(tmp), files, "refmonet.monet")
         bad = []
         for case in CASES:
             res = compare(ref_mod, *case, seed=args.seed)
             tol = {"masks": TOL, "canvas": TOL, "grad (rel to max |grad|)": TOL_GRAD}
             bad += [f"{case[0]}: {k}" for k, v in res.items() if v > tol.get(k, TOL_REL)]
-    print(
-        "FAIL: " + "; ".join(bad)
-        if bad
-        else f"OK: masks/canvas <= {TOL}, loss terms <= {TOL_REL}, gradients <= {TOL_GRAD}"
-    )
-    return 1 if bad else 0
+    return common.report(bad, f"OK: masks/canvas <= {TOL}, loss terms <= {TOL_REL}, gradients <= {TOL_GRAD}")
 
 
 if __name__ == "__main__":

@@ -27,23 +27,16 @@ gradient are bit-identical (all differences 0); ours under the same seed draws t
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "slot_attention")]
-import slot_attention  # noqa: E402
+slot_attention = common.our_module("slot_attention")
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 FILE = "ool/picture/models/thirdparty/slot_attention/model.py"
 # float32: masks/canvas absolute, loss relative, gradients relative to the largest |gradient|; float64 all 1e-10
 TOL32 = {"masks": 1e-5, "canvas": 1e-5, "loss (rel)": 1e-5, "grad (rel to max)": 1e-4}
@@ -53,42 +46,11 @@ CASES = (("clevrtex 128", 128, 11, 2), ("odd 97", 97, 5, 3))
 QUICK = (("small 64", 64, 5, 2),)
 
 
-def reference_file(ref: str | None, dest: Path) -> None:
-    """Write FILE from `ref` (checkout or git dir; cloned when None) into the package folder `dest` as model.py."""
-    dest.mkdir(parents=True)
-    (dest / "__init__.py").write_text("")
-    if ref is None:
-        clone = dest.parent / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    if (root / FILE).is_file():
-        shutil.copy(root / FILE, dest / "model.py")
-    else:  # a bare git directory (e.g. a mirror)
-        text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{FILE}"], check=True,
-                              capture_output=True, text=True).stdout  # fmt: skip
-        (dest / "model.py").write_text(text)
-
-
 def ours_name(ref_name: str) -> str | None:
     """reference tensor name -> ours (None: a position grid buffer, rebuilt rather than saved in ours)."""
     if ref_name.endswith("_pos.grid"):
         return None
     return ref_name.replace("encoder_cnn.", "encoder.").replace("decoder_cnn.", "decoder.")
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
 
 
 def compare(ref_mod, size: int, slots: int, batch: int, dtype: torch.dtype, perturb: bool, seed: int) -> dict:
@@ -115,7 +77,7 @@ def compare(ref_mod, size: int, slots: int, batch: int, dtype: torch.dtype, pert
     n_params = sum(p.numel() for p in ref.parameters())
     assert n_params == sum(p.numel() for p in ours.parameters())
 
-    x = discs(batch, size, seed).to(dtype)
+    x = common.discs(batch, size, seed).to(dtype)
     g_ref = torch.Generator().manual_seed(seed + 1)
     original = torch.randn
     torch.randn = lambda shape, **kw: original(shape, generator=g_ref, dtype=dtype)
@@ -139,25 +101,16 @@ def compare(ref_mod, size: int, slots: int, batch: int, dtype: torch.dtype, pert
         "loss": o.loss.item(),
         "mask range": (o.masks.min().item(), o.masks.max().item()),
         "time ref/ours": (t_ref, t_ours),
-        "masks": (r["layers"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
+        **common.mask_canvas_gaps(r, o),
         "loss (rel)": abs(r["loss"].item() - o.loss.item()) / abs(r["loss"].item()),
         "grad (rel to max)": grad / grad_scale,
     }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="one small case (64x64, 5 slots) instead of 128 and 97")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = common.parse_args(__doc__, quick="one small case (64x64, 5 slots) instead of 128 and 97")
     with tempfile.TemporaryDirectory() as tmp:
-        reference_file(args.reference, Path(tmp) / "refslota")
-        sys.path.insert(0, tmp)
-        ref_mod = importlib.import_module("refslota.model")
+        ref_mod = common.reference_module(args.reference, Path(tmp), {FILE: "refslota/model.py"}, "refslota.model")
         bad = []
         keys = ("masks", "canvas", "loss (rel)", "grad (rel to max)")
         print(f"{'case':26s} {'weights':9s} {'dtype':7s} " + " ".join(f"{k:>17s}" for k in keys) + "  loss, s ref/ours")
@@ -176,8 +129,7 @@ def main() -> int:
                           + f"  {res['loss']:.1f}, {res['time ref/ours'][0]:.1f}/{res['time ref/ours'][1]:.1f}"
                           f"  masks in [{res['mask range'][0]:.3f}, {res['mask range'][1]:.3f}]"
                           f"  {res['params']:,} params, same init: {res['same init']}")  # fmt: skip
-    print("FAIL: " + "; ".join(bad) if bad else f"OK: float32 within {TOL32}; float64 within {TOL64}")
-    return 1 if bad else 0
+    return common.report(bad, f"OK: float32 within {TOL32}; float64 within {TOL64}")
 
 
 if __name__ == "__main__":

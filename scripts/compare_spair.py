@@ -25,22 +25,15 @@ reference built and run under float64 default dtype. Exit status 1 when one exce
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+import objseg_reference as common
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "spair")]
-import spair  # noqa: E402
+spair = common.our_module("spair")
 
-URL, COMMIT = "https://github.com/karazijal/clevrtex", "fe982ab"
 FILES = (
     "ool/picture/models/spair.py",
     "ool/picture/models/ool_base.py",
@@ -55,6 +48,15 @@ TOL = {  # float32; float64 is held to 1e-9 everywhere
 }
 TOL_REL = 1e-5
 TOL64 = 1e-9
+
+
+def tolerance(figure: str, dtype: torch.dtype) -> float:
+    """The count exactly; in float64 TOL64; else TOL, TOL_REL for a relative figure (0 for any other)."""
+    if figure == "count":
+        return 0.0
+    return TOL64 if dtype == torch.float64 else TOL.get(figure, TOL_REL if "(rel)" in figure else 0.0)
+
+
 # (name, image size, batch, mode, step, weights, dtype); step None = evaluation with the schedules' final values
 CASES = (
     ("train@0 init", 128, 2, "train", 0, "init", torch.float32),
@@ -71,27 +73,6 @@ QUICK = (
 )
 
 
-def reference_files(ref: str | None, root_dest: Path) -> None:
-    """Write FILES from `ref` (checkout or git dir; cloned when None) under `root_dest`, keeping their paths."""
-    if ref is None:
-        clone = root_dest.parent / "clevrtex"
-        subprocess.run(["git", "clone", "-q", URL, str(clone)], check=True)
-        subprocess.run(["git", "-C", str(clone), "checkout", "-q", COMMIT], check=True)
-        ref = str(clone)
-    root = Path(ref)
-    for f in FILES:
-        dest = root_dest / f
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if (root / f).is_file():
-            shutil.copy(root / f, dest)
-        else:  # a bare git directory (e.g. a mirror)
-            text = subprocess.run(["git", f"--git-dir={root}", "show", f"{COMMIT}:{f}"], check=True,
-                                  capture_output=True, text=True).stdout  # fmt: skip
-            dest.write_text(text)
-    for pkg in ("ool", "ool/picture", "ool/picture/models", "ool/picture/components"):
-        (root_dest / pkg / "__init__.py").write_text("")
-
-
 def name_map(sd: dict) -> dict[str, str]:
     """reference parameter name -> ours (constant buffers left out)."""
     prefix = {"box_enc.": "where_net.", "dep_enc.": "depth_net.", "pre_enc.": "pres_net.", "obj_enc.": "what_enc.",
@@ -106,19 +87,6 @@ def name_map(sd: dict) -> dict[str, str]:
     return out
 
 
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
 def compare(
     ref_mod, name: str, size: int, batch: int, mode: str, step, weights: str, dtype: torch.dtype, seed: int
 ) -> dict[str, float]:
@@ -130,11 +98,7 @@ def compare(
                             rein=False, factor_loss=False, context_grid_size=1, large=True, std=0.5)  # fmt: skip
         ours = spair.build({"image_size": size})
         if weights == "perturbed":
-            g = torch.Generator().manual_seed(seed + 7)
-            with torch.no_grad():
-                for p in ref.parameters():
-                    sd_ = p.std().item() if p.numel() > 1 and p.std().item() > 0 else 0.05
-                    p.add_(0.3 * sd_ * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            common.perturb_by_std(ref, seed + 7)
         sd = ref.state_dict()
         names = name_map(sd)
         extra = {k for k in sd if k not in names and k not in ("max_zw", "min_zw") and not k.startswith("_z_")}
@@ -153,93 +117,57 @@ def compare(
         ref.train(mode == "train")
         ours.train(mode == "train")
 
-        x = discs(batch, size, seed).to(dtype)
-        normal_mod = importlib.import_module("torch.distributions.normal")
-        g_ref = torch.Generator().manual_seed(seed + 1)
-        orig_normal, orig_rand = normal_mod._standard_normal, torch.rand
-        normal_mod._standard_normal = lambda shape, dtype, device: torch.randn(shape, generator=g_ref, dtype=dtype)
-        torch.rand = lambda shape, dtype=None, device=None: orig_rand(shape, generator=g_ref, dtype=dtype)
-        try:
-            with torch.set_grad_enabled(mode == "train"):
-                r = ref(x)
-        finally:
-            normal_mod._standard_normal, torch.rand = orig_normal, orig_rand
-        with torch.set_grad_enabled(mode == "train"):
-            o = ours(x, torch.Generator().manual_seed(seed + 1), step=step)
-        with torch.no_grad():  # negative control: another seed must move the masks
-            other = ours(x, torch.Generator().manual_seed(seed + 2), step=step).masks
+        x = common.discs(batch, size, seed).to(dtype)
+        with (
+            common.reference_noise(torch.Generator().manual_seed(seed + 1), rand=True),
+            torch.set_grad_enabled(mode == "train"),
+        ):
+            r = ref(x)
+        o, other = common.ours_and_control(ours, x, seed, step, mode == "train")  # other: another seed's masks
     finally:
         torch.set_default_dtype(default)
 
-    def rel(a: float, b: float) -> float:
-        return abs(a - b) / max(abs(a), 1e-12)
-
     k = r["steps"]["mask"].shape[1]
     out = {
-        "masks": (r["steps"]["mask"][:, :, 0] - o.masks).abs().max().item(),
-        "canvas": (r["canvas"] - o.canvas).abs().max().item(),
+        **common.mask_canvas_gaps(r, o, "steps"),
         "count": abs(r["counts"].mean().item() - o.terms["count"]),
     }
     control = (r["steps"]["mask"][:, :, 0] - other).abs().max().item()
     if mode == "train":
         r["loss"].backward()
         o.loss.backward()
-        ours_params = dict(ours.named_parameters())
-        diffs, scale = [], 0.0
-        for n, p in ref.named_parameters():
-            q = ours_params[names[n]]
-            if p.grad is None or q.grad is None:
-                assert p.grad is None and q.grad is None, n  # only the unused REINFORCE baseline
-                continue
-            diffs.append((p.grad - q.grad).abs().max().item())
-            scale = max(scale, p.grad.abs().max().item())
         out |= {
-            "loss (rel)": rel(r["loss"].item(), o.terms["loss"]),
-            "rec (rel)": rel(r["rec_loss"].item(), o.terms["rec"]),
-            "kl (rel)": rel(r["kl"].item() * k, o.terms["kl"]),  # the reference's is a mean over cells too
-            "kl_bg (rel)": rel(r["steps"].kl_bg.mean().item(), o.terms["kl_bg"]),
+            "loss (rel)": common.rel(r["loss"].item(), o.terms["loss"]),
+            "rec (rel)": common.rel(r["rec_loss"].item(), o.terms["rec"]),
+            "kl (rel)": common.rel(r["kl"].item() * k, o.terms["kl"]),  # the reference's is a mean over cells too
+            "kl_bg (rel)": common.rel(r["steps"].kl_bg.mean().item(), o.terms["kl_bg"]),
         }
-        out |= {f"{t} (rel)": rel(r[t].item(), o.terms[t]) for t in ("kl_where", "kl_what", "kl_depth", "kl_pres")}
-        out["grad (rel to max |grad|)"] = max(diffs) / scale
+        out |= {
+            f"{t} (rel)": common.rel(r[t].item(), o.terms[t]) for t in ("kl_where", "kl_what", "kl_depth", "kl_pres")
+        }
+        out["grad (rel to max |grad|)"] = common.grad_gap(ref, ours, names)  # gradient-less: the REINFORCE baseline
     loss = f"loss {o.loss.item():.2f}" if mode == "train" else "no reference loss at eval"
     print(f"{name} {str(dtype)[6:]}: {batch}x3x{size}x{size}, {k} cells, {weights} weights, {n_ref:,} params, "
           f"p {spair.schedule(spair.DEFAULTS['prior'], step):.4g}, std {spair.schedule(spair.DEFAULTS['std'], step):.4g}, "
           f"present {o.terms['count']:.2f}, {loss}")  # fmt: skip
-    for key, v in out.items():
-        print(f"  {key:26s} {v:.3g}")
-    print(f"  {'(control: another seed)':26s} masks {control:.3g}")
+    common.print_figures(out, control=control)
     if not control > TOL["masks"]:
         out["control: another seed moves the masks"] = float("inf")
     return out
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="64x64 (2x2 cells) only")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = common.parse_args(__doc__, quick="64x64 (2x2 cells) only")
     with tempfile.TemporaryDirectory() as tmp:
-        reference_files(args.reference, Path(tmp) / "src")
-        if not hasattr(np, "object"):
-            np.object = object
-        if not hasattr(np, "product"):
-            np.product = np.prod
-        sys.path.insert(0, str(Path(tmp) / "src"))
-        ref_mod = importlib.import_module("ool.picture.models.spair")
+        common.shim_numpy()
+        ref_mod = common.reference_module(
+            args.reference, Path(tmp) / "src", {f: f for f in FILES}, "ool.picture.models.spair"
+        )
         bad = []
         for case in QUICK if args.quick else CASES:
             res = compare(ref_mod, *case, seed=args.seed)
-            for k, v in res.items():
-                tol = TOL64 if case[-1] == torch.float64 else TOL.get(k, TOL_REL if "(rel)" in k else 0.0)
-                if k == "count":
-                    tol = 0.0
-                if not v <= tol:
-                    bad.append(f"{case[0]} {str(case[-1])[6:]}: {k} {v:.3g}")
-    print("FAIL: " + "; ".join(bad) if bad else "OK: every figure within its tolerance")
-    return 1 if bad else 0
+            bad += common.past_tolerance(f"{case[0]} {str(case[-1])[6:]}", res, lambda k, dt=case[-1]: tolerance(k, dt))
+    return common.report(bad)
 
 
 if __name__ == "__main__":

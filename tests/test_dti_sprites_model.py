@@ -6,16 +6,13 @@ these tests check it alone.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
+import objseg_checks as checks
 import pytest
 import torch
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "dti_sprites")]
-import dti_sprites  # noqa: E402
+dti_sprites = checks.image_module("dti_sprites")
 
 SMALL = {
     "n_sprites": 3,
@@ -32,32 +29,18 @@ SMALL = {
 LATE = 40  # a step past freezing and with the projective warp on (epoch 4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
 def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    """n images: a flat random background with 1-2 discs of random colour, radius and place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 3)):
-            cy, cx = rng.uniform(0.3, 0.7, 2) * size
-            r = rng.uniform(0.15, 0.25) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
+    """n images: a flat random background with 1-2 larger discs of random colour, radius and place."""
+    return checks.discs(n, size, seed, count=(1, 3), place=(0.3, 0.7), radius=(0.15, 0.25))
+
+
+def gen(seed: int = 1) -> torch.Generator:
+    return checks.gen(seed)
 
 
 def small(**kw) -> dti_sprites.DTISprites:
     torch.manual_seed(0)
     return dti_sprites.build({**SMALL, **kw})
-
-
-def gen(seed: int = 1) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_shapes_train_and_eval():

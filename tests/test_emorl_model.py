@@ -7,66 +7,29 @@ tests check it alone.
 from __future__ import annotations
 
 import math
-import sys
 
-import numpy as np
+import objseg_checks as checks
 import pytest
 import torch
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "emorl")]
-import emorl  # noqa: E402
+emorl = checks.image_module("emorl")
 
 SMALL = {"slots": 4, "z_dim": 16, "image_size": 32, "encoder_channels": 16, "decoder_channels": 16, "hidden": 32}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+# checks.perturbed(): at the reference's initialisation (decoder xavier gain 0.02) the masks are 1/K to float32 precision
+# whatever the slots
 
 
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
-def model(seed: int = 0, **over) -> emorl.EfficientMORL:
-    torch.manual_seed(seed)
-    return emorl.build({**SMALL, **over})
-
-
-def perturbed(m: emorl.EfficientMORL, seed: int = 0) -> emorl.EfficientMORL:
-    """Every weight + N(0, 1/fan_in), every vector + N(0, 0.01): at the reference's initialisation (decoder xavier
-    gain 0.02) the masks are 1/K to float32 precision whatever the slots."""
-    g = gen(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p += torch.randn(p.shape, generator=g) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1)
-    return m
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+model = checks.builder(emorl, SMALL)
 
 
 def test_shapes_masks_partition_and_gradients():
     m = model()
-    x = discs(3, 32, 0)
-    out = m(x, gen(0), step=0)
-    assert out.masks.shape == (3, 4, 32, 32) and out.canvas.shape == (3, 3, 32, 32)
-    assert out.loss.shape == () and torch.isfinite(out.loss)
-    assert (out.masks >= 0).all()
-    torch.testing.assert_close(out.masks.sum(1), torch.ones(3, 32, 32), atol=1e-5, rtol=0)
+    x = checks.discs(3, 32, 0)
+    out = m(x, checks.gen(0), step=0)
+    checks.assert_partition(out, x, 4)
     assert out.canvas.min() >= 0 and out.canvas.max() <= 1  # a convex combination of sigmoid means
     assert {"loss", "nll", "kl", "geco_beta", "geco_c_ema", "refinement_iters"} <= set(out.terms)
     assert out.terms["refinement_iters"] == 3 and {"delta_1", "delta_2", "delta_3"} <= set(out.terms)
@@ -76,56 +39,37 @@ def test_shapes_masks_partition_and_gradients():
     assert out.terms["nll"] == pytest.approx(nll.item(), rel=1e-5)
     assert out.terms["kl"] > 0
     out.loss.backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    checks.assert_gradients(m)
 
 
 def test_generator_decides_the_draw_and_eval_matches_train():
-    m = perturbed(model()).eval()
-    x = discs(2, 32, 2)
-    with torch.no_grad():  # the refinement enables grad itself
-        a, b, c = m(x, gen(5)), m(x, gen(5)), m(x, gen(6))
+    m = checks.perturbed(model()).eval()
+    x = checks.discs(2, 32, 2)
+    a, _, c, _ = checks.draws(m, x)  # under no_grad (the refinement enables grad itself): a, b and a reseeded d agree
     assert not a.loss.requires_grad and not a.masks.requires_grad and not a.canvas.requires_grad
-    assert torch.equal(a.canvas, b.canvas) and torch.equal(a.masks, b.masks) and torch.equal(a.loss, b.loss)
     assert (a.masks - c.masks).abs().max() > 1e-3 and (a.canvas - c.canvas).abs().max() > 1e-3
     assert not torch.equal(a.masks, c.masks) and not torch.equal(a.canvas, c.canvas) and a.loss != c.loss
-    torch.manual_seed(123)  # the global RNG plays no part
-    with torch.no_grad():
-        d = m(x, gen(5))
-    assert torch.equal(a.canvas, d.canvas)
     # evaluation detaches its graph but computes the same numbers as a warm-up training step (3 passes, no GECO)
-    t = m.train()(x, gen(5), step=0)
-    torch.testing.assert_close(t.masks, a.masks, rtol=0, atol=1e-6)
-    torch.testing.assert_close(t.canvas, a.canvas, rtol=0, atol=1e-6)
-    assert t.loss.item() == pytest.approx(a.loss.item(), rel=1e-6)
+    t = m.train()(x, checks.gen(5), step=0)
+    checks.assert_eval_matches_train(t, a)
 
 
 def test_loss_falls_when_training():
     m = model(seed=1, refinement_curriculum=((-1, 1),))  # one refinement pass: half the time of three
-    x = discs(4, 32, 3)
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    g = gen(0)
-    nlls = []
-    for step in range(30):
-        out = m(x, g, step=step)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 5.0)
-        opt.step()
-        nlls.append(out.terms["nll"])
-    first, last = np.mean(nlls[:3]), np.mean(nlls[-3:])
-    assert last < first - 0.2 * abs(first), nlls  # ~5800 -> ~200 here (the floor is -3072 log 10 = -7074)
+    x = checks.discs(4, 32, 3)
+    nlls = checks.fit(m, x, lr=3e-3, record=lambda out: out.terms["nll"], clip=5.0)
+    checks.assert_falls_by(nlls, 0.2)  # ~5800 -> ~200 here (the floor is -3072 log 10 = -7074)
 
 
 def test_refinement_curriculum_and_evaluation_passes():
     m = model()
-    x = discs(2, 32, 4)
-    assert m(x, gen(0), step=99_999).terms["refinement_iters"] == 3
-    out = m(x, gen(0), step=100_000)
+    x = checks.discs(2, 32, 4)
+    assert m(x, checks.gen(0), step=99_999).terms["refinement_iters"] == 3
+    out = m(x, checks.gen(0), step=100_000)
     assert out.terms["refinement_iters"] == 1 and "delta_2" not in out.terms
-    assert m(x, gen(0), step=None).terms["refinement_iters"] == 3
-    assert m.eval()(x, gen(0), step=300_000).terms["refinement_iters"] == 3  # evaluation: refinement_iters
-    assert model(refinement_iters=0).eval()(x, gen(0)).terms["refinement_iters"] == 0
+    assert m(x, checks.gen(0), step=None).terms["refinement_iters"] == 3
+    assert m.eval()(x, checks.gen(0), step=300_000).terms["refinement_iters"] == 3  # evaluation: refinement_iters
+    assert model(refinement_iters=0).eval()(x, checks.gen(0)).terms["refinement_iters"] == 0
 
 
 def test_geco_updates_and_state_dict_round_trip():
@@ -133,8 +77,8 @@ def test_geco_updates_and_state_dict_round_trip():
     m = model(geco_warm_start=warm, geco_target=target, geco_ema_alpha=alpha, geco_beta_stepsize=lr)
     assert {"geco_beta", "geco_c_ema", "geco_started"} <= set(m.state_dict())
     assert all(not n.startswith("geco") for n, _ in m.named_parameters())
-    x = discs(2, 32, 5)
-    g = gen(0)
+    x = checks.discs(2, 32, 5)
+    g = checks.gen(0)
     for step in range(warm):  # warm-up: no change
         out = m(x, g, step=step)
     assert m.geco_c_ema.item() == 0 and not m.geco_started and m.geco_beta.item() == pytest.approx(0.55)
@@ -150,12 +94,12 @@ def test_geco_updates_and_state_dict_round_trip():
     resumed.load_state_dict(m.state_dict())
     for name, buf in m.named_buffers():
         assert torch.equal(buf, dict(resumed.named_buffers())[name]), name
-    a, b = m(x, gen(3), step=warm + 2), resumed(x, gen(3), step=warm + 2)
+    a, b = m(x, checks.gen(3), step=warm + 2), resumed(x, checks.gen(3), step=warm + 2)
     assert torch.equal(a.loss, b.loss) and a.terms == b.terms
     assert torch.equal(m.geco_beta, resumed.geco_beta) and torch.equal(m.geco_c_ema, resumed.geco_c_ema)
     before = {n: t.clone() for n, t in m.named_buffers()}
     with torch.no_grad():  # evaluation changes no buffer
-        m.eval()(x, gen(1))
+        m.eval()(x, checks.gen(1))
     assert all(torch.equal(t, dict(m.named_buffers())[n]) for n, t in before.items())
 
 
@@ -164,13 +108,13 @@ def test_geco_loss_form_after_warm_up():
     m.geco_c_ema.fill_(-500.0)
     m.geco_beta.fill_(2.0)
     m.geco_started.fill_(True)
-    x = discs(2, 32, 6)
-    out = m.eval()(x, gen(0))
+    x = checks.discs(2, 32, 6)
+    out = m.eval()(x, checks.gen(0))
     # one pass, weight (0 + 3) / (0 + 1) = 3
     expected = 3 * (out.terms["kl"] - math.log1p(math.exp(2.0)) * -500.0)
     assert out.loss.item() == pytest.approx(expected, rel=1e-6)
     plain = model(geco_warm_start=0, refinement_iters=0, refinement_curriculum=(), use_geco=False).eval()
-    out = plain(x, gen(0))
+    out = plain(x, checks.gen(0))
     assert out.loss.item() == pytest.approx(3 * (out.terms["nll"] + out.terms["kl"]), rel=1e-6)
 
 
@@ -187,4 +131,4 @@ def test_build_defaults_and_unknown_params():
     with pytest.raises(ValueError, match="stochastic_layers"):
         emorl.build({"stochastic_layers": 0})
     with pytest.raises(ValueError, match="32"):
-        model()(discs(1, 24, 0), gen(0))
+        model()(checks.discs(1, 24, 0), checks.gen(0))

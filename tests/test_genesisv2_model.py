@@ -8,67 +8,30 @@ these tests check it alone.
 from __future__ import annotations
 
 import math
-import sys
 
-import numpy as np
+import objseg_checks as checks
 import pytest
 import torch
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "genesisv2")]
-import genesisv2  # noqa: E402
+genesisv2 = checks.image_module("genesisv2")
 
 SMALL = {"slots": 4, "feat_dim": 16, "image_size": 32}
 FLOOR = 0.5 * math.log(2 * math.pi) + math.log(0.7)  # the NLL per value of a perfect reconstruction at std 0.7
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+# checks.perturbed(): at initialisation the colour gate is 0, so the IC-SBP embeddings are the coordinates alone; perturbed,
+# they depend on the image
 
 
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
-def model(seed: int = 0, **over) -> genesisv2.GenesisV2:
-    torch.manual_seed(seed)
-    return genesisv2.build({**SMALL, **over})
-
-
-def perturbed(m: genesisv2.GenesisV2, seed: int = 0) -> genesisv2.GenesisV2:
-    """Every weight + N(0, 1/fan_in), every vector + N(0, 0.01): at initialisation the colour gate is 0, so the
-    IC-SBP embeddings are the coordinates alone; perturbed, they depend on the image."""
-    g = gen(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p += torch.randn(p.shape, generator=g) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1)
-    return m
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+model = checks.builder(genesisv2, SMALL)
 
 
 def test_shapes_masks_partition_and_gradients():
-    m = perturbed(model())
-    x = discs(3, 32, 0)
-    out = m(x, gen(0), step=0)
-    assert out.masks.shape == (3, 4, 32, 32) and out.canvas.shape == (3, 3, 32, 32)
-    assert out.loss.shape == () and torch.isfinite(out.loss)
-    assert (out.masks >= 0).all()
-    torch.testing.assert_close(out.masks.sum(1), torch.ones(3, 32, 32), atol=1e-5, rtol=0)
+    m = checks.perturbed(model())
+    x = checks.discs(3, 32, 0)
+    out = m(x, checks.gen(0), step=0)
+    checks.assert_partition(out, x, 4)
     assert out.canvas.min() >= 0 and out.canvas.max() <= 1  # a convex combination of sigmoid means
     assert {"loss", "rec_loss", "kl", "elbo", "geco_beta", "geco_err_ema"} <= set(out.terms)
     assert out.terms["loss"] == pytest.approx(out.loss.item())
@@ -78,76 +41,58 @@ def test_shapes_masks_partition_and_gradients():
     assert out.terms["rec_loss"] > FLOOR * 3 * 32 * 32  # the mixture's NLL is above a perfect fit's
     # the IC-SBP masks: K of them, partitioning every pixel (the last takes the remaining scope)
     with torch.no_grad():
-        sbp = m._ic_sbp(m.encoder(x), gen(0)).exp()
+        sbp = m._ic_sbp(m.encoder(x), checks.gen(0)).exp()
     assert sbp.shape == (3, 4, 1, 32, 32)
     torch.testing.assert_close(sbp.sum(1), torch.ones(3, 1, 32, 32), atol=1e-5, rtol=0)
     out.loss.backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().max() > 0, name
+    checks.assert_gradients(m, nonzero=True)
 
 
 def test_generator_decides_every_draw_and_eval_matches_train():
-    m = perturbed(model()).eval()
-    x = discs(2, 32, 2)
-    with torch.no_grad():
-        a, b, c = m(x, gen(5)), m(x, gen(5)), m(x, gen(6))
-    assert torch.equal(a.canvas, b.canvas) and torch.equal(a.masks, b.masks) and torch.equal(a.loss, b.loss)
+    m = checks.perturbed(model()).eval()
+    x = checks.discs(2, 32, 2)
+    a, _, c, _ = checks.draws(m, x)  # a, b and a reseeded d agree
     assert (a.masks - c.masks).abs().max() > 1e-3 and (a.canvas - c.canvas).abs().max() > 1e-3
     assert a.loss != c.loss
     with torch.no_grad():  # the seed draw alone changes the IC-SBP masks; the posterior draws alone the decode
         feats = m.encoder(x)
-        s5, s6 = m._ic_sbp(feats, gen(5)), m._ic_sbp(feats, gen(6))
+        s5, s6 = m._ic_sbp(feats, checks.gen(5)), m._ic_sbp(feats, checks.gen(6))
     assert (s5 - s6).exp().abs().max() > 1e-3
-    torch.manual_seed(123)  # the global RNG plays no part
-    with torch.no_grad():
-        d = m(x, gen(5))
-    assert torch.equal(a.canvas, d.canvas) and torch.equal(a.masks, d.masks)
     # no train/eval-dependent layer: a training forward with the same draw gives the same numbers
-    t = m.train()(x, gen(5), step=0)
-    torch.testing.assert_close(t.masks, a.masks, rtol=0, atol=1e-6)
-    torch.testing.assert_close(t.canvas, a.canvas, rtol=0, atol=1e-6)
-    assert t.loss.item() == pytest.approx(a.loss.item(), rel=1e-6)
+    t = m.train()(x, checks.gen(5), step=0)
+    checks.assert_eval_matches_train(t, a)
 
 
 def test_loss_falls_when_training():
     m = model(seed=1)
-    x = discs(4, 32, 3)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    g = gen(0)
-    recs = []
-    for step in range(30):
-        out = m(x, g, step=step)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        recs.append(out.terms["rec_loss"] / (3 * 32 * 32) - FLOOR)  # excess NLL per value, ~ MSE / 0.98
-    first, last = np.mean(recs[:3]), np.mean(recs[-3:])
+    x = checks.discs(4, 32, 3)
+    # the excess NLL per value, ~ MSE / 0.98
+    recs = checks.fit(m, x, lr=1e-3, record=lambda out: out.terms["rec_loss"] / (3 * 32 * 32) - FLOOR)
     # ~0.097 -> ~0.077 here: 30 steps reach the per-image colour mean (segmenting the discs takes longer)
-    assert last < 0.85 * first, recs
+    checks.assert_falls(recs, 0.85)
     # the ClevrTex goal 0.5 is below the floor 0.5623: the constraint is never met and beta only falls
     assert m.geco_beta.item() < 1.0
 
 
 def test_geco_arithmetic_and_buffers():
     goal, lr, alpha = 0.6, 1e-4, 0.9
-    m = perturbed(model(geco_goal=goal, geco_lr=lr, geco_alpha=alpha, geco_speedup=10.0))
+    m = checks.perturbed(model(geco_goal=goal, geco_lr=lr, geco_alpha=alpha, geco_speedup=10.0))
     assert {"geco_beta", "geco_err_ema", "geco_started"} <= set(m.state_dict())
     assert all(not n.startswith("geco") for n, _ in m.named_parameters())
     assert m.geco_goal == pytest.approx(goal * 3 * 32 * 32) and m.geco_step == pytest.approx(lr * 4.0)
-    x = discs(2, 32, 5)
+    x = checks.discs(2, 32, 5)
     before = {n: t.clone() for n, t in m.named_buffers()}
     with torch.no_grad():  # evaluation changes no buffer
-        m.eval()(x, gen(1))
+        m.eval()(x, checks.gen(1))
     assert all(torch.equal(t, dict(m.named_buffers())[n]) for n, t in before.items())
     m.train()
-    out = m(x, gen(0), step=0)  # first update: the EMA starts at rec
+    out = m(x, checks.gen(0), step=0)  # first update: the EMA starts at rec
     rec, goal_abs, step = out.terms["rec_loss"], m.geco_goal, m.geco_step
     assert out.loss.item() == pytest.approx(rec + out.terms["kl"], rel=1e-6)  # beta 1 before the update
     assert m.geco_started and m.geco_err_ema.item() == pytest.approx(rec, rel=1e-6)
     beta = math.exp(step * (goal_abs - rec) * (10.0 if goal_abs > rec else 1.0))
     assert m.geco_beta.item() == pytest.approx(beta, rel=1e-5)
-    out = m(x, gen(1), step=1)  # the loss uses the beta of the previous update, then the EMA moves
+    out = m(x, checks.gen(1), step=1)  # the loss uses the beta of the previous update, then the EMA moves
     assert out.loss.item() == pytest.approx(out.terms["rec_loss"] + beta * out.terms["kl"], rel=1e-5)
     ema = alpha * rec + (1 - alpha) * out.terms["rec_loss"]
     assert m.geco_err_ema.item() == pytest.approx(ema, rel=1e-6)
@@ -159,19 +104,19 @@ def test_geco_arithmetic_and_buffers():
         g.geco_err_ema.fill_(0.7 * 3 * 32 * 32)
         g.geco_started.fill_(True)
         g.geco_beta.fill_(0.5)
-        out = g(x, gen(0), step=10)
+        out = g(x, checks.gen(0), step=10)
         ema = 0.99 * 0.7 * 3 * 32 * 32 + 0.01 * out.terms["rec_loss"]
         c = g.geco_goal - ema
         assert (c > 0) == grows
         expected = 0.5 * math.exp((10.0 if grows else 1.0) * g.geco_step * c)
         assert g.geco_beta.item() == pytest.approx(expected, rel=1e-5)
     g.geco_beta.fill_(1e-10)
-    g(x, gen(0), step=11)
+    g(x, checks.gen(0), step=11)
     assert g.geco_beta.item() == pytest.approx(1e-10)  # beta_min
     # a checkpoint resumes GECO exactly
     resumed = model(seed=7, geco_goal=goal, geco_lr=lr, geco_alpha=alpha)
     resumed.load_state_dict(m.state_dict())
-    a, b = m(x, gen(3), step=2), resumed(x, gen(3), step=2)
+    a, b = m(x, checks.gen(3), step=2), resumed(x, checks.gen(3), step=2)
     assert torch.equal(a.loss, b.loss) and a.terms == b.terms
     assert torch.equal(m.geco_beta, resumed.geco_beta) and torch.equal(m.geco_err_ema, resumed.geco_err_ema)
 
@@ -193,4 +138,4 @@ def test_build_defaults_and_unknown_params():
     with pytest.raises(ValueError, match="multiple of 8"):
         genesisv2.build({"feat_dim": 12})
     with pytest.raises(ValueError, match="32"):
-        model()(discs(1, 16, 0), gen(0))
+        model()(checks.discs(1, 16, 0), checks.gen(0))

@@ -7,16 +7,13 @@ default model against the reference on identical weights and noise; these tests 
 from __future__ import annotations
 
 import math
-import sys
 
-import numpy as np
+import objseg_checks as checks
 import pytest
 import torch
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "gnm")]
-import gnm  # noqa: E402
+gnm = checks.image_module("gnm")
 
 SMALL = {
     "image_size": 32, "num_cell": 2, "z_what_dim": 8, "z_bg_dim": 2, "z_global_dim": 4, "draw_steps": 2,
@@ -27,32 +24,7 @@ SMALL = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
-def model(seed: int = 0, **over) -> gnm.GNM:
-    torch.manual_seed(seed)
-    return gnm.build({**SMALL, **over})
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+model = checks.builder(gnm, SMALL)
 
 
 KL_PARTS = (
@@ -72,8 +44,8 @@ KL_PARTS = (
 
 def test_shapes_masks_terms_and_gradients():
     m = model()
-    x = discs(3, 32, 0)
-    out = m(x, gen(0), step=None)
+    x = checks.discs(3, 32, 0)
+    out = m(x, checks.gen(0), step=None)
     assert m.masks_have_background is False
     assert out.masks.shape == (3, 4, 32, 32) and out.canvas.shape == (3, 3, 32, 32)
     assert out.loss.shape == () and torch.isfinite(out.loss)
@@ -86,41 +58,23 @@ def test_shapes_masks_terms_and_gradients():
     assert t["kl"] == pytest.approx(sum(t[f"kl_{k}"] for k in KL_PARTS), rel=1e-5)
     assert 0 <= t["count"] <= 4
     out.loss.backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    checks.assert_gradients(m, nonzero=True)
 
 
 def test_generator_decides_every_draw():
     m = model()
-    x = discs(2, 32, 2)
-    for mode, step in ((True, 10), (False, None)):  # training and evaluation both sample
-        m.train(mode)
-        with torch.no_grad():
-            a, b, c = m(x, gen(5), step=step), m(x, gen(5), step=step), m(x, gen(6), step=step)
-            torch.manual_seed(123)  # the global RNG plays no part
-            d = m(x, gen(5), step=step)
-        for o in (b, d):
-            assert torch.equal(a.canvas, o.canvas) and torch.equal(a.masks, o.masks) and torch.equal(a.loss, o.loss)
-        assert not torch.allclose(a.canvas, c.canvas) and not torch.allclose(a.masks, c.masks)
+    x = checks.discs(2, 32, 2)
+    checks.assert_draws_in_both_modes(m, x, ((True, 10), (False, None)))  # training and evaluation both sample
 
 
 def test_loss_falls_when_training():
     # sigma 0.2 (experiments/gnm.py's default; the ClevrTex 0.5 leaves a small image's likelihood weak) and Adam 3e-3
     m = model(seed=1, std=0.2)
-    x = discs(4, 32, 3)
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    g = gen(0)
-    losses, mses = [], []
-    for _ in range(30):
-        out = m(x, g, step=None)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-        opt.step()
-        losses.append(out.loss.item())
-        mses.append(((out.canvas - x) ** 2).mean().item())
-    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses  # ~2000 -> ~620 here
-    assert np.mean(mses[-3:]) < 0.8 * np.mean(mses[:3]), mses  # ~0.10 -> ~0.072
+    x = checks.discs(4, 32, 3)
+    record = lambda out: (out.loss.item(), ((out.canvas - x) ** 2).mean().item())  # noqa: E731
+    losses, mses = zip(*checks.fit(m, x, lr=3e-3, record=record, clip=1.0, step_index=False))
+    checks.assert_falls(list(losses), 0.5)  # ~2000 -> ~620 here
+    checks.assert_falls(list(mses), 0.8)  # ~0.10 -> ~0.072
 
 
 def test_schedules_as_the_reference():
@@ -144,10 +98,10 @@ def test_schedules_as_the_reference():
 
 def test_step_moves_the_loss_terms_and_the_curriculum():
     m = model(seed=2)
-    x = discs(2, 32, 4)
+    x = checks.discs(2, 32, 4)
     with torch.no_grad():
-        early, late = m(x, gen(1), step=0), m(x, gen(1), step=None)
-        cur = m(x, gen(1), step=250)
+        early, late = m(x, checks.gen(1), step=0), m(x, checks.gen(1), step=None)
+        cur = m(x, checks.gen(1), step=250)
     # beta_global 0 at step 0, 1 at the end; aux where and bg betas 10 and 50 at step 0
     assert early.terms["kl_global"] == 0.0 and late.terms["kl_global"] > 0
     # the likelihood: sum log N(x; canvas, 0.5) (the README's ClevrTex sigma)
@@ -158,7 +112,7 @@ def test_step_moves_the_loss_terms_and_the_curriculum():
     assert cur.masks.amax() <= 0.99 + 1e-6
     m.bg_alpha_curriculum = None
     with torch.no_grad():
-        free = m(x, gen(1), step=250)
+        free = m(x, checks.gen(1), step=250)
     assert not torch.allclose(free.canvas, cur.canvas)
 
 
@@ -172,8 +126,8 @@ def test_build_defaults_and_unknown_params():
     with pytest.raises(ValueError, match="lr.*sigma"):
         gnm.build({"lr": 1e-4, "sigma": 0.1})
     with pytest.raises(ValueError, match="32"):
-        model()(discs(1, 64, 0), gen(0))
+        model()(checks.discs(1, 64, 0), checks.gen(0))
     with pytest.raises(ValueError, match="bg_dec_upscales"):
         model(image_size=64)
     with pytest.raises(ValueError, match="grid"):
-        model(num_cell=4)(discs(1, 32, 0), gen(0))
+        model(num_cell=4)(checks.discs(1, 32, 0), checks.gen(0))

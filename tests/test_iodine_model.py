@@ -7,148 +7,92 @@ these tests check it alone.
 from __future__ import annotations
 
 import math
-import sys
 
-import numpy as np
+import objseg_checks as checks
 import pytest
 import torch
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "iodine")]
-import iodine  # noqa: E402
+iodine = checks.image_module("iodine")
 
 SMALL = {"slots": 3, "z_dim": 8, "inference_iters": 3, "image_size": 24, "channels": 8, "lstm_dim": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+# checks.perturbed(): at the reference's initialisation (decoder xavier gain 0.02) the masks are 1/K to float32 precision
+# whatever the slots
 
 
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
-def model(seed: int = 0, **over) -> iodine.IODINE:
-    torch.manual_seed(seed)
-    return iodine.build({**SMALL, **over})
-
-
-def perturbed(m: iodine.IODINE, seed: int = 0) -> iodine.IODINE:
-    """Every weight + N(0, 1/fan_in), every vector + N(0, 0.01): at the reference's initialisation (decoder xavier
-    gain 0.02) the masks are 1/K to float32 precision whatever the slots."""
-    g = gen(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p += torch.randn(p.shape, generator=g) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1)
-    return m
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+model = checks.builder(iodine, SMALL)
 
 
 def test_shapes_masks_partition_and_gradients():
-    m = perturbed(model())
-    x = discs(2, 24, 0)
-    out = m(x, gen(0), step=0)
-    assert out.masks.shape == (2, 3, 24, 24) and out.canvas.shape == (2, 3, 24, 24)
-    assert out.loss.shape == () and torch.isfinite(out.loss)
-    assert (out.masks >= 0).all()
-    torch.testing.assert_close(out.masks.sum(1), torch.ones(2, 24, 24), atol=1e-5, rtol=0)
+    m = checks.perturbed(model())
+    x = checks.discs(2, 24, 0)
+    out = m(x, checks.gen(0), step=0)
+    checks.assert_partition(out, x, 3)
     assert out.canvas.min() >= 0 and out.canvas.max() <= 1  # a convex combination of sigmoid means
     assert set(out.terms) == {"loss", "nll", "kl", "nll_1", "nll_2", "nll_3"}
     assert out.terms["loss"] == pytest.approx(out.loss.item()) and out.terms["nll"] == out.terms["nll_3"]
     assert out.terms["kl"] > 0
     out.loss.backward()
-    for name, p in m.named_parameters():  # the refinement network and its LayerNorms too
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, name
+    checks.assert_gradients(m, nonzero=True)  # the refinement network and its LayerNorms too
 
 
 def test_one_iteration_loss_is_nll_plus_kl():
-    m = perturbed(model(inference_iters=1, kl_beta=0.5))
-    x = discs(2, 24, 1)
-    out = m(x, gen(0))
+    m = checks.perturbed(model(inference_iters=1, kl_beta=0.5))
+    x = checks.discs(2, 24, 1)
+    out = m(x, checks.gen(0))
     assert out.loss.item() == pytest.approx(out.terms["nll"] + 0.5 * out.terms["kl"], rel=1e-6)
     # the NLL is a per-channel mixture (no log 2 pi term): above the Gaussian NLL of a perfect fit per pixel
     assert out.terms["nll"] > 3 * 24 * 24 * math.log(0.1)
 
 
 def test_generator_decides_the_draw_and_eval_matches_train():
-    m = perturbed(model()).eval()
-    x = discs(2, 24, 2)
-    with torch.no_grad():  # the refinement enables grad itself
-        a, b, c = m(x, gen(5)), m(x, gen(5)), m(x, gen(6))
-        assert not torch.is_grad_enabled()
-    assert torch.is_grad_enabled()
+    m = checks.perturbed(model()).eval()
+    x = checks.discs(2, 24, 2)
+    # under no_grad (the refinement enables grad itself, and must restore it): a, b and a reseeded d agree
+    a, _, c, _ = checks.draws(m, x)
     assert not a.loss.requires_grad and not a.masks.requires_grad and not a.canvas.requires_grad
-    assert torch.equal(a.canvas, b.canvas) and torch.equal(a.masks, b.masks) and torch.equal(a.loss, b.loss)
     assert (a.masks - c.masks).abs().max() > 1e-3 and (a.canvas - c.canvas).abs().max() > 1e-3 and a.loss != c.loss
-    torch.manual_seed(123)  # the global RNG plays no part
-    with torch.no_grad():
-        d = m(x, gen(5))
-    assert torch.equal(a.canvas, d.canvas) and torch.equal(a.masks, d.masks)
     # evaluation detaches its graph but computes the same numbers as a training forward
-    t = m.train()(x, gen(5))
-    torch.testing.assert_close(t.masks, a.masks, rtol=0, atol=1e-6)
-    torch.testing.assert_close(t.canvas, a.canvas, rtol=0, atol=1e-6)
-    assert t.loss.item() == pytest.approx(a.loss.item(), rel=1e-6) and t.loss.requires_grad
+    t = m.train()(x, checks.gen(5))
+    checks.assert_eval_matches_train(t, a)
+    assert t.loss.requires_grad
 
 
 def test_reference_image_tiling():
-    x = discs(3, 24, 3)
-    quirk, own = perturbed(model()), perturbed(model(reference_image_tiling=False))
-    assert torch.equal(quirk(x[:1], gen(0)).masks, own(x[:1], gen(0)).masks)  # the same at batch 1
+    x = checks.discs(3, 24, 3)
+    quirk, own = checks.perturbed(model()), checks.perturbed(model(reference_image_tiling=False))
+    assert torch.equal(quirk(x[:1], checks.gen(0)).masks, own(x[:1], checks.gen(0)).masks)  # the same at batch 1
 
     def rows_of(m, i):  # image i alone, on its rows of the batch's noise (row b * K + k)
-        g = gen(1)
+        g = checks.gen(1)
         eps = [torch.randn((3 * 3, 8), generator=g) for _ in range(3)]
         rows = iter([e[3 * i : 3 * i + 3] for e in eps])
         m._sample = lambda mu, std, generator: mu + next(rows) * std
         try:
-            return m(x[i : i + 1], gen(0)).masks
+            return m(x[i : i + 1], checks.gen(0)).masks
         finally:
             del m._sample
 
     for ln in own.modules():  # eps 0: the batch-mean gradients are 1/B of one image's, LayerNorm sees no difference
         if isinstance(ln, torch.nn.LayerNorm):
             ln.eps = 0.0
-    batch = own(x, gen(1)).masks
+    batch = own(x, checks.gen(1)).masks
     alone = torch.cat([rows_of(own, i) for i in range(3)])
     torch.testing.assert_close(batch, alone, rtol=0, atol=1e-5)
     # the reference's x.repeat(K).view(B, K): slot k of image b refines on image (b K + k) mod B, so image 0's
     # outputs change with its batch neighbours (here images 1 and 2 take the place of 2 and 3)
-    y = torch.cat([x[:1], discs(2, 24, 5)])
-    assert (quirk(x, gen(1)).masks[0] - quirk(y, gen(1)).masks[0]).abs().max() > 1e-5
-    assert torch.equal(own(x, gen(1)).masks[0], own(y, gen(1)).masks[0])
+    y = torch.cat([x[:1], checks.discs(2, 24, 5)])
+    assert (quirk(x, checks.gen(1)).masks[0] - quirk(y, checks.gen(1)).masks[0]).abs().max() > 1e-5
+    assert torch.equal(own(x, checks.gen(1)).masks[0], own(y, checks.gen(1)).masks[0])
 
 
 def test_loss_falls_when_training():
     m = model(seed=1, inference_iters=2)
-    x = discs(4, 24, 4)
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    g = gen(0)
-    nlls = []
-    for _ in range(30):
-        out = m(x, g)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 5.0)
-        opt.step()
-        nlls.append(out.terms["nll"])
-    first, last = np.mean(nlls[:3]), np.mean(nlls[-3:])
-    assert last < first - 0.3 * abs(first), nlls
+    x = checks.discs(4, 24, 4)
+    nlls = checks.fit(m, x, lr=3e-3, record=lambda out: out.terms["nll"], clip=5.0, step_index=False)
+    checks.assert_falls_by(nlls, 0.3)
 
 
 def test_build_defaults_and_unknown_params():
@@ -163,4 +107,4 @@ def test_build_defaults_and_unknown_params():
     with pytest.raises(ValueError, match="slots"):
         iodine.build({"slots": 1})
     with pytest.raises(ValueError, match="24"):
-        model()(discs(1, 32, 0), gen(0))
+        model()(checks.discs(1, 32, 0), checks.gen(0))

@@ -6,104 +6,54 @@ these tests check it alone.
 
 from __future__ import annotations
 
-import sys
-
-import numpy as np
+import objseg_checks as checks
 import pytest
 import torch
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "slot_attention")]
-import slot_attention  # noqa: E402
+slot_attention = checks.image_module("slot_attention")
 
 # 32x32 input, a 2x2 broadcast (4 stride-2 deconvs -> 32: no resize), 16 channels
 SMALL = {"slots": 4, "iters": 3, "width": 16, "slot_mlp": 32, "decoder_size": 2, "image_size": 32}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
-def model(seed: int = 0, **over) -> slot_attention.SlotAttentionAE:
-    torch.manual_seed(seed)
-    return slot_attention.build({**SMALL, **over})
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+model = checks.builder(slot_attention, SMALL)
 
 
 def test_shapes_masks_partition_and_loss():
     m = model()
-    x = discs(3, 32, 0)
-    out = m(x, gen(0), step=0)
-    assert out.masks.shape == (3, 4, 32, 32) and out.canvas.shape == (3, 3, 32, 32)
-    assert out.loss.shape == () and torch.isfinite(out.loss)
-    assert (out.masks >= 0).all()
-    torch.testing.assert_close(out.masks.sum(1), torch.ones(3, 32, 32), atol=1e-6, rtol=0)
+    x = checks.discs(3, 32, 0)
+    out = m(x, checks.gen(0), step=0)
+    checks.assert_partition(out, x, 4, atol=1e-6)
     # loss = per-image summed squared error of the canvas, averaged over the batch
     torch.testing.assert_close(out.loss, ((out.canvas - x) ** 2).sum((1, 2, 3)).mean())
     assert out.terms == {"loss": pytest.approx(out.loss.item())}
     out.loss.backward()
-    for name, p in m.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
+    checks.assert_gradients(m, nonzero=True)
 
 
 def test_resized_decoder_output_and_input_size_check():
     m = model(image_size=24)  # the decoder gives 32x32: resized bicubic to 24x24
-    out = m(discs(2, 24, 1), gen(0))
+    out = m(checks.discs(2, 24, 1), checks.gen(0))
     assert out.masks.shape == (2, 4, 24, 24) and out.canvas.shape == (2, 3, 24, 24)
     torch.testing.assert_close(out.masks.sum(1), torch.ones(2, 24, 24), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="24"):
-        m(discs(2, 32, 1), gen(0))
+        m(checks.discs(2, 32, 1), checks.gen(0))
 
 
 def test_generator_decides_the_draw():
     m = model().eval()
-    x = discs(2, 32, 2)
-    with torch.no_grad():
-        a, b, c = m(x, gen(5)), m(x, gen(5)), m(x, gen(6))
-    assert torch.equal(a.canvas, b.canvas) and torch.equal(a.masks, b.masks) and torch.equal(a.loss, b.loss)
+    x = checks.discs(2, 32, 2)
+    a, _, c, _ = checks.draws(m, x)  # a, b and a reseeded d agree
     # the slot noise moves masks, canvas and loss
     assert not torch.allclose(a.masks, c.masks) and not torch.allclose(a.canvas, c.canvas) and a.loss != c.loss
-    # and the global RNG plays no part
-    torch.manual_seed(123)
-    with torch.no_grad():
-        d = m(x, gen(5))
-    assert torch.equal(a.canvas, d.canvas) and torch.equal(a.masks, d.masks)
 
 
 def test_loss_falls_when_training():
     m = model(seed=1)
-    x = discs(4, 32, 3)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    g = gen(0)
-    losses = []
-    for step in range(30):
-        out = m(x, g, step=step)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-    assert last < 0.5 * first, losses  # ~1140 -> ~290 here
+    x = checks.discs(4, 32, 3)
+    losses = checks.fit(m, x, lr=1e-3)
+    checks.assert_falls(losses, 0.5)  # ~1140 -> ~290 here
 
 
 def test_build_defaults_and_unknown_params():

@@ -7,52 +7,25 @@ reference on identical weights and noise; these tests check it alone.
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
+import objseg_checks as checks
 import pytest
 import torch
+from objseg_checks import one_thread  # noqa: F401 (autouse fixture)
 
-from conftest import REPO
-
-sys.path[:0] = [str(REPO / "images" / "_objseg"), str(REPO / "images" / "spair")]
-import spair  # noqa: E402
+spair = checks.image_module("spair")
 
 SMALL = {"image_size": 64, "what_dim": 8, "bg_dim": 2, "patch_size": 8, "passthrough": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-
-
-def discs(n: int, size: int, seed: int) -> torch.Tensor:
-    """n images: a flat random background with 1-3 discs of random colour, radius and place."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.empty((n, 3, size, size), np.float32)
-    for i in range(n):
-        out[i] = rng.uniform(0, 1, 3)[:, None, None]
-        for _ in range(rng.integers(1, 4)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * size
-            r = rng.uniform(0.1, 0.2) * size
-            out[i][:, (yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 1, (3, 1))
-    return torch.from_numpy(out)
-
-
-def model(seed: int = 0, **over) -> spair.SPAIR:
-    torch.manual_seed(seed)
-    return spair.build({**SMALL, **over})
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+model = checks.builder(spair, SMALL)
 
 
 def test_shapes_masks_and_gradients():
     m = model()
-    x = discs(3, 64, 0)
-    out = m(x, gen(0), step=0)
+    x = checks.discs(3, 64, 0)
+    out = m(x, checks.gen(0), step=0)
     assert m.masks_have_background is False
     assert out.masks.shape == (3, 4, 64, 64) and out.canvas.shape == (3, 3, 64, 64)
     assert out.loss.shape == () and torch.isfinite(out.loss)
@@ -64,18 +37,15 @@ def test_shapes_masks_and_gradients():
     assert t["loss"] == pytest.approx(-t["rec"] + t["kl"] + t["kl_bg"], rel=1e-5)
     assert t["kl"] == pytest.approx(t["kl_where"] + t["kl_what"] + t["kl_depth"] + t["kl_pres"], rel=1e-5)
     out.loss.backward()
-    for name, p in m.named_parameters():
-        if name.startswith("baseline."):  # the reference's REINFORCE baseline, unused without REINFORCE
-            assert p.grad is None
-            continue
-        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    # the reference's REINFORCE baseline, unused without REINFORCE, gets no gradient
+    checks.assert_gradients(m, nonzero=True, skip=lambda name: name.startswith("baseline."))
 
 
 def test_masks_cover_objects_only_and_eval_presence_is_hard():
     m = model(seed=3).eval()
-    x = discs(4, 64, 1)
+    x = checks.discs(4, 64, 1)
     with torch.no_grad():
-        out = m(x, gen(2))
+        out = m(x, checks.gen(2))
     # objects only: the evaluator's background 1 - sum is not part of them; masks are not renormalised
     assert out.masks.shape[1] == 4 and (out.masks >= 0).all() and (out.masks <= 1).all()
     # eval: z_pres is rounded, so a cell's mask is either exactly 0 or its placed alpha; count = cells with a mask
@@ -84,39 +54,21 @@ def test_masks_cover_objects_only_and_eval_presence_is_hard():
     # training: relaxed z_pres in (0, 1), every cell contributes
     m.train()
     with torch.no_grad():
-        tr = m(x, gen(2), step=0)
+        tr = m(x, checks.gen(2), step=0)
     assert (tr.masks.flatten(2).amax(2) > 0).all()
 
 
 def test_generator_decides_every_draw():
     m = model()
-    x = discs(2, 64, 2)
-    for mode in (True, False):  # training and evaluation both sample
-        m.train(mode)
-        with torch.no_grad():
-            a, b, c = m(x, gen(5), step=10), m(x, gen(5), step=10), m(x, gen(6), step=10)
-            torch.manual_seed(123)  # the global RNG plays no part
-            d = m(x, gen(5), step=10)
-        for o in (b, d):
-            assert torch.equal(a.canvas, o.canvas) and torch.equal(a.masks, o.masks) and torch.equal(a.loss, o.loss)
-        assert not torch.allclose(a.canvas, c.canvas) and not torch.allclose(a.masks, c.masks)
+    x = checks.discs(2, 64, 2)
+    checks.assert_draws_in_both_modes(m, x, ((True, 10), (False, 10)))  # training and evaluation both sample
 
 
 def test_loss_falls_when_training():
     m = model(seed=1)
-    x = discs(4, 64, 3)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    g = gen(0)
-    losses = []
-    for i in range(30):
-        out = m(x, g, step=None)
-        opt.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
-        opt.step()
-        losses.append(out.loss.item())
-    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-    assert last < 0.8 * first, losses  # ~12200 -> ~5400 here (std 0.15, the final value)
+    x = checks.discs(4, 64, 3)
+    losses = checks.fit(m, x, lr=1e-3, clip=1.0, step_index=False)
+    checks.assert_falls(losses, 0.8)  # ~12200 -> ~5400 here (std 0.15, the final value)
 
 
 def test_schedules():
@@ -129,16 +81,16 @@ def test_schedules():
     assert spair.schedule(0.3, 7) == 0.3 and spair.schedule((0, 0.4, 0.1), 7) == 0.4
     # the likelihood's sigma follows `std` at `step`: rec = sum log N(x; canvas, std(step))
     m = model(std=(10, 0.5, 0.15))
-    x = discs(2, 64, 4)
+    x = checks.discs(2, 64, 4)
     with torch.no_grad():
         for step, sd in ((0, 0.5), (5, 0.5 + (0.15 - 0.5) * 5 / 9), (None, 0.15)):
-            out = m(x, gen(1), step=step)
+            out = m(x, checks.gen(1), step=step)
             sq = ((x - out.canvas) ** 2).sum((1, 2, 3)).mean().item()
             rec = -sq / (2 * sd**2) - x[0].numel() * math.log(sd * math.sqrt(2 * math.pi))
             assert out.terms["rec"] == pytest.approx(rec, rel=1e-5), step
         # the count prior's p only moves kl_pres (same draw, same canvas)
-        lo = model(prior=1e-4)(x, gen(1), step=0)
-        hi = model(prior=0.99)(x, gen(1), step=0)
+        lo = model(prior=1e-4)(x, checks.gen(1), step=0)
+        hi = model(prior=0.99)(x, checks.gen(1), step=0)
     assert torch.equal(lo.canvas, hi.canvas) and lo.terms["kl_pres"] != hi.terms["kl_pres"]
     assert lo.terms["kl_where"] == hi.terms["kl_where"]
 
@@ -168,4 +120,4 @@ def test_build_defaults_param_groups_and_unknown_params():
     with pytest.raises(ValueError, match="lr.*sigma"):
         spair.build({"lr": 1e-4, "sigma": 0.1})
     with pytest.raises(ValueError, match="64"):
-        model()(discs(1, 32, 0), gen(0))
+        model()(checks.discs(1, 32, 0), checks.gen(0))
