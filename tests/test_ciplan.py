@@ -22,6 +22,7 @@ VIT_USERS = {
     "procedural_dino",
     "procedural_dino@vitt16",
 }
+OBJSEG_MODELS = {"slot_attention", "monet", "genesisv2", "iodine", "emorl", "spair", "dti_sprites", "gnm", "space"}
 
 
 def plan(capsys, *changed: str) -> dict:
@@ -66,7 +67,8 @@ def test_a_suite_naming_a_method_runs_just_the_forms_it_names(tmp_path, capsys, 
 
 def test_an_included_folder_runs_every_method_that_includes_it(capsys):
     assert methods(plan(capsys, "images/_vit/vit_backbone.py")) == VIT_USERS
-    assert methods(plan(capsys, "images/_base/Dockerfile")) == VIT_USERS | {"pixels", "random_vit"}
+    assert methods(plan(capsys, "images/_objseg/trainer.py")) == OBJSEG_MODELS
+    assert methods(plan(capsys, "images/_base/Dockerfile")) == VIT_USERS | OBJSEG_MODELS | {"pixels", "random_vit"}
 
 
 def test_a_task_change_runs_that_task_and_its_variants_for_every_method_that_can(capsys):
