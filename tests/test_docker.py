@@ -142,7 +142,8 @@ def sleeping(backend, built, docker_ready, data_root, tmp_path):
 
 def removed_within(container, docker_ready, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while container.id in [c.id for c in docker_ready.containers.list(all=True)]:
+    # sparse: ids from one list call (a full list inspects each container, and one removed meanwhile raises NotFound)
+    while container.id in [c.id for c in docker_ready.containers.list(all=True, sparse=True)]:
         if time.monotonic() > deadline:
             container.remove(force=True)  # a stuck sleeper would wait an hour
             return False
